@@ -1,0 +1,47 @@
+"""Write a seeded, random-init SAM 2.1 checkpoint in Meta's checkpoint format.
+
+The file holds *random test weights*: it exists so that tests and benchmarks can load a
+checkpoint offline through the same path a user's real checkpoint takes
+(``SAM2_CHECKPOINT``). Its masks are not segmentations of anything.
+
+    python scripts/make_test_checkpoint.py            # -> checkpoints/sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
+
+DEFAULT_OUTPUT = Path("checkpoints/sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt")
+
+
+def write_random_checkpoint(output: Path, model_id: str, seed: int) -> Path:
+    config_file, _ = HF_MODEL_ID_TO_FILENAMES[model_id]
+    torch.manual_seed(seed)
+    model = build_sam2(config_file, ckpt_path=None, device="cpu")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Meta's release files are {"model": state_dict}; build_sam2 reads exactly that key.
+    torch.save({"model": model.state_dict()}, output)
+    return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--model-id", default="facebook/sam2.1-hiera-tiny",
+                        choices=sorted(k for k in HF_MODEL_ID_TO_FILENAMES if "sam2.1" in k))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    args = parser.parse_args()
+    if args.output.exists() and not args.force:
+        print(f"{args.output} exists; keeping it (use --force to rewrite)")
+        return
+    path = write_random_checkpoint(args.output, args.model_id, args.seed)
+    print(f"wrote random test weights for {args.model_id} (seed {args.seed}) to {path}")
+
+
+if __name__ == "__main__":
+    main()

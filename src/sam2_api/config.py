@@ -1,0 +1,79 @@
+"""Every setting of the service, read from the environment in one place.
+
+Nothing else in the package reads ``os.environ``. AWS credentials are the exception by design:
+boto3's own credential chain reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (or a profile,
+or an instance role), so they never pass through our code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MODEL_IDS = (
+    "facebook/sam2.1-hiera-tiny",
+    "facebook/sam2.1-hiera-small",
+    "facebook/sam2.1-hiera-base-plus",
+    "facebook/sam2.1-hiera-large",
+)
+
+
+class Settings(BaseSettings):
+    """The service's configuration; field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # --- the model ---
+    sam2_model: str = Field(
+        "facebook/sam2.1-hiera-tiny",
+        description="Hugging Face id of the SAM 2.1 variant; also picks the config for SAM2_CHECKPOINT.",
+    )
+    sam2_checkpoint: Path | None = Field(
+        None, description="Local checkpoint file (Meta's format); when set, nothing is downloaded."
+    )
+    sam2_config: str | None = Field(
+        None,
+        description="sam2 config name for SAM2_CHECKPOINT, e.g. configs/sam2.1/sam2.1_hiera_l.yaml; "
+        "default: the config of SAM2_MODEL.",
+    )
+    sam2_device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto = CUDA when available, else CPU."
+    )
+    sam2_max_image_pixels: int = Field(
+        50_000_000, gt=0, description="Largest accepted image, in pixels (width × height)."
+    )
+
+    # --- S3 ---
+    s3_bucket_name_staging: str | None = Field(
+        None, description="Bucket for masks; unset = uploads skipped, mask_url null."
+    )
+    aws_region: str = Field("us-east-1", description="Region of the bucket.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, R2, a local server); URLs become path-style."
+    )
+    s3_mask_prefix: str = Field("sam2-api-masks/", description="Key prefix of stored masks.")
+    s3_object_acl: str | None = Field(
+        None, description="Canned ACL for each mask, e.g. public-read; off by default."
+    )
+
+    @field_validator("sam2_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_IDS:
+            raise ValueError(f"SAM2_MODEL must be one of {', '.join(MODEL_IDS)}; got {value!r}")
+        return value
+
+    @field_validator("sam2_checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"SAM2_CHECKPOINT={value} is not a file")
+        return value
+
+    @field_validator("s3_bucket_name_staging", "s3_endpoint_url", "s3_object_acl", "sam2_config")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None

@@ -1,0 +1,39 @@
+"""What a caller can get wrong, as one small hierarchy.
+
+Each error carries the HTTP status it deserves and a message that tells the caller what to fix;
+``service.py`` turns them into responses in one place.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class RequestError(Exception):
+    """The request cannot be served as sent; the message says why."""
+
+    status: HTTPStatus = HTTPStatus.BAD_REQUEST
+
+
+class InvalidImage(RequestError):
+    """The upload is empty, truncated or otherwise undecodable."""
+
+
+class UnsupportedImage(RequestError):
+    """The upload is not an image in a format we accept."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class ImageTooLarge(RequestError):
+    """The image has more pixels than ``SAM2_MAX_IMAGE_PIXELS`` allows."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class InvalidPrompt(RequestError):
+    """Points, labels or box are malformed or do not fit the image."""
+
+
+class ModelLoadError(RuntimeError):
+    """The SAM 2 weights could not be resolved or loaded (a startup error, not a request error)."""

@@ -1,0 +1,79 @@
+"""Bytes to an upright RGB array, and a mask to a PNG.
+
+Frames: every array here is row-major, ``(H, W[, C])``, in the pixel grid of the image *after*
+its EXIF orientation has been applied — the same grid in which callers give their points.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageTooLarge, InvalidImage, UnsupportedImage
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+_HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+# zlib level 1: on a 3840x2160 two-blob mask (this machine) 33 ms / 54 KB, against 46 ms / 19 KB
+# at Pillow's default 6. The encode runs on the CPU beside the next request; bytes on S3 are cheap.
+PNG_COMPRESS_LEVEL = 1
+
+
+def load_upright_rgb(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode an upload into an ``(H, W, 3)`` uint8 RGB array, EXIF orientation applied.
+
+    Only the first frame of animated or multi-page files is used. Grayscale, palette, CMYK,
+    alpha and 16-bit images are converted to 8-bit RGB (alpha is dropped).
+    """
+    if not data:
+        raise InvalidImage("the image file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's decompression-bomb guard stays on; its warning becomes our 413 below.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            _check_size(image.size, max_pixels)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"the image is too large: {exc}") from None
+    except UnidentifiedImageError:
+        raise UnsupportedImage(
+            f"the file is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"the image could not be decoded (truncated or corrupt?): {exc}") from None
+    return _to_rgb_array(image)
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"the image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        # Pillow's convert("L") clips 16-bit values at 255; scale them to 8 bits instead.
+        wide = np.asarray(image, dtype=np.uint32)
+        image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+
+
+def mask_to_png(mask: np.ndarray) -> bytes:
+    """Encode an ``(H, W)`` boolean mask as a single-channel 8-bit PNG: 0 background, 255 object."""
+    if mask.ndim != 2 or mask.dtype != np.bool_:
+        raise ValueError(f"expected an (H, W) bool mask, got {mask.dtype} {mask.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
+    return buffer.getvalue()

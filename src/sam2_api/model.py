@@ -1,0 +1,75 @@
+"""Resolving SAM 2 weights and building the model on the right device.
+
+Two sources, one path: a Hugging Face id (``SAM2_MODEL``) is resolved to sam2's config and a
+downloaded checkpoint; a local file (``SAM2_CHECKPOINT``) is used as it is. Both end in sam2's own
+``build_sam2``, so a user's checkpoint and the tests' random-init one load the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
+from sam2.modeling.sam2_base import SAM2Base
+
+from .config import Settings
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights come from: a sam2 config name and a checkpoint file on disk."""
+
+    config: str
+    checkpoint: Path
+    origin: str  # the Hugging Face id or "local", for logs and labels
+
+
+def resolve_weights(settings: Settings) -> WeightsSource:
+    """Find config and checkpoint for the settings, downloading from Hugging Face if needed."""
+    default_config, checkpoint_name = HF_MODEL_ID_TO_FILENAMES[settings.sam2_model]
+    if settings.sam2_checkpoint is not None:
+        return WeightsSource(
+            config=settings.sam2_config or default_config,
+            checkpoint=settings.sam2_checkpoint,
+            origin="local",
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo_id=settings.sam2_model, filename=checkpoint_name)
+    except Exception as exc:  # offline, hub down, gated, disk full: all end the same way
+        raise ModelLoadError(
+            f"could not fetch {settings.sam2_model} from Hugging Face "
+            f"({type(exc).__name__}); set SAM2_CHECKPOINT to a local checkpoint file"
+        ) from exc
+    return WeightsSource(config=default_config, checkpoint=Path(path), origin=settings.sam2_model)
+
+
+def pick_device(preference: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a startup error."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if preference == "cuda":
+        raise ModelLoadError("SAM2_DEVICE=cuda but no CUDA device is available")
+    return torch.device("cpu")
+
+
+def load_sam2(source: WeightsSource, device: torch.device) -> SAM2Base:
+    """Build SAM 2 from ``source`` in eval mode on ``device`` (sam2's defaults, as Meta ships)."""
+    try:
+        model = build_sam2(source.config, str(source.checkpoint), device=str(device))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not load SAM 2 from {source.checkpoint} with config {source.config}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    log.info("loaded SAM 2 (%s, %s) on %s", source.origin, source.config, device)
+    return model

@@ -1,0 +1,90 @@
+"""Where masks go: an S3 (or S3-compatible) bucket, or nowhere.
+
+A mask store never fails a request. When the bucket or credentials are missing it says so once, at
+startup, and stores nothing; when an upload fails it logs the reason (never a secret) and the
+caller gets ``None`` instead of a URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+# A dead or hanging endpoint must not hold a request for more than about 10 s:
+# 2 attempts × (2 s to connect + 4 s to read) plus standard-mode backoff (< 1 s).
+CLIENT_CONFIG = Config(
+    connect_timeout=2,
+    read_timeout=4,
+    retries={"total_max_attempts": 2, "mode": "standard"},
+)
+
+
+def mask_key(prefix: str, now: datetime | None = None) -> str:
+    """``<prefix><UTC YYYYMMDD_HHMMSS>_<uuid4 hex>.png``; the uuid makes keys unique and unguessable."""
+    now = now or datetime.now(timezone.utc)
+    return f"{prefix}{now.astimezone(timezone.utc):%Y%m%d_%H%M%S}_{uuid.uuid4().hex}.png"
+
+
+def object_url(bucket: str, key: str, region: str, endpoint_url: str | None) -> str:
+    """The object's HTTPS URL on AWS (virtual-hosted style) or path-style on a custom endpoint."""
+    if endpoint_url:
+        return f"{endpoint_url.rstrip('/')}/{bucket}/{quote(key)}"
+    return f"https://{bucket}.s3.{region}.amazonaws.com/{quote(key)}"
+
+
+class MaskStore:
+    """Uploads PNG masks and returns their URLs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._bucket = settings.s3_bucket_name_staging
+        self._region = settings.aws_region
+        self._endpoint_url = settings.s3_endpoint_url
+        self._prefix = settings.s3_mask_prefix
+        self._acl = settings.s3_object_acl
+        self._client = None
+        self.enabled = False
+        if not self._bucket:
+            log.warning("S3_BUCKET_NAME_STAGING is not set: masks will not be stored (mask_url: null)")
+            return
+        session = boto3.session.Session(region_name=self._region)
+        if session.get_credentials() is None:
+            log.warning("no AWS credentials found: masks will not be stored (mask_url: null)")
+            return
+        addressing = Config(s3={"addressing_style": "path"}) if self._endpoint_url else Config()
+        self._client = session.client(
+            "s3", endpoint_url=self._endpoint_url, config=CLIENT_CONFIG.merge(addressing)
+        )
+        self.enabled = True
+
+    def put(self, png: bytes) -> str | None:
+        """Store one PNG under a fresh key; its URL, or None when not stored."""
+        if not self.enabled:
+            return None
+        key = mask_key(self._prefix)
+        extra = {"ACL": self._acl} if self._acl else {}
+        try:
+            self._client.put_object(
+                Bucket=self._bucket, Key=key, Body=png, ContentType="image/png", **extra
+            )
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("mask upload to s3://%s/%s failed: %s", self._bucket, key, _reason(exc))
+            return None
+        return object_url(self._bucket, key, self._region, self._endpoint_url)
+
+
+def _reason(exc: Exception) -> str:
+    """A short, secret-free reason: S3's error code, or the botocore error class."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'ClientError')} ({error.get('Message', '')})"
+    return type(exc).__name__
