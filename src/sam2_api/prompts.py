@@ -16,8 +16,9 @@ from .errors import InvalidPrompt
 MAX_POINTS = 64
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Point = tuple[FiniteFloat, FiniteFloat]
-Box = tuple[FiniteFloat, FiniteFloat, FiniteFloat, FiniteFloat]
+# Lists of fixed length rather than tuples: JSON schema then has "items", which clients rely on.
+Point = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]
+Box = Annotated[list[FiniteFloat], Field(min_length=4, max_length=4)]
 Label = Literal[0, 1]
 
 
@@ -33,11 +34,11 @@ class Prompt(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Prompt":
+        if self.labels is not None and not self.points:
+            raise ValueError("`labels` were given without `points`")
         if not self.points and self.box is None:
             raise ValueError("give at least one of `points` or `box`")
         if self.labels is not None:
-            if not self.points:
-                raise ValueError("`labels` were given without `points`")
             if len(self.labels) != len(self.points):
                 raise ValueError(
                     f"`labels` has {len(self.labels)} entries but `points` has {len(self.points)}"
@@ -45,7 +46,7 @@ class Prompt(BaseModel):
         if self.box is not None:
             x1, y1, x2, y2 = self.box
             if not (x2 > x1 and y2 > y1):
-                raise ValueError(f"`box` must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1; got {list(self.box)}")
+                raise ValueError(f"`box` must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1; got {self.box}")
         return self
 
     @classmethod
@@ -66,7 +67,7 @@ class Prompt(BaseModel):
         if self.box is not None:
             x1, y1, x2, y2 = self.box
             if not (0 <= x1 and 0 <= y1 and x2 <= width and y2 <= height):
-                raise InvalidPrompt(f"box {list(self.box)} is outside the {width}x{height} image")
+                raise InvalidPrompt(f"box {self.box} is outside the {width}x{height} image")
 
     @property
     def wants_multimask(self) -> bool:

@@ -7,6 +7,7 @@ caller gets ``None`` instead of a URL.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime, timezone
@@ -40,6 +41,20 @@ def object_url(bucket: str, key: str, region: str, endpoint_url: str | None) -> 
     if endpoint_url:
         return f"{endpoint_url.rstrip('/')}/{bucket}/{quote(key)}"
     return f"https://{bucket}.s3.{region}.amazonaws.com/{quote(key)}"
+
+
+def public_read_policy(bucket: str, prefix: str) -> str:
+    """The bucket policy that lets anyone GET masks under ``prefix`` (and nothing else)."""
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "PublicReadGetObject",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{bucket}/{prefix}*",
+        }],
+    })
 
 
 class MaskStore:

@@ -1,0 +1,64 @@
+"""Session-wide real servers: one local S3 (moto), and `bentoml serve` with and without S3."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from sam2_api.storage import public_read_policy
+from tests.integration.servers import Process, bento_server, moto_server
+
+BUCKET = "sam2-test-masks"
+PREFIX = "sam2-api-masks/"
+ACCESS_KEY = "AKIAINTEGRATIONTEST1"
+SECRET_KEY = "integration/SECRET/key/that/must/never/leak"
+
+
+def prepare_bucket(s3) -> None:
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_policy(Bucket=BUCKET, Policy=public_read_policy(BUCKET, PREFIX))
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory):
+    return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def s3_server(logs) -> Process:
+    server = moto_server(logs)
+    server.start("/moto-api/")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_server):
+    client = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
+                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+    prepare_bucket(client)
+    return client
+
+
+@pytest.fixture(scope="session")
+def server(s3, s3_server, checkpoint, logs) -> Process:
+    """The service as a user runs it against their bucket (here the local S3 server)."""
+    served = bento_server("bentoml-s3", logs, {
+        "SAM2_CHECKPOINT": str(checkpoint),
+        "S3_BUCKET_NAME_STAGING": BUCKET,
+        "S3_ENDPOINT_URL": s3_server.url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": "us-east-1",
+    })
+    served.start("/readyz")
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def server_without_s3(checkpoint, logs) -> Process:
+    served = bento_server("bentoml-no-s3", logs, {"SAM2_CHECKPOINT": str(checkpoint)})
+    served.start("/readyz")
+    yield served
+    served.stop()

@@ -1,0 +1,80 @@
+"""Real servers for integration tests: moto's S3 server and `bentoml serve`, each on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any AWS/S3/SAM2 setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "SAM2_"))}
+    env.update({"AWS_EC2_METADATA_DISABLED": "true", **extra})
+    return env
+
+
+class Process:
+    """A server in its own process group, with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str):
+        self.name, self.argv, self.env, self.url = name, argv, env, url
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_path: str, timeout: float = 240) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready after {timeout} s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def moto_server(log_dir: Path, port: int | None = None) -> Process:
+    port = port or free_port()
+    return Process("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                   clean_env(), log_dir, f"http://127.0.0.1:{port}")
+
+
+def bento_server(name: str, log_dir: Path, env: dict[str, str]) -> Process:
+    port = free_port()
+    argv = [str(BIN / "bentoml"), "serve", "service.py", "--host", "127.0.0.1", "--port", str(port)]
+    return Process(name, argv, clean_env(**env), log_dir, f"http://127.0.0.1:{port}")

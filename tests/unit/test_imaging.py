@@ -1,0 +1,120 @@
+"""Decoding uploads into upright 8-bit RGB, refusing what is not an image, encoding masks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam2_api.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from sam2_api.imaging import load_upright_rgb, mask_to_png
+
+LIMIT = 50_000_000
+
+
+def encode(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def corner_marked() -> Image.Image:
+    """A 40x20 RGB image, black with a red 4x2 block at its top-left corner."""
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:2, :4] = (255, 0, 0)
+    return Image.fromarray(pixels)
+
+
+# EXIF orientation → where the red top-left block lands once the image is made upright.
+ORIENTATIONS = {
+    1: ((20, 40), (0, 0)), 2: ((20, 40), (0, 39)), 3: ((20, 40), (19, 39)), 4: ((20, 40), (19, 0)),
+    5: ((40, 20), (0, 0)), 6: ((40, 20), (0, 19)), 7: ((40, 20), (39, 19)), 8: ((40, 20), (39, 0)),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_exif_orientation_is_applied(corner_marked, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(corner_marked, "PNG", exif=exif)
+    rgb = load_upright_rgb(data, LIMIT)
+    shape, (row, col) = ORIENTATIONS[orientation]
+    assert rgb.shape == (*shape, 3)
+    assert tuple(rgb[row, col]) == (255, 0, 0)
+    assert rgb[:, :, 0].astype(bool).sum() == 8  # the block moved, nothing else turned red
+
+
+@pytest.mark.parametrize(
+    "mode, fmt, params",
+    [("L", "PNG", {}), ("RGBA", "PNG", {}), ("P", "PNG", {}), ("CMYK", "JPEG", {"quality": 100}),
+     ("RGB", "WEBP", {"lossless": True}), ("RGB", "BMP", {}), ("RGB", "TIFF", {}), ("P", "GIF", {})],
+)
+def test_modes_and_formats_become_8bit_rgb(mode, fmt, params):
+    gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))  # 8x64 horizontal ramp
+    source = Image.fromarray(np.stack([gray] * 3, axis=-1))
+    source = source.convert(mode, palette=Image.Palette.ADAPTIVE) if mode == "P" else source.convert(mode)
+    rgb = load_upright_rgb(encode(source, fmt, **params), LIMIT)
+    assert rgb.dtype == np.uint8 and rgb.shape == (8, 64, 3)
+    tolerance = 8 if fmt == "JPEG" else 0
+    assert np.abs(rgb[..., 1].astype(int) - gray).max() <= tolerance
+
+
+def test_16bit_png_is_scaled_not_clipped():
+    wide = np.array([[0, 256, 32768, 65535]], dtype=np.uint16)
+    rgb = load_upright_rgb(encode(Image.fromarray(wide), "PNG"), LIMIT)
+    assert rgb[0, :, 0].tolist() == [0, 1, 128, 255]
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (8, 8), color) for color in ((255, 255, 255), (0, 0, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert load_upright_rgb(data, LIMIT).min() == 255
+
+
+def test_returned_array_is_writable():
+    assert load_upright_rgb(encode(Image.new("RGB", (4, 4)), "PNG"), LIMIT).flags.writeable
+
+
+@pytest.mark.parametrize(
+    "data, error, words",
+    [
+        (b"", InvalidImage, "empty"),
+        (b"hello, I am text pretending to be a PNG", UnsupportedImage, "not an image"),
+        (encode(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG")[:-200], InvalidImage, "truncated"),
+        (encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")[:300], InvalidImage, "truncated"),
+    ],
+    ids=["empty", "text", "truncated png", "truncated jpeg"],
+)
+def test_bad_uploads_are_refused_with_a_reason(data, error, words):
+    with pytest.raises(error, match=words):
+        load_upright_rgb(data, LIMIT)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = encode(Image.new("L", (300, 200)), "PNG")
+    with pytest.raises(ImageTooLarge, match="300x200 = 60000 pixels; the limit is 59999"):
+        load_upright_rgb(data, 59_999)
+    assert load_upright_rgb(data, 60_000).shape == (200, 300, 3)
+
+
+def test_decompression_bomb_is_refused():
+    # A 1-bit PNG declaring 30000x30000 compresses to a few hundred KB.
+    bomb = encode(Image.new("1", (30_000, 30_000)), "PNG")
+    with pytest.raises(ImageTooLarge):
+        load_upright_rgb(bomb, 2_000_000_000)
+
+
+def test_mask_png_is_single_channel_0_or_255_at_mask_size():
+    mask = np.zeros((3, 5), dtype=bool)
+    mask[1, 2:] = True
+    png = Image.open(io.BytesIO(mask_to_png(mask)))
+    assert (png.format, png.mode, png.size) == ("PNG", "L", (5, 3))
+    assert np.array_equal(np.array(png), mask.astype(np.uint8) * 255)
+
+
+def test_mask_png_rejects_non_boolean_masks():
+    with pytest.raises(ValueError):
+        mask_to_png(np.zeros((3, 5), dtype=np.float32))

@@ -1,0 +1,65 @@
+"""Resolving and loading weights: local files as given, clear failures otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sam2_api.config import Settings
+from sam2_api.errors import ModelLoadError
+from sam2_api.model import load_sam2, pick_device, resolve_weights
+from tests.conftest import REPO
+
+
+def test_local_checkpoint_takes_the_config_of_its_variant(checkpoint):
+    source = resolve_weights(Settings(sam2_checkpoint=checkpoint))
+    assert (source.config, source.checkpoint, source.origin) == (
+        "configs/sam2.1/sam2.1_hiera_t.yaml", checkpoint, "local"
+    )
+    large = resolve_weights(Settings(sam2_checkpoint=checkpoint, sam2_model="facebook/sam2.1-hiera-large"))
+    assert large.config == "configs/sam2.1/sam2.1_hiera_l.yaml"
+    custom = resolve_weights(Settings(sam2_checkpoint=checkpoint, sam2_config="configs/sam2/sam2_hiera_t.yaml"))
+    assert custom.config == "configs/sam2/sam2_hiera_t.yaml"
+
+
+def test_local_checkpoint_loads_on_cpu_in_eval_mode(checkpoint):
+    model = load_sam2(resolve_weights(Settings(sam2_checkpoint=checkpoint)), torch.device("cpu"))
+    assert model.device.type == "cpu" and not model.training
+    assert model.image_size == 1024
+
+
+def test_wrong_file_fails_with_a_clear_message(tmp_path):
+    bogus = tmp_path / "not-weights.pt"
+    bogus.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ModelLoadError, match=f"could not load SAM 2 from {bogus}"):
+        load_sam2(resolve_weights(Settings(sam2_checkpoint=bogus)), torch.device("cpu"))
+
+
+def test_weights_that_cannot_be_downloaded_say_to_set_sam2_checkpoint(tmp_path):
+    # huggingface_hub reads its offline switch at import, so ask in a fresh interpreter.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    env.pop("SAM2_CHECKPOINT", None)
+    code = (
+        "from sam2_api.config import Settings\n"
+        "from sam2_api.model import resolve_weights\n"
+        "resolve_weights(Settings())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert (
+        "ModelLoadError: could not fetch facebook/sam2.1-hiera-tiny from Hugging Face "
+        "(LocalEntryNotFoundError); set SAM2_CHECKPOINT to a local checkpoint file"
+    ) in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU paths")
+def test_device_policy_without_a_gpu():
+    assert pick_device("auto") == torch.device("cpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ModelLoadError, match="SAM2_DEVICE=cuda but no CUDA device"):
+        pick_device("cuda")

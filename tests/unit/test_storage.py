@@ -1,0 +1,114 @@
+"""The S3 mask store against moto's in-process S3: keys, URLs, success and every failure path."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from sam2_api.config import Settings
+from sam2_api.storage import MaskStore, mask_key, object_url
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+KEY_PATTERN = re.compile(r"^sam2-api-masks/\d{8}_\d{6}_[0-9a-f]{32}\.png$")
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "S3_ENDPOINT_URL", "S3_OBJECT_ACL"):
+        monkeypatch.delenv(name, raising=False)
+    with mock_aws():
+        yield boto3.client("s3", region_name="eu-west-1")
+
+
+def make_store(**env) -> MaskStore:
+    return MaskStore(Settings(**{"aws_region": "eu-west-1", **env}))
+
+
+def test_key_format_is_prefix_utc_time_and_full_uuid():
+    when = datetime(2024, 9, 2, 16, 30, 22, tzinfo=timezone.utc)
+    key = mask_key("sam2-api-masks/", when)
+    assert re.fullmatch(r"sam2-api-masks/20240902_163022_[0-9a-f]{32}\.png", key)
+    assert len({mask_key("p/") for _ in range(1000)}) == 1000
+
+
+def test_urls_on_aws_and_on_a_custom_endpoint():
+    assert object_url("bkt", "sam2-api-masks/a b.png", "eu-west-1", None) == (
+        "https://bkt.s3.eu-west-1.amazonaws.com/sam2-api-masks/a%20b.png"
+    )
+    assert object_url("bkt", "k.png", "us-east-1", "http://127.0.0.1:9000/") == (
+        "http://127.0.0.1:9000/bkt/k.png"
+    )
+
+
+def test_upload_stores_png_with_content_type_and_returns_its_url(aws_env):
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    store = make_store(s3_bucket_name_staging="masks")
+    url = store.put(b"\x89PNG fake bytes")
+    match = re.fullmatch(r"https://masks\.s3\.eu-west-1\.amazonaws\.com/(.+)", url)
+    key = match.group(1)
+    assert KEY_PATTERN.match(key)
+    stored = aws_env.get_object(Bucket="masks", Key=key)
+    assert stored["Body"].read() == b"\x89PNG fake bytes"
+    assert stored["ContentType"] == "image/png"
+
+
+def test_acl_is_applied_only_when_configured(aws_env):
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    plain = make_store(s3_bucket_name_staging="masks").put(b"png")
+    public = make_store(s3_bucket_name_staging="masks", s3_object_acl="public-read").put(b"png")
+    grants = lambda url: aws_env.get_object_acl(Bucket="masks", Key=url.split(".com/")[1])["Grants"]
+    all_users = "http://acs.amazonaws.com/groups/global/AllUsers"
+    assert not any(g["Grantee"].get("URI") == all_users for g in grants(plain))
+    assert any(g["Grantee"].get("URI") == all_users and g["Permission"] == "READ" for g in grants(public))
+
+
+def test_missing_bucket_name_disables_uploads_with_one_warning(aws_env, caplog):
+    with caplog.at_level(logging.WARNING):
+        store = make_store()
+        assert store.put(b"png") is None
+        assert store.put(b"png") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "S3_BUCKET_NAME_STAGING is not set: masks will not be stored (mask_url: null)"
+    ]
+
+
+def test_missing_credentials_disable_uploads(monkeypatch, tmp_path, caplog):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with caplog.at_level(logging.WARNING):
+        store = make_store(s3_bucket_name_staging="masks")
+    assert not store.enabled and store.put(b"png") is None
+    assert "no AWS credentials found" in caplog.text
+
+
+def test_nonexistent_bucket_gives_none_and_logs_the_reason(aws_env, caplog):
+    store = make_store(s3_bucket_name_staging="no-such-bucket")
+    with caplog.at_level(logging.WARNING):
+        assert store.put(b"png") is None
+    assert "NoSuchBucket" in caplog.text
+    assert SECRET not in caplog.text
+
+
+def test_access_denied_gives_none_and_logs_the_reason(aws_env, caplog):
+    aws_env.create_bucket(Bucket="locked", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    aws_env.put_bucket_policy(
+        Bucket="locked",
+        Policy='{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*", '
+        '"Action": "s3:PutObject", "Resource": "arn:aws:s3:::locked/*"}]}',
+    )
+    store = make_store(s3_bucket_name_staging="locked")
+    with caplog.at_level(logging.WARNING):
+        assert store.put(b"png") is None
+    assert re.search(r"failed: (AccessDenied|403)", caplog.text)  # moto answers a bare 403
+    assert SECRET not in caplog.text
+    assert aws_env.list_objects_v2(Bucket="locked").get("KeyCount") == 0
