@@ -9,15 +9,23 @@ from typing import Annotated
 import bentoml
 from bentoml.exceptions import BentoMLException
 
-from sam2_api import errors, imaging
+from sam2_api import errors
+from sam2_api.cache import EmbeddingCache
 from sam2_api.config import Settings
 from sam2_api.model import load_sam2, pick_device, resolve_weights
+from sam2_api.pipeline import Pipeline, Result
 from sam2_api.prompts import Prompt
 from sam2_api.schemas import (
-    BoxField, ImageField, LabelsField, MultimaskField, PointsField, SegmentResponse,
+    BoxField, ImageField, ImageIdField, LabelsField, MultimaskField, ObjectsField, ObjectsResponse,
+    PointsField, SegmentResponse,
 )
 from sam2_api.segmenter import Segmenter
 from sam2_api.storage import MaskStore
+
+CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
+# Optional in practice (default None), but annotated as plain Path: BentoML 1.4.40 cannot build
+# its input model for Optional[Path] (its file schema is unhashable inside a Union).
+OptionalImage = Annotated[Path, ImageField]
 
 
 @contextlib.contextmanager
@@ -38,29 +46,49 @@ def http_errors():
 class SAM2Segment:
     def __init__(self) -> None:
         settings = Settings()
-        self.max_image_pixels = settings.sam2_max_image_pixels
-        model = load_sam2(resolve_weights(settings), pick_device(settings.sam2_device))
-        self.segmenter = Segmenter(model)
-        self.segmenter.warm_up()
-        self.store = MaskStore(settings)
+        device = pick_device(settings.sam2_device)
+        model = load_sam2(resolve_weights(settings), device, settings.sam2_compile)
+        segmenter = Segmenter(model)
+        segmenter.warm_up()
+        self.pipeline = Pipeline(
+            segmenter,
+            EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)),
+            MaskStore(settings),
+            settings.sam2_max_image_pixels,
+        )
+
+    def _run(self, ctx: bentoml.Context, image: Path | None, prompts: list[Prompt], image_id: str | None) -> Result:
+        with http_errors():
+            result = self.pipeline.run(image.read_bytes() if image else None, prompts, image_id)
+        ctx.response.headers[CACHE_HEADER] = "hit" if result.cached else "miss"
+        return result
 
     @bentoml.api
     def segment(
         self,
-        image: Annotated[Path, ImageField],
+        ctx: bentoml.Context,
+        image: OptionalImage = None,
         points: PointsField = None,
         labels: LabelsField = None,
         box: BoxField = None,
         multimask_output: MultimaskField = None,
+        image_id: ImageIdField = None,
     ) -> SegmentResponse:
         """Segment one object in `image` from clicks and/or a box; the mask goes to S3."""
         with http_errors():
-            rgb = imaging.load_upright_rgb(image.read_bytes(), self.max_image_pixels)
-            height, width = rgb.shape[:2]
-            prompt = Prompt.parse(
-                points=points, labels=labels, box=box, multimask_output=multimask_output
-            )
-            prompt.check_fits(width, height)
-        mask = self.segmenter.segment(rgb, prompt)
-        url = self.store.put(imaging.mask_to_png(mask.pixels))
-        return SegmentResponse(mask_url=url, score=mask.score, width=width, height=height)
+            prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output)
+        result = self._run(ctx, image, [prompt], image_id)
+        mask = result.masks[0]
+        return SegmentResponse(mask_url=mask.url, score=mask.score, width=result.width, height=result.height)
+
+    @bentoml.api
+    def segment_objects(
+        self,
+        ctx: bentoml.Context,
+        objects: ObjectsField,
+        image: OptionalImage = None,
+        image_id: ImageIdField = None,
+    ) -> ObjectsResponse:
+        """Segment several objects in one image (one prompt each): one encoder pass, one mask each."""
+        result = self._run(ctx, image, objects, image_id)
+        return ObjectsResponse.from_result(result)

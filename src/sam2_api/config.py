@@ -46,6 +46,18 @@ class Settings(BaseSettings):
         50_000_000, gt=0, description="Largest accepted image, in pixels (width × height)."
     )
 
+    sam2_cache_max_entries: int = Field(
+        64, ge=0, description="Image embeddings kept for repeat requests; 0 disables the cache."
+    )
+    sam2_cache_max_bytes: int | None = Field(
+        None, ge=0,
+        description="Memory bound of the embedding cache; default 4 GiB on CUDA, 1 GiB on CPU "
+        "(hiera models: about 16 MiB per image).",
+    )
+    sam2_compile: bool = Field(
+        False, description="torch.compile the image encoder (CUDA; slower startup, faster encoder)."
+    )
+
     # --- S3 ---
     s3_bucket_name_staging: str | None = Field(
         None, description="Bucket for masks; unset = uploads skipped, mask_url null."
@@ -58,6 +70,11 @@ class Settings(BaseSettings):
     s3_object_acl: str | None = Field(
         None, description="Canned ACL for each mask, e.g. public-read; off by default."
     )
+
+    def cache_max_bytes(self, device_type: str) -> int:
+        if self.sam2_cache_max_bytes is not None:
+            return self.sam2_cache_max_bytes
+        return (4 if device_type == "cuda" else 1) * 1024**3
 
     @field_validator("sam2_model")
     @classmethod

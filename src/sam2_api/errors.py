@@ -35,5 +35,15 @@ class InvalidPrompt(RequestError):
     """Points, labels or box are malformed or do not fit the image."""
 
 
+class UnknownImageId(RequestError):
+    """An ``image_id`` came without an image and is not in the embedding cache."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
+class MissingImage(RequestError):
+    """Neither an image nor an ``image_id`` was sent."""
+
+
 class ModelLoadError(RuntimeError):
     """The SAM 2 weights could not be resolved or loaded (a startup error, not a request error)."""

@@ -62,8 +62,12 @@ def pick_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_sam2(source: WeightsSource, device: torch.device) -> SAM2Base:
-    """Build SAM 2 from ``source`` in eval mode on ``device`` (sam2's defaults, as Meta ships)."""
+def load_sam2(source: WeightsSource, device: torch.device, compile_encoder: bool = False) -> SAM2Base:
+    """Build SAM 2 from ``source`` in eval mode on ``device`` (sam2's defaults, as Meta ships).
+
+    On CUDA, TF32 matmuls are allowed (the model also runs under bf16 autocast there, see
+    ``Segmenter``) and the image encoder can be compiled with ``torch.compile``.
+    """
     try:
         model = build_sam2(source.config, str(source.checkpoint), device=str(device))
     except Exception as exc:
@@ -71,5 +75,14 @@ def load_sam2(source: WeightsSource, device: torch.device) -> SAM2Base:
             f"could not load SAM 2 from {source.checkpoint} with config {source.config}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    log.info("loaded SAM 2 (%s, %s) on %s", source.origin, source.config, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if compile_encoder:
+        # As sam2's own VOS predictor does: fixed input size, so one static graph.
+        model.image_encoder.forward = torch.compile(
+            model.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
+        )
+    log.info("loaded SAM 2 (%s, %s) on %s%s", source.origin, source.config, device,
+             ", encoder compiled" if compile_encoder else "")
     return model

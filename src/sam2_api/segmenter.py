@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.utils.transforms import SAM2Transforms
 
+from . import metrics
 from .prompts import Prompt
 
 MASK_THRESHOLD = 0.0  # logits above this are object, as in SAM2ImagePredictor
@@ -34,6 +36,10 @@ class Embedding:
     image_embed: torch.Tensor
     high_res_feats: tuple[torch.Tensor, ...]
     orig_hw: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.image_embed, *self.high_res_feats))
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,14 @@ class Segmenter:
         """Run the image encoder on an ``(H, W, 3)`` uint8 RGB array."""
         pixels = self._transforms(image)[None, ...].to(self.device)
         with self._lock, self._autocast():
+            started = time.perf_counter()
             backbone_out = self.model.forward_image(pixels)
             _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
             if self.model.directly_add_no_mem_embed:
                 vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # so that the time below is the encoder's
+            metrics.ENCODER_SECONDS.observe(time.perf_counter() - started)
         feats = [
             feat.permute(1, 2, 0).view(1, -1, *size)
             for feat, size in zip(vision_feats[::-1], self._feature_sizes[::-1])
@@ -86,28 +96,61 @@ class Segmenter:
     @torch.inference_mode()
     def decode(self, embedding: Embedding, prompt: Prompt) -> Mask:
         """Predict the mask for ``prompt``; of several candidates, the highest-scoring one."""
-        coords, labels = self._prompt_tensors(embedding, prompt)
+        return self.decode_many(embedding, [prompt])[0]
+
+    @torch.inference_mode()
+    def decode_many(self, embedding: Embedding, prompts: list[Prompt]) -> list[Mask]:
+        """One mask per prompt (one object each), in order, from as few decoder calls as possible.
+
+        Prompts of the same shape (point count, box or not, multimask or not) share one batched
+        decoder call, as ``SAM2ImagePredictor.predict`` does with batched prompts; its masks are
+        identical to those. A batch of one is exactly the single-prompt computation.
+        """
+        groups: dict[tuple[int, bool, bool], list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            shape = (len(prompt.points or ()), prompt.box is not None, prompt.wants_multimask)
+            groups.setdefault(shape, []).append(index)
+        masks: list[Mask | None] = [None] * len(prompts)
+        for (_, _, multimask), indices in groups.items():
+            tensors = [self._prompt_tensors(embedding, prompts[i]) for i in indices]
+            coords = torch.cat([c for c, _ in tensors])
+            labels = torch.cat([l for _, l in tensors])
+            for index, mask in zip(indices, self._decode_batch(embedding, coords, labels, multimask)):
+                masks[index] = mask
+        return masks
+
+    def _decode_batch(
+        self, embedding: Embedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool
+    ) -> list[Mask]:
+        """``coords`` ``B×N×2`` in the model's input frame, ``labels`` ``B×N``; the best mask of each row."""
         with self._lock, self._autocast():
+            started = time.perf_counter()
             sparse, dense = self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
             low_res, iou = self.model.sam_mask_decoder(
                 image_embeddings=embedding.image_embed,
                 image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
-                multimask_output=prompt.wants_multimask,
-                repeat_image=False,
+                multimask_output=multimask,
+                repeat_image=coords.shape[0] > 1,
                 high_res_features=list(embedding.high_res_feats),
             )[:2]
-        scores = iou[0].float().cpu().numpy()
-        best = int(np.argmax(scores))
-        # Only the returned mask is upsampled, exactly as SAM2Transforms.postprocess_masks does.
-        logits = F.interpolate(
-            low_res[:, best : best + 1].float(), embedding.orig_hw, mode="bilinear", align_corners=False
-        )
-        return Mask(pixels=(logits[0, 0] > MASK_THRESHOLD).cpu().numpy(), score=float(scores[best]))
+            scores = iou.float().cpu().numpy()
+            metrics.DECODER_SECONDS.observe(time.perf_counter() - started)
+        best = scores.argmax(axis=1)
+        chosen = low_res[torch.arange(len(best)), torch.as_tensor(best)][:, None].float()
+        # Only the returned masks are upsampled, exactly as SAM2Transforms.postprocess_masks does.
+        logits = F.interpolate(chosen, embedding.orig_hw, mode="bilinear", align_corners=False)
+        pixels = (logits[:, 0] > MASK_THRESHOLD).cpu().numpy()
+        return [Mask(pixels=p, score=float(s[b])) for p, s, b in zip(pixels, scores, best)]
 
     def segment(self, image: np.ndarray, prompt: Prompt) -> Mask:
         return self.decode(self.encode(image), prompt)
+
+    def warm_up(self) -> None:
+        """One small encode + decode, so that lazy initialisation is not paid by a caller."""
+        image = np.zeros((64, 64, 3), dtype=np.uint8)
+        self.segment(image, Prompt(points=[[32.0, 32.0]]))
 
     def _prompt_tensors(self, embedding: Embedding, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
         """Box corners (labels 2, 3) then points, in the model's 1024-pixel input frame."""
@@ -129,8 +172,3 @@ class Segmenter:
             )
             labels.append(torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None, ...])
         return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
-
-    def warm_up(self) -> None:
-        """One small encode + decode, so that lazy initialisation is not paid by a caller."""
-        image = np.zeros((64, 64, 3), dtype=np.uint8)
-        self.segment(image, Prompt(points=[(32.0, 32.0)]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -17,6 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import metrics
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -87,19 +89,29 @@ class MaskStore:
             return None
         key = mask_key(self._prefix)
         extra = {"ACL": self._acl} if self._acl else {}
+        started = time.perf_counter()
         try:
             self._client.put_object(
                 Bucket=self._bucket, Key=key, Body=png, ContentType="image/png", **extra
             )
         except (BotoCoreError, ClientError) as exc:
+            code = _code(exc)
+            metrics.UPLOAD_FAILURES.labels(reason=code).inc()
             log.warning("mask upload to s3://%s/%s failed: %s", self._bucket, key, _reason(exc))
             return None
+        finally:
+            metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
         return object_url(self._bucket, key, self._region, self._endpoint_url)
 
 
-def _reason(exc: Exception) -> str:
-    """A short, secret-free reason: S3's error code, or the botocore error class."""
+def _code(exc: Exception) -> str:
+    """S3's error code (AccessDenied, NoSuchBucket…) or the botocore error class: no secrets."""
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'ClientError')} ({error.get('Message', '')})"
+        return str(exc.response.get("Error", {}).get("Code", "ClientError"))
     return type(exc).__name__
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return f"{_code(exc)} ({exc.response.get('Error', {}).get('Message', '')})"
+    return _code(exc)
