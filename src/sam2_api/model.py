@@ -30,9 +30,15 @@ class WeightsSource:
     origin: str  # the Hugging Face id or "local", for logs and labels
 
 
-def resolve_weights(settings: Settings) -> WeightsSource:
-    """Find config and checkpoint for the settings, downloading from Hugging Face if needed."""
+BENTO_CHECKPOINT_FILE = "checkpoint.pt"  # inside a BentoML model's directory
+
+
+def resolve_weights(settings: Settings, packaged: WeightsSource | None = None) -> WeightsSource:
+    """Find config and checkpoint: ``SAM2_CHECKPOINT`` first, then the weights packaged in the
+    Bento, then ``SAM2_MODEL`` downloaded from Hugging Face."""
     default_config, checkpoint_name = HF_MODEL_ID_TO_FILENAMES[settings.sam2_model]
+    if settings.sam2_checkpoint is None and packaged is not None:
+        return packaged
     if settings.sam2_checkpoint is not None:
         return WeightsSource(
             config=settings.sam2_config or default_config,
@@ -49,6 +55,15 @@ def resolve_weights(settings: Settings) -> WeightsSource:
             f"({type(exc).__name__}); set SAM2_CHECKPOINT to a local checkpoint file"
         ) from exc
     return WeightsSource(config=default_config, checkpoint=Path(path), origin=settings.sam2_model)
+
+
+def packaged_weights(stored_model) -> WeightsSource:
+    """The weights of a BentoML model written by ``scripts/import_model.py``."""
+    return WeightsSource(
+        config=stored_model.info.metadata["config"],
+        checkpoint=Path(stored_model.path_of(BENTO_CHECKPOINT_FILE)),
+        origin=f"bento model {stored_model.tag} ({stored_model.info.labels.get('source', '?')})",
+    )
 
 
 def pick_device(preference: str) -> torch.device:
