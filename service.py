@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,8 @@ from bentoml.exceptions import BentoMLException
 from sam2_api import errors
 from sam2_api.cache import EmbeddingCache
 from sam2_api.config import Settings
-from sam2_api.model import load_sam2, pick_device, resolve_weights
+from sam2_api.guard import RequestGuard
+from sam2_api.model import load_sam2, packaged_weights, pick_device, resolve_weights
 from sam2_api.pipeline import Pipeline, Result
 from sam2_api.prompts import Prompt
 from sam2_api.schemas import (
@@ -21,6 +23,8 @@ from sam2_api.schemas import (
 )
 from sam2_api.segmenter import Segmenter
 from sam2_api.storage import MaskStore
+
+logging.getLogger("sam2_api").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
 
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
 # Optional in practice (default None), but annotated as plain Path: BentoML 1.4.40 cannot build
@@ -37,17 +41,30 @@ def http_errors():
         raise BentoMLException(str(exc), error_code=exc.status) from None
 
 
+# Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
+# `bentoml build` references the model and `bentoml containerize` copies it into the image.
+SETTINGS = Settings()
+BENTO_MODEL = SETTINGS.sam2_bento_model
+
+
 @bentoml.service(
+    # One replica = one GPU (CPU works too: BentoML only warns that no GPU is there to assign).
+    resources={"gpu": 1, "gpu_type": "nvidia-l4"},
     # Model work is serialized inside Segmenter; the extra threads decode images, encode PNGs
     # and upload to S3 while the model is busy with the next request.
     threads=4,
+    # Beyond 32 in flight, requests get 429 at once instead of queueing past the timeout;
+    # docs/DEPLOY.md says how to size both for a replica.
     traffic={"timeout": 300, "max_concurrency": 32},
 )
 class SAM2Segment:
+    weights = bentoml.models.BentoModel(BENTO_MODEL) if BENTO_MODEL else None
+
     def __init__(self) -> None:
-        settings = Settings()
+        settings = SETTINGS
         device = pick_device(settings.sam2_device)
-        model = load_sam2(resolve_weights(settings), device, settings.sam2_compile)
+        packaged = packaged_weights(self.weights) if self.weights is not None else None
+        model = load_sam2(resolve_weights(settings, packaged), device, settings.sam2_compile)
         segmenter = Segmenter(model)
         segmenter.warm_up()
         self.pipeline = Pipeline(
@@ -92,3 +109,13 @@ class SAM2Segment:
         """Segment several objects in one image (one prompt each): one encoder pass, one mask each."""
         result = self._run(ctx, image, objects, image_id)
         return ObjectsResponse.from_result(result)
+
+
+# API keys and the upload size limit, checked before BentoML reads the body; health, metrics and
+# the OpenAPI page stay open.
+SAM2Segment.add_asgi_middleware(
+    RequestGuard,
+    paths={api.route for api in SAM2Segment.apis.values()},
+    api_keys=SETTINGS.api_keys,
+    max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
+)

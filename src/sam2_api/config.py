@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MODEL_IDS = (
@@ -21,10 +21,15 @@ MODEL_IDS = (
 )
 
 
+# Written into the Bento by scripts/build_bento.sh (SAM2_BENTO_MODEL=<tag>); real environment
+# variables win over it. Relative to the working directory, which is the Bento's own when served.
+PACKAGED_ENV_FILE = "bento/packaged.env"
+
+
 class Settings(BaseSettings):
     """The service's configuration; field names are the environment variables, upper-cased."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_file=PACKAGED_ENV_FILE)
 
     # --- the model ---
     sam2_model: str = Field(
@@ -33,6 +38,11 @@ class Settings(BaseSettings):
     )
     sam2_checkpoint: Path | None = Field(
         None, description="Local checkpoint file (Meta's format); when set, nothing is downloaded."
+    )
+    sam2_bento_model: str | None = Field(
+        None,
+        description="Tag of the weights packaged into the Bento (scripts/import_model.py, then "
+        "scripts/build_bento.sh, which records it in bento/packaged.env).",
     )
     sam2_config: str | None = Field(
         None,
@@ -58,6 +68,14 @@ class Settings(BaseSettings):
         False, description="torch.compile the image encoder (CUDA; slower startup, faster encoder)."
     )
 
+    # --- access ---
+    sam2_api_keys: SecretStr | None = Field(
+        None, description="Comma-separated API keys; when set, the API routes need `Authorization: Bearer <key>`."
+    )
+    sam2_max_upload_bytes: int = Field(
+        64 * 1024**2, gt=0, description="Largest accepted request body, in bytes (413 beyond)."
+    )
+
     # --- S3 ---
     s3_bucket_name_staging: str | None = Field(
         None, description="Bucket for masks; unset = uploads skipped, mask_url null."
@@ -70,6 +88,18 @@ class Settings(BaseSettings):
     s3_object_acl: str | None = Field(
         None, description="Canned ACL for each mask, e.g. public-read; off by default."
     )
+    s3_url_mode: Literal["public", "presigned"] = Field(
+        "public", description="public: the object's plain URL; presigned: a signed GET URL (private buckets)."
+    )
+    s3_presign_expires: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned URLs, in seconds (at most 7 days)."
+    )
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        if self.sam2_api_keys is None:
+            return ()
+        return tuple(key.strip() for key in self.sam2_api_keys.get_secret_value().split(",") if key.strip())
 
     def cache_max_bytes(self, device_type: str) -> int:
         if self.sam2_cache_max_bytes is not None:
@@ -90,7 +120,9 @@ class Settings(BaseSettings):
             raise ValueError(f"SAM2_CHECKPOINT={value} is not a file")
         return value
 
-    @field_validator("s3_bucket_name_staging", "s3_endpoint_url", "s3_object_acl", "sam2_config")
+    @field_validator(
+        "s3_bucket_name_staging", "s3_endpoint_url", "s3_object_acl", "sam2_config", "sam2_bento_model"
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None

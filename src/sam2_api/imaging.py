@@ -40,12 +40,28 @@ def load_upright_rgb(data: bytes, max_pixels: int) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"the image is too large: {exc}") from None
     except UnidentifiedImageError:
+        claimed = _claimed_format(data)
+        if claimed:
+            raise InvalidImage(f"the file starts like a {claimed} but its header could not be read") from None
         raise UnsupportedImage(
             f"the file is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the image could not be decoded (truncated or corrupt?): {exc}") from None
     return _to_rgb_array(image)
+
+
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+}
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The accepted format whose magic bytes ``data`` starts with, if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # A dead or hanging endpoint must not hold a request for more than about 10 s:
 # 2 attempts × (2 s to connect + 4 s to read) plus standard-mode backoff (< 1 s).
 CLIENT_CONFIG = Config(
+    signature_version="s3v4",  # presigned URLs too (the access key id is in them; never the secret)
     connect_timeout=2,
     read_timeout=4,
     retries={"total_max_attempts": 2, "mode": "standard"},
@@ -68,6 +70,8 @@ class MaskStore:
         self._endpoint_url = settings.s3_endpoint_url
         self._prefix = settings.s3_mask_prefix
         self._acl = settings.s3_object_acl
+        self._presign_expires = settings.s3_presign_expires if settings.s3_url_mode == "presigned" else None
+        self._failures = FailureLog()
         self._client = None
         self.enabled = False
         if not self._bucket:
@@ -95,13 +99,52 @@ class MaskStore:
                 Bucket=self._bucket, Key=key, Body=png, ContentType="image/png", **extra
             )
         except (BotoCoreError, ClientError) as exc:
-            code = _code(exc)
-            metrics.UPLOAD_FAILURES.labels(reason=code).inc()
-            log.warning("mask upload to s3://%s/%s failed: %s", self._bucket, key, _reason(exc))
+            metrics.UPLOAD_FAILURES.labels(reason=_code(exc)).inc()
+            self._failures.failed(f"s3://{self._bucket}: {_reason(exc)}")
             return None
         finally:
             metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
+        self._failures.succeeded()
+        if self._presign_expires is not None:
+            return self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=self._presign_expires
+            )
         return object_url(self._bucket, key, self._region, self._endpoint_url)
+
+
+class FailureLog:
+    """Logs an outage once when it starts, a summary every ``interval`` seconds while it lasts,
+    and once when uploads work again — not once per failed request."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        self._count = 0
+        self._since_log = 0
+        self._logged_at = 0.0
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            self._count += 1
+            self._since_log += 1
+            now = time.monotonic()
+            if reason != self._reason:
+                self._reason, self._logged_at, self._since_log = reason, now, 0
+                log.warning("mask upload failed: %s; masks are not stored (mask_url: null) until "
+                            "uploads work again", reason)
+            elif now - self._logged_at >= self.interval:
+                log.warning("mask uploads still failing: %d more in the last %.0f s (%s)",
+                            self._since_log, now - self._logged_at, reason)
+                self._logged_at, self._since_log = now, 0
+
+    def succeeded(self) -> None:
+        if self._reason is None:  # the common case, without taking the lock
+            return
+        with self._lock:
+            if self._reason is not None:
+                log.warning("mask uploads work again after %d failed (%s)", self._count, self._reason)
+                self._reason, self._count, self._since_log = None, 0, 0
 
 
 def _code(exc: Exception) -> str:

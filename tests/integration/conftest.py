@@ -12,6 +12,8 @@ BUCKET = "sam2-test-masks"
 PREFIX = "sam2-api-masks/"
 ACCESS_KEY = "AKIAINTEGRATIONTEST1"
 SECRET_KEY = "integration/SECRET/key/that/must/never/leak"
+API_KEYS = ("first-api-key-0123456789", "second-api-key-9876543210")
+SECRETS = (SECRET_KEY, *API_KEYS)
 
 
 def prepare_bucket(s3) -> None:
@@ -21,7 +23,11 @@ def prepare_bucket(s3) -> None:
 
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory):
-    return tmp_path_factory.mktemp("server-logs")
+    """Every server's output. At the end of the session, none of it may hold a secret."""
+    directory = tmp_path_factory.mktemp("server-logs")
+    yield directory
+    leaked = [p.name for p in directory.glob("*.log") if any(s in p.read_text(errors="replace") for s in SECRETS)]
+    assert not leaked, f"a secret reached these server logs: {leaked}"
 
 
 @pytest.fixture(scope="session")

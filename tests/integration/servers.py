@@ -74,7 +74,10 @@ def moto_server(log_dir: Path, port: int | None = None) -> Process:
                    clean_env(), log_dir, f"http://127.0.0.1:{port}")
 
 
-def bento_server(name: str, log_dir: Path, env: dict[str, str]) -> Process:
+def bento_server(name: str, log_dir: Path, env: dict[str, str], target: str = "service.py") -> Process:
+    """``bentoml serve`` of ``target``, with a BENTOML_HOME of its own unless ``env`` names one:
+    servers sharing one also share (and wipe) BentoML's Prometheus files."""
     port = free_port()
-    argv = [str(BIN / "bentoml"), "serve", "service.py", "--host", "127.0.0.1", "--port", str(port)]
-    return Process(name, argv, clean_env(**env), log_dir, f"http://127.0.0.1:{port}")
+    home = log_dir / f"{name}-bentoml-home"
+    argv = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    return Process(name, argv, clean_env(**{"BENTOML_HOME": str(home), **env}), log_dir, f"http://127.0.0.1:{port}")

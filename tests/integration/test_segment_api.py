@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import upright_rgb
-from tests.integration.conftest import BUCKET, PREFIX, SECRET_KEY, prepare_bucket
+from tests.integration.conftest import BUCKET, PREFIX, SECRET_KEY, SECRETS, prepare_bucket
 
 KEY = re.compile(rf"/{BUCKET}/({PREFIX}\d{{8}}_\d{{6}}_[0-9a-f]{{32}}\.png)$")
 
@@ -26,7 +26,9 @@ def post(server, data: bytes | None, filename: str = "image.png", timeout: float
     if files is None:
         # httpx only sends multipart when there is a file; keep the request multipart anyway.
         files = {"unrelated": ("x.txt", b"", "text/plain")}
-    return httpx.post(f"{server.url}/segment", files=files, data=form, timeout=timeout)
+    response = httpx.post(f"{server.url}/segment", files=files, data=form, timeout=timeout)
+    assert not any(secret in response.text for secret in SECRETS)
+    return response
 
 
 def fetch_mask(url: str) -> np.ndarray:
@@ -161,12 +163,13 @@ def test_s3_outage_gives_null_url_within_the_bound_then_recovers(server, s3, s3_
         assert response.status_code == 200
         assert response.json()["mask_url"] is None
         assert elapsed < 20, f"a dead S3 held the request {elapsed:.1f} s"  # bound ~10 s + encoder
-        assert "mask upload to s3://" in server.log() and "EndpointConnectionError" in server.log()
+        assert f"mask upload failed: s3://{BUCKET}: EndpointConnectionError" in server.log()
     finally:
         s3_server.start("/moto-api/")
         prepare_bucket(s3)  # moto keeps buckets in memory only
     response = post(server, image, box=[100, 50, 300, 250])
     assert response.json()["mask_url"] is not None  # no restart needed
+    assert "mask uploads work again after 1 failed" in server.log()
 
 
 def test_secrets_never_reach_logs_or_responses(server, test_images):

@@ -83,10 +83,11 @@ def test_returned_array_is_writable():
     [
         (b"", InvalidImage, "empty"),
         (b"hello, I am text pretending to be a PNG", UnsupportedImage, "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, InvalidImage, "starts like a PNG but its header could not be read"),
         (encode(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG")[:-200], InvalidImage, "truncated"),
         (encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")[:300], InvalidImage, "truncated"),
     ],
-    ids=["empty", "text", "truncated png", "truncated jpeg"],
+    ids=["empty", "text", "broken png header", "truncated png", "truncated jpeg"],
 )
 def test_bad_uploads_are_refused_with_a_reason(data, error, words):
     with pytest.raises(error, match=words):

@@ -11,7 +11,7 @@ import pytest
 from moto import mock_aws
 
 from sam2_api.config import Settings
-from sam2_api.storage import MaskStore, mask_key, object_url
+from sam2_api.storage import FailureLog, MaskStore, mask_key, object_url
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 KEY_PATTERN = re.compile(r"^sam2-api-masks/\d{8}_\d{6}_[0-9a-f]{32}\.png$")
@@ -109,6 +109,45 @@ def test_access_denied_gives_none_and_logs_the_reason(aws_env, caplog):
     store = make_store(s3_bucket_name_staging="locked")
     with caplog.at_level(logging.WARNING):
         assert store.put(b"png") is None
-    assert re.search(r"failed: (AccessDenied|403)", caplog.text)  # moto answers a bare 403
+    assert re.search(r"failed: s3://locked: (AccessDenied|403)", caplog.text)  # moto: a bare 403
     assert SECRET not in caplog.text
     assert aws_env.list_objects_v2(Bucket="locked").get("KeyCount") == 0
+
+
+def test_an_outage_is_logged_once_then_its_end(aws_env, caplog):
+    store = make_store(s3_bucket_name_staging="later")
+    with caplog.at_level(logging.WARNING):
+        assert [store.put(b"png") for _ in range(5)] == [None] * 5
+        aws_env.create_bucket(Bucket="later", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        assert store.put(b"png") is not None
+        assert store.put(b"png") is not None
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("mask upload failed: s3://later: NoSuchBucket")
+    assert messages[1] == "mask uploads work again after 5 failed (s3://later: NoSuchBucket " \
+        "(The specified bucket does not exist))"
+
+
+def test_a_long_outage_gets_periodic_summaries(caplog):
+    failures = FailureLog(interval=0)
+    with caplog.at_level(logging.WARNING):
+        failures.failed("s3://b: SlowDown")
+        failures.failed("s3://b: SlowDown")
+        failures.failed("s3://b: AccessDenied")
+    assert [r.getMessage().split(";")[0].split(" (")[0] for r in caplog.records] == [
+        "mask upload failed: s3://b: SlowDown",
+        "mask uploads still failing: 1 more in the last 0 s",
+        "mask upload failed: s3://b: AccessDenied",
+    ]
+
+
+def test_presigned_mode_returns_a_signed_get_url_that_works(aws_env):
+    import requests
+
+    aws_env.create_bucket(Bucket="private", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    store = make_store(s3_bucket_name_staging="private", s3_url_mode="presigned", s3_presign_expires=120)
+    url = store.put(b"png bytes")
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=120" in url
+    assert KEY_PATTERN.match(re.search(r"amazonaws\.com/([^?]+)", url).group(1))
+    assert SECRET not in url
+    assert requests.get(url, timeout=5).content == b"png bytes"

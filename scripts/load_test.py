@@ -1,0 +1,78 @@
+"""Load test on loopback: N requests at concurrency C over the test images, against a real server
+and a local S3 server. Checks zero 5xx, every mask stored and byte-identical to the same request
+sent alone, no key reused, and the server's memory. Bounded: it stops after N requests.
+
+    .venv/bin/python scripts/load_test.py --requests 500 --concurrency 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import boto3
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sam2_api.storage import public_read_policy  # noqa: E402
+from tests.integration.load import load_cases, run_load, solo_masks  # noqa: E402
+from tests.integration.servers import bento_server, moto_server  # noqa: E402
+
+
+def tree_rss(pid: int) -> int:
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--checkpoint", type=Path,
+                        default=REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt")
+    parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "test-images")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as logs:
+        s3_server = moto_server(Path(logs))
+        s3_server.start("/moto-api/")
+        s3 = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
+                          aws_access_key_id="x", aws_secret_access_key="y")
+        s3.create_bucket(Bucket="load-masks")
+        s3.put_bucket_policy(Bucket="load-masks", Policy=public_read_policy("load-masks", "sam2-api-masks/"))
+        server = bento_server("load", Path(logs), {
+            "SAM2_CHECKPOINT": str(args.checkpoint), "S3_BUCKET_NAME_STAGING": "load-masks",
+            "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+        })
+        try:
+            server.start("/readyz")
+            cases = load_cases(args.images)
+            expected = solo_masks(server.url, cases)
+            warm = run_load(server.url, cases, expected, total=40, concurrency=args.concurrency, seed=0)
+            rss_before = tree_rss(server.proc.pid)
+            report = run_load(server.url, cases, expected, args.requests, args.concurrency, seed=1)
+            rss_after = tree_rss(server.proc.pid)
+        finally:
+            server.stop()
+            s3_server.stop()
+
+    growth = (rss_after - rss_before) / rss_before
+    print(f"requests: {report.requests} at concurrency {args.concurrency} over {len(cases)} image+prompt cases "
+          f"in {report.wall_seconds:.1f} s (after {warm.requests} warm-up requests)")
+    print(f"statuses: {dict(report.statuses)}; 5xx: {report.server_errors}")
+    print(f"masks stored: {report.stored}; missing: {len(report.missing)}; "
+          f"differing from the solo request: {len(report.mismatched)}; repeated keys: {report.duplicate_keys}")
+    print(f"latency p50 {report.percentile(50):.3f} s, p95 {report.percentile(95):.3f} s")
+    print(f"server RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB ({growth * 100:+.1f} %)")
+    ok = (report.server_errors == 0 and report.stored == report.requests and not report.missing
+          and not report.mismatched and report.duplicate_keys == 0 and growth < 0.05)
+    print("PASS" if ok else "FAIL")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

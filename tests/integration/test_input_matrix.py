@@ -1,0 +1,90 @@
+"""Odd and hostile inputs over HTTP: each gets 200 with the right size, or a clear 4xx."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.integration.test_segment_api import post
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width × height`` (Pillow refuses to write a 0×0 one)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def photo(test_images, mode: str = "RGB") -> Image.Image:
+    return Image.open(test_images / "chelsea.png").convert(mode)  # 451x300
+
+
+def frames(test_images) -> list[Image.Image]:
+    first = photo(test_images)
+    return [first, first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+
+
+ACCEPTED = {
+    "1x1 image": lambda d: (encoded(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"), (1, 1)),
+    "animated GIF": lambda d: (encoded(frames(d)[0], "GIF", save_all=True, append_images=frames(d)[1:]), (451, 300)),
+    "multi-page TIFF": lambda d: (encoded(frames(d)[0], "TIFF", save_all=True, append_images=frames(d)[1:]), (451, 300)),
+    "16-bit PNG": lambda d: (encoded(Image.fromarray(np.array(photo(d, "L"), dtype=np.uint16) * 257), "PNG"), (451, 300)),
+    "CMYK JPEG": lambda d: (encoded(photo(d, "CMYK"), "JPEG"), (451, 300)),
+    "RGBA PNG": lambda d: (encoded(photo(d, "RGBA"), "PNG"), (451, 300)),
+    "palette PNG": lambda d: (encoded(photo(d).convert("P", palette=Image.Palette.ADAPTIVE), "PNG"), (451, 300)),
+    "WebP": lambda d: (encoded(photo(d), "WEBP"), (451, 300)),
+    "BMP": lambda d: (encoded(photo(d), "BMP"), (451, 300)),
+}
+
+
+@pytest.mark.parametrize("case", ACCEPTED)
+def test_every_accepted_kind_of_image_is_segmented_at_its_size(server, test_images, case):
+    data, (width, height) = ACCEPTED[case](test_images)
+    response = post(server, data, points=[[width / 2, height / 2]])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == (width, height)
+    mask = Image.open(io.BytesIO(httpx.get(body["mask_url"], timeout=10).content))
+    assert mask.size == (width, height) and mask.mode == "L"
+
+
+REFUSED = [
+    ("0x0 image", lambda d: (png_with_declared_size(0, 0), {"points": [[0, 0]]}), 400, "starts like a PNG"),
+    ("huge declared size", lambda d: (png_with_declared_size(100_000, 100_000), {"points": [[1, 1]]}), 413, "limit"),
+    ("huge coordinates", lambda d: (encoded(photo(d), "PNG"), {"points": [[1e30, 5]]}), 400, "outside the 451x300 image"),
+    ("too many points", lambda d: (encoded(photo(d), "PNG"), {"points": [[1, 1]] * 65}), 400, "at most 64"),
+    ("points not a list", lambda d: (encoded(photo(d), "PNG"), {"points": "abc"}), 400, "points"),
+    ("labels an object", lambda d: (encoded(photo(d), "PNG"), {"points": [[1, 1]], "labels": {"a": 1}}), 400, "labels"),
+    ("multimask not a bool", lambda d: (encoded(photo(d), "PNG"), {"box": [1, 1, 9, 9], "multimask_output": "maybe"}), 400, "multimask_output"),
+    ("box of two numbers", lambda d: (encoded(photo(d), "PNG"), {"box": [1, 2]}), 400, "box"),
+    ("inf in box", lambda d: (encoded(photo(d), "PNG"), {"box": [1, 2, float("inf"), 9]}), 400, "finite"),
+]
+
+
+@pytest.mark.parametrize("case, make, status, words", REFUSED, ids=[c[0] for c in REFUSED])
+def test_refused_inputs_say_why(server, test_images, case, make, status, words):
+    data, fields = make(test_images)
+    files = {"image": ("upload.png", data)}
+    form = {name: json.dumps(value) if not isinstance(value, str) else value for name, value in fields.items()}
+    response = httpx.post(f"{server.url}/segment", files=files, data=form, timeout=60)
+    assert response.status_code == status, response.text
+    assert words in response.text
+
+
+def test_unknown_fields_are_ignored(server, test_images):
+    response = post(server, encoded(photo(test_images), "PNG"), points=[[225, 150]], colour="blue")
+    assert response.status_code == 200 and response.json()["width"] == 451

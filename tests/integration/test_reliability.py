@@ -1,0 +1,133 @@
+"""Load without loss or cross-talk, S3 faults injected through a proxy, access control."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, SECRET_KEY, prepare_bucket
+from tests.integration.fault_proxy import FaultProxy
+from tests.integration.load import load_cases, run_load, solo_masks
+from tests.integration.servers import bento_server
+from tests.integration.test_segment_api import post
+
+PRIVATE_BUCKET = "sam2-private-masks"
+
+
+def test_concurrent_load_loses_and_mixes_nothing(server, test_images):
+    cases = load_cases(test_images)
+    expected = solo_masks(server.url, cases)
+    report = run_load(server.url, cases, expected, total=48, concurrency=8, seed=1)
+    assert report.statuses == {200: 48}
+    assert report.stored == 48
+    assert report.missing == [] and report.mismatched == []
+    assert report.duplicate_keys == 0
+
+
+@pytest.fixture(scope="module")
+def proxy(s3_server):
+    port = int(s3_server.url.rsplit(":", 1)[1])
+    proxied = FaultProxy(port).start()
+    yield proxied
+    proxied.stop()
+
+
+@pytest.fixture(scope="module")
+def server_behind_proxy(proxy, s3, checkpoint, logs):
+    served = bento_server("bentoml-proxied", logs, {
+        "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": BUCKET, "S3_ENDPOINT_URL": proxy.url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    })
+    served.start("/readyz")
+    yield served
+    served.stop()
+
+
+@pytest.mark.parametrize("mode, reason", [("hang", "ReadTimeoutError"), ("reset", "ConnectionClosedError")])
+def test_s3_faults_give_null_within_the_bound_logged_once_then_recover(
+    server_behind_proxy, proxy, test_images, mode, reason
+):
+    image = (test_images / "chelsea.png").read_bytes()
+    post(server_behind_proxy, image, points=[[225, 150]])  # the embedding is cached: time is S3's
+    proxy.mode = mode
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            response = post(server_behind_proxy, image, points=[[225, 150]])
+            elapsed = time.monotonic() - started
+            assert response.status_code == 200 and response.json()["mask_url"] is None
+            assert elapsed < 12, f"{mode}: a faulty S3 held the request {elapsed:.1f} s"
+    finally:
+        proxy.mode = "pass"
+    assert post(server_behind_proxy, image, points=[[225, 150]]).json()["mask_url"] is not None
+    log = server_behind_proxy.log()
+    assert log.count(f"mask upload failed: s3://{BUCKET}: {reason}") == 1  # per outage, not per request
+    assert f"mask uploads work again after 3 failed (s3://{BUCKET}: {reason})" in log
+
+
+def test_a_missing_bucket_gives_null_and_recovers_when_it_is_back(server_behind_proxy, s3, test_images):
+    image = (test_images / "coffee.png").read_bytes()
+    for item in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+    s3.delete_bucket(Bucket=BUCKET)
+    try:
+        response = post(server_behind_proxy, image, box=[150, 50, 450, 350])
+        assert response.status_code == 200 and response.json()["mask_url"] is None
+        assert "NoSuchBucket" in server_behind_proxy.log()
+    finally:
+        prepare_bucket(s3)
+    assert post(server_behind_proxy, image, box=[150, 50, 450, 350]).json()["mask_url"] is not None
+
+
+@pytest.fixture(scope="module")
+def guarded_server(s3, s3_server, checkpoint, logs):
+    """API keys on, a 2 MB upload limit, and a private bucket served through presigned URLs."""
+    s3.create_bucket(Bucket=PRIVATE_BUCKET)
+    served = bento_server("bentoml-guarded", logs, {
+        "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": PRIVATE_BUCKET,
+        "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "SAM2_API_KEYS": ",".join(API_KEYS), "SAM2_MAX_UPLOAD_BYTES": "2000000",
+        "S3_URL_MODE": "presigned", "S3_PRESIGN_EXPIRES": "300",
+    })
+    served.start("/readyz")
+    yield served
+    served.stop()
+
+
+def authorized(server, key: str | None, data: bytes, **fields) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    files = {"image": ("i.png", data)}
+    return httpx.post(f"{server.url}/segment", files=files, headers=headers, timeout=120,
+                      data={k: json.dumps(v) for k, v in fields.items()})
+
+
+def test_api_keys_guard_the_api_but_not_health_or_metrics(guarded_server, test_images):
+    image = (test_images / "chelsea.png").read_bytes()
+    for key in (None, "not-a-key", API_KEYS[0][:-1]):
+        response = authorized(guarded_server, key, image, points=[[225, 150]])
+        assert response.status_code == 401, key
+    for key in API_KEYS:
+        assert authorized(guarded_server, key, image, points=[[225, 150]]).status_code == 200
+    for path in ("/readyz", "/livez", "/metrics"):
+        assert httpx.get(guarded_server.url + path, timeout=10).status_code == 200
+    for key in API_KEYS:
+        assert key not in guarded_server.log()
+
+
+def test_uploads_over_the_limit_get_413(guarded_server):
+    response = authorized(guarded_server, API_KEYS[0], b"\0" * 2_100_000, points=[[1, 1]])
+    assert response.status_code == 413
+    assert "the limit is 2000000 bytes" in response.text
+
+
+def test_private_bucket_masks_come_back_through_presigned_urls(guarded_server, s3_server, test_images):
+    response = authorized(guarded_server, API_KEYS[1], (test_images / "coffee.png").read_bytes(), box=[150, 50, 450, 350])
+    url = response.json()["mask_url"]
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=300" in url
+    assert httpx.get(url, timeout=10).content.startswith(b"\x89PNG")
+    plain = url.split("?")[0]
+    assert httpx.get(plain, timeout=10).status_code == 403  # the bucket itself stays private
+    assert SECRET_KEY not in url
