@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
-from bentoml.exceptions import BentoMLException
+from starlette.responses import JSONResponse
+from starlette.staticfiles import StaticFiles
+
+import sam2_api
 
 from sam2_api import errors
 from sam2_api.cache import EmbeddingCache
@@ -18,11 +20,12 @@ from sam2_api.model import load_sam2, packaged_weights, pick_device, resolve_wei
 from sam2_api.pipeline import Pipeline, Result
 from sam2_api.prompts import Prompt
 from sam2_api.schemas import (
-    BoxField, ImageField, ImageIdField, LabelsField, MultimaskField, ObjectsField, ObjectsResponse,
+    BoxField, ImageField, ImageIdField, ImageUrlField, LabelsField, MultimaskField, ObjectsField, ObjectsResponse,
     PointsField, SegmentResponse,
 )
 from sam2_api.segmenter import Segmenter
-from sam2_api.storage import MaskStore
+from sam2_api.sources import ImageSources
+from sam2_api.storage import MaskStore, make_s3_client
 
 logging.getLogger("sam2_api").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
 
@@ -32,13 +35,11 @@ CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
 OptionalImage = Annotated[Path, ImageField]
 
 
-@contextlib.contextmanager
-def http_errors():
-    """Our request errors become 4xx responses carrying their message; nothing else leaks."""
-    try:
-        yield
-    except errors.RequestError as exc:
-        raise BentoMLException(str(exc), error_code=exc.status) from None
+def error_response(ctx: bentoml.Context, exc: errors.RequestError) -> JSONResponse:
+    """Our request errors, as `{"error": message}` with their status (BentoML would hide a 403's).
+    The status goes on the context too: BentoML sets it on any response of an API that takes one."""
+    ctx.response.status_code = exc.status
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
 # Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
@@ -47,6 +48,8 @@ SETTINGS = Settings()
 BENTO_MODEL = SETTINGS.sam2_bento_model
 
 
+# The click-to-segment page: static files calling the same POST /segment as any client.
+@bentoml.asgi_app(StaticFiles(directory=Path(sam2_api.__file__).parent / "ui", html=True), path="/ui")
 @bentoml.service(
     # One replica = one GPU (CPU works too: BentoML only warns that no GPU is there to assign).
     resources={"gpu": 1, "gpu_type": "nvidia-l4"},
@@ -71,12 +74,13 @@ class SAM2Segment:
             segmenter,
             EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)),
             MaskStore(settings),
+            ImageSources(make_s3_client(settings), settings.input_buckets, settings.sam2_max_upload_bytes),
             settings.sam2_max_image_pixels,
         )
 
-    def _run(self, ctx: bentoml.Context, image: Path | None, prompts: list[Prompt], image_id: str | None) -> Result:
-        with http_errors():
-            result = self.pipeline.run(image.read_bytes() if image else None, prompts, image_id)
+    def _run(self, ctx: bentoml.Context, image: Path | None, prompts: list[Prompt], image_id: str | None,
+             image_url: str | None) -> Result:
+        result = self.pipeline.run(image.read_bytes() if image else None, prompts, image_id, image_url)
         ctx.response.headers[CACHE_HEADER] = "hit" if result.cached else "miss"
         return result
 
@@ -90,11 +94,22 @@ class SAM2Segment:
         box: BoxField = None,
         multimask_output: MultimaskField = None,
         image_id: ImageIdField = None,
+        image_url: ImageUrlField = None,
     ) -> SegmentResponse:
-        """Segment one object in `image` from clicks and/or a box; the mask goes to S3."""
-        with http_errors():
+        """Segment one object from clicks and/or a box; the PNG mask goes to S3, its URL comes back.
+
+        Give the image as `image` (a file), `image_url` (s3://… or https://…) or, for an image sent
+        before, just its `image_id`. Errors, each with `{"error": "<what is wrong>"}`: 400 bad
+        prompt, image or JSON; 401 missing/wrong API key (when keys are configured); 403 an
+        `image_url` this service may not read; 404 an unknown `image_id` sent alone; 411 no
+        Content-Length; 413 upload or image too large; 415 not an image; 429 too many requests in
+        flight.
+        """
+        try:
             prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output)
-        result = self._run(ctx, image, [prompt], image_id)
+            result = self._run(ctx, image, [prompt], image_id, image_url)
+        except errors.RequestError as exc:
+            return error_response(ctx, exc)
         mask = result.masks[0]
         return SegmentResponse(mask_url=mask.url, score=mask.score, width=result.width, height=result.height)
 
@@ -105,9 +120,17 @@ class SAM2Segment:
         objects: ObjectsField,
         image: OptionalImage = None,
         image_id: ImageIdField = None,
+        image_url: ImageUrlField = None,
     ) -> ObjectsResponse:
-        """Segment several objects in one image (one prompt each): one encoder pass, one mask each."""
-        result = self._run(ctx, image, objects, image_id)
+        """Segment several objects in one image, one prompt each: one encoder pass, one mask each.
+
+        `objects` is a list of prompts with the fields of /segment; the response lists the masks
+        in the same order. Errors as for /segment.
+        """
+        try:
+            result = self._run(ctx, image, objects, image_id, image_url)
+        except errors.RequestError as exc:
+            return error_response(ctx, exc)
         return ObjectsResponse.from_result(result)
 
 

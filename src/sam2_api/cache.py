@@ -30,6 +30,9 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
     @property
     def nbytes(self) -> int:
         return self._bytes

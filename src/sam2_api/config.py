@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     s3_object_acl: str | None = Field(
         None, description="Canned ACL for each mask, e.g. public-read; off by default."
     )
+    s3_input_buckets: str = Field(
+        "", description="Comma-separated buckets that image_url may read from (s3://bucket/key)."
+    )
     s3_url_mode: Literal["public", "presigned"] = Field(
         "public", description="public: the object's plain URL; presigned: a signed GET URL (private buckets)."
     )
@@ -100,6 +103,10 @@ class Settings(BaseSettings):
         if self.sam2_api_keys is None:
             return ()
         return tuple(key.strip() for key in self.sam2_api_keys.get_secret_value().split(",") if key.strip())
+
+    @property
+    def input_buckets(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.s3_input_buckets.split(",") if name.strip())
 
     def cache_max_bytes(self, device_type: str) -> int:
         if self.sam2_cache_max_bytes is not None:

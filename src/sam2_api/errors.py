@@ -45,5 +45,15 @@ class MissingImage(RequestError):
     """Neither an image nor an ``image_id`` was sent."""
 
 
+class InvalidImageSource(RequestError):
+    """``image_url`` is malformed, missing, or could not be fetched."""
+
+
+class ForbiddenSource(RequestError):
+    """``image_url`` points where this service may not read: a bucket not allowed, a private address."""
+
+    status = HTTPStatus.FORBIDDEN
+
+
 class ModelLoadError(RuntimeError):
     """The SAM 2 weights could not be resolved or loaded (a startup error, not a request error)."""

@@ -1,4 +1,4 @@
-"""One request's path: bytes → embedding (cached) → masks → PNGs → URLs.
+"""One request's path: bytes (uploaded or fetched) → embedding (cached) → masks → PNGs → URLs.
 
 The model's work happens under the segmenter's lock; everything else here (hashing, decoding the
 upload, PNG encoding, uploading) runs on the request's own thread, beside the next request's
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from . import imaging
 from .cache import EmbeddingCache
-from .errors import MissingImage, UnknownImageId
+from .errors import InvalidImageSource, MissingImage, UnknownImageId
 from .prompts import Prompt
 from .segmenter import Embedding, Segmenter
+from .sources import ImageSources
 from .storage import MaskStore
 
 
@@ -33,14 +34,22 @@ class Result:
 
 
 class Pipeline:
-    def __init__(self, segmenter: Segmenter, cache: EmbeddingCache, store: MaskStore, max_image_pixels: int):
+    def __init__(self, segmenter: Segmenter, cache: EmbeddingCache, store: MaskStore, sources: ImageSources,
+                 max_image_pixels: int):
         self.segmenter = segmenter
         self.cache = cache
         self.store = store
+        self.sources = sources
         self.max_image_pixels = max_image_pixels
 
-    def run(self, data: bytes | None, prompts: list[Prompt], image_id: str | None = None) -> Result:
-        """Segment one object per prompt in the image given as ``data`` and/or ``image_id``."""
+    def run(self, data: bytes | None, prompts: list[Prompt], image_id: str | None = None,
+            image_url: str | None = None) -> Result:
+        """Segment one object per prompt in the image given as ``data``, ``image_url`` and/or ``image_id``."""
+        if image_url is not None:
+            if data is not None:
+                raise InvalidImageSource("send the image file or image_url, not both")
+            if image_id is None or f"id:{image_id}" not in self.cache:
+                data = self.sources.fetch(image_url)
         embedding, cached = self._embedding(data, image_id)
         height, width = embedding.orig_hw
         for prompt in prompts:

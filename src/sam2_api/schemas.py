@@ -55,6 +55,16 @@ MultimaskField = Annotated[
 ]
 
 
+ImageUrlField = Annotated[
+    str | None,
+    Field(
+        description="The image by reference instead of upload: s3://bucket/key (read with the "
+        "service's credentials, from the buckets in S3_INPUT_BUCKETS only; others get 403) or "
+        "https://… (public addresses only; at most SAM2_MAX_UPLOAD_BYTES, 10 s). Send either "
+        "this or `image`.",
+        examples=["s3://my-photos/cats/chelsea.png"],
+    ),
+]
 ObjectsField = Annotated[
     list[Prompt],
     Field(

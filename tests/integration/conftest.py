@@ -9,6 +9,7 @@ from sam2_api.storage import public_read_policy
 from tests.integration.servers import Process, bento_server, moto_server
 
 BUCKET = "sam2-test-masks"
+PHOTOS = "sam2-test-photos"  # images users keep in S3, read through image_url
 PREFIX = "sam2-api-masks/"
 ACCESS_KEY = "AKIAINTEGRATIONTEST1"
 SECRET_KEY = "integration/SECRET/key/that/must/never/leak"
@@ -17,7 +18,10 @@ SECRETS = (SECRET_KEY, *API_KEYS)
 
 
 def prepare_bucket(s3) -> None:
-    s3.create_bucket(Bucket=BUCKET)
+    """The mask bucket with the seed's public-read policy, and a photo bucket; safe to repeat."""
+    existing = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
+    for name in {BUCKET, PHOTOS} - existing:
+        s3.create_bucket(Bucket=name)
     s3.put_bucket_policy(Bucket=BUCKET, Policy=public_read_policy(BUCKET, PREFIX))
 
 
@@ -56,6 +60,7 @@ def server(s3, s3_server, checkpoint, logs) -> Process:
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_REGION": "us-east-1",
+        "S3_INPUT_BUCKETS": PHOTOS,
     })
     served.start("/readyz")
     yield served

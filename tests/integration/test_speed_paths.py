@@ -117,3 +117,18 @@ def test_metrics_count_encoder_cache_and_uploads(server, test_images):
     assert values["sam2_embedding_cache_hits_total"] >= 1
     assert values["sam2_embedding_cache_misses_total"] >= 1
     assert values["sam2_mask_upload_seconds_count"] >= 2
+
+
+def test_openapi_documents_every_field_and_the_errors(server):
+    spec = httpx.get(f"{server.url}/docs.json", timeout=10).json()
+    for route, required_examples in (("/segment", {"points", "labels", "box", "image_id", "image_url"}),
+                                     ("/segment_objects", {"objects", "image_id", "image_url"})):
+        post_spec = spec["paths"][route]["post"]
+        schema = post_spec["requestBody"]["content"]["multipart/form-data"]["schema"]
+        if "$ref" in schema:
+            schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        properties = schema["properties"]
+        assert all(field.get("description") for field in properties.values()), route
+        assert {name for name, field in properties.items() if field.get("examples")} >= required_examples
+        for status in ("401", "403", "404", "413", "415"):
+            assert status in post_spec["description"] or status in spec["paths"]["/segment"]["post"]["description"]

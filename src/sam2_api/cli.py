@@ -1,0 +1,182 @@
+"""`sam2-api`: segment images with a running server, one at a time or in batches.
+
+    sam2-api segment photo.jpg --point 320,200 --overlay overlay.png
+    sam2-api segment s3://my-photos/cat.png --box 10,20,200,220
+    sam2-api batch requests.jsonl --output results.jsonl --concurrency 4 [--resume]
+
+A batch file has one JSON request per line: {"image": "<path | s3://… | https://…>", "points":
+[[x, y]], "labels": [1], "box": [x1, y1, x2, y2], "multimask_output": true, "id": "anything"}.
+Each line gets one result line (errors included, the batch goes on); --resume skips the lines
+that already have a result and retries only those that failed for want of a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+REFERENCE_SCHEMES = ("s3://", "https://")
+OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+
+
+class Client:
+    """A thin client for POST /segment; one per thread (httpx clients are not shared)."""
+
+    def __init__(self, url: str, api_key: str | None, timeout: float):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def segment(self, image: str, fields: dict) -> httpx.Response:
+        form = {name: json.dumps(value) for name, value in fields.items() if value is not None}
+        if image.startswith(REFERENCE_SCHEMES):
+            form["image_url"] = json.dumps(image)
+            files = {"none": ("", b"")}  # keeps the request multipart
+        else:
+            files = {"image": (Path(image).name, Path(image).read_bytes())}
+        return self.http.post("/segment", data=form, files=files)
+
+
+def overlay(image_bytes: bytes, mask_png: bytes) -> Image.Image:
+    """The upright image with the mask tinted red at half strength, for people to look at."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes))).convert("RGB")
+    mask = np.array(Image.open(io.BytesIO(mask_png)).convert("L")) > 127
+    pixels = np.array(image, dtype=np.float32)
+    pixels[mask] = 0.5 * pixels[mask] + 0.5 * OVERLAY_COLOUR
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def read_image(source: str, timeout: float) -> bytes:
+    """The image's bytes, wherever it is (S3 with the caller's own AWS credentials)."""
+    if source.startswith("https://"):
+        response = httpx.get(source, timeout=timeout, follow_redirects=True)
+        response.raise_for_status()
+        return response.content
+    if source.startswith("s3://"):
+        import boto3
+
+        bucket, _, key = source.removeprefix("s3://").partition("/")
+        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    return Path(source).read_bytes()
+
+
+def parse_point(text: str) -> tuple[list[float], int]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"--point wants X,Y or X,Y,LABEL; got {text!r}")
+    label = int(parts[2]) if len(parts) == 3 else 1
+    return [float(parts[0]), float(parts[1])], label
+
+
+def parse_box(text: str) -> list[float]:
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"--box wants X1,Y1,X2,Y2; got {text!r}")
+    return [float(p) for p in parts]
+
+
+def command_segment(args: argparse.Namespace) -> int:
+    points = [p for p, _ in args.point] or None
+    labels = [label for _, label in args.point] or None
+    response = Client(args.url, args.api_key, args.timeout).segment(
+        args.image, {"points": points, "labels": labels, "box": args.box, "multimask_output": args.multimask}
+    )
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text}
+    print(json.dumps(body, indent=2))
+    if response.status_code != 200:
+        return 1
+    if args.overlay:
+        if not body.get("mask_url"):
+            print("no overlay: the server returned no mask_url (S3 not configured there?)", file=sys.stderr)
+            return 1
+        mask = httpx.get(body["mask_url"], timeout=args.timeout)
+        mask.raise_for_status()
+        overlay(read_image(args.image, args.timeout), mask.content).save(args.overlay)
+        print(f"overlay written to {args.overlay}", file=sys.stderr)
+    return 0
+
+
+def command_batch(args: argparse.Namespace) -> int:
+    requests = [json.loads(line) for line in args.requests.read_text().splitlines() if line.strip()]
+    done: set[int] = set()
+    if args.resume and args.output.exists():
+        for line in args.output.read_text().splitlines():
+            result = json.loads(line)
+            if result.get("ok") or 400 <= result.get("status", 0) < 500:
+                done.add(result["line"])  # final answers; server or network failures are retried
+    todo = [i for i in range(len(requests)) if i not in done]
+    local = threading.local()
+    write_lock = threading.Lock()
+
+    def run(index: int) -> dict:
+        if not hasattr(local, "client"):
+            local.client = Client(args.url, args.api_key, args.timeout)
+        request = requests[index]
+        result = {"line": index, "id": request.get("id"), "image": request.get("image")}
+        try:
+            fields = {k: request.get(k) for k in ("points", "labels", "box", "multimask_output")}
+            response = local.client.segment(str(request["image"]), fields)
+            body = response.json()
+            result.update(status=response.status_code, ok=response.status_code == 200, **body)
+        except (KeyError, OSError, ValueError, httpx.HTTPError) as exc:
+            result.update(ok=False, status=0, error=f"{type(exc).__name__}: {exc}")
+        return result
+
+    failures = 0
+    with args.output.open("a") as out, ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        futures = [pool.submit(run, i) for i in todo]
+        for future in tqdm(as_completed(futures), total=len(futures), unit="image", disable=args.quiet):
+            result = future.result()
+            failures += not result["ok"]
+            with write_lock:
+                out.write(json.dumps(result) + "\n")
+                out.flush()
+    print(f"{len(todo) - failures} ok, {failures} failed, {len(done)} already done; results in {args.output}",
+          file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sam2-api", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://localhost:3000", help="the server (default: %(default)s)")
+    parser.add_argument("--api-key", help="sent as Authorization: Bearer <key>")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    one = commands.add_parser("segment", help="segment one image and print the JSON result")
+    one.add_argument("image", help="a local file, s3://bucket/key or https://… URL")
+    one.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]",
+                     help="a click in pixels of the upright image; LABEL 1 = object (default), 0 = background")
+    one.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2")
+    one.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None)
+    one.add_argument("--overlay", type=Path, help="write the image with the mask drawn over it here")
+    one.set_defaults(run=command_segment)
+
+    many = commands.add_parser("batch", help="segment every request of a JSONL file")
+    many.add_argument("requests", type=Path)
+    many.add_argument("--output", type=Path, required=True, help="JSONL results, appended")
+    many.add_argument("--concurrency", type=int, default=4)
+    many.add_argument("--resume", action="store_true", help="skip lines that already have a result")
+    many.add_argument("--quiet", action="store_true", help="no progress bar")
+    many.set_defaults(run=command_batch)
+
+    args = parser.parse_args(argv)
+    if args.command == "segment" and not args.point and args.box is None:
+        parser.error("give at least one --point or a --box")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

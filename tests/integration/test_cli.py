@@ -1,0 +1,67 @@
+"""The `sam2-api` command against a real server: one image with an overlay, and a resumable batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import REPO, upright_rgb
+from tests.integration.conftest import PHOTOS
+from tests.integration.servers import BIN, clean_env
+from tests.integration.test_segment_api import fetch_mask
+
+
+def sam2_api(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "sam2-api"), *args], cwd=REPO, env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_segment_prints_the_result_and_draws_the_overlay(server, reference_mask, test_images, tmp_path):
+    image = test_images / "chelsea.png"
+    out = tmp_path / "overlay.png"
+    result = sam2_api("--url", server.url, "segment", str(image), "--point", "225,150", "--point", "50,50,0",
+                      "--overlay", str(out))
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert (body["width"], body["height"]) == (451, 300)
+    expected, _ = reference_mask(upright_rgb(image), points=[[225, 150], [50, 50]], labels=[1, 0])
+    assert np.array_equal(fetch_mask(body["mask_url"]) == 255, expected)
+
+    drawn = np.array(Image.open(out).convert("RGB")).astype(int)
+    original = upright_rgb(image).astype(int)
+    assert drawn.shape == original.shape
+    changed = np.any(drawn != original, axis=-1)
+    assert np.array_equal(changed & ~expected, np.zeros_like(expected))  # only mask pixels are tinted
+    assert changed.sum() > 0.9 * expected.sum()  # (a pure-red pixel would not change)
+
+
+def test_segment_refuses_a_request_without_prompt():
+    result = sam2_api("segment", "whatever.png")
+    assert result.returncode == 2 and "give at least one --point or a --box" in result.stderr
+
+
+def test_batch_writes_one_line_per_request_goes_on_after_errors_and_resumes(server, s3, test_images, tmp_path):
+    s3.put_object(Bucket=PHOTOS, Key="batch/coffee.png", Body=(test_images / "coffee.png").read_bytes())
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "cat", "image": str(test_images / "chelsea.png"), "points": [[225, 150]]},
+        {"id": "bad-box", "image": str(test_images / "chelsea.png"), "box": [10, 10, 5, 5]},
+        {"id": "from-s3", "image": f"s3://{PHOTOS}/batch/coffee.png", "box": [150, 50, 450, 350]},
+        {"id": "no-file", "image": str(tmp_path / "missing.png"), "points": [[1, 1]]},
+    ]) + "\n")
+    results = tmp_path / "results.jsonl"
+    run = sam2_api("--url", server.url, "batch", str(requests), "--output", str(results), "--concurrency", "2")
+    assert run.returncode == 1  # some requests failed; the batch still ran them all
+    lines = {r["id"]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert set(lines) == {"cat", "bad-box", "from-s3", "no-file"}
+    assert lines["cat"]["ok"] and lines["cat"]["mask_url"] and lines["from-s3"]["width"] == 600
+    assert lines["bad-box"]["status"] == 400 and "x2 > x1" in lines["bad-box"]["error"]
+    assert lines["no-file"]["status"] == 0 and "FileNotFoundError" in lines["no-file"]["error"]
+
+    again = sam2_api("--url", server.url, "batch", str(requests), "--output", str(results), "--resume", "--quiet")
+    retried = [json.loads(line) for line in results.read_text().splitlines()][4:]
+    assert [r["id"] for r in retried] == ["no-file"]  # only the one that never reached the server
+    assert "0 ok, 1 failed, 3 already done" in again.stderr

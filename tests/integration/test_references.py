@@ -1,0 +1,46 @@
+"""Images by reference (image_url): an allowed S3 bucket works; other buckets and hosts are refused."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import upright_rgb
+from tests.integration.conftest import BUCKET, PHOTOS
+from tests.integration.test_segment_api import fetch_mask, post
+
+
+def by_reference(server, image_url: str, **fields) -> httpx.Response:
+    data = {"image_url": json.dumps(image_url), **{k: json.dumps(v) for k, v in fields.items()}}
+    return httpx.post(f"{server.url}/segment", files={"none": ("", b"")}, data=data, timeout=120)
+
+
+def test_an_s3_image_from_an_allowed_bucket_is_segmented(server, s3, reference_mask, test_images):
+    path = test_images / "rocket.jpg"
+    s3.put_object(Bucket=PHOTOS, Key="launches/rocket.jpg", Body=path.read_bytes())
+    response = by_reference(server, f"s3://{PHOTOS}/launches/rocket.jpg", box=[250, 20, 420, 420])
+    assert response.status_code == 200, response.text
+    expected, _ = reference_mask(upright_rgb(path), box=[250, 20, 420, 420])
+    assert np.array_equal(fetch_mask(response.json()["mask_url"]) == 255, expected)
+
+
+@pytest.mark.parametrize("url, status, words", [
+    (f"s3://{BUCKET}/anything.png", 403, f"bucket '{BUCKET}' is not one this service reads from"),
+    (f"s3://{PHOTOS}/missing.png", 400, "does not exist"),
+    ("https://127.0.0.1:9/cat.png", 403, "not a public address"),
+    ("https://localhost/cat.png", 403, "not a public address"),
+    ("ftp://example.com/cat.png", 400, "must be s3://bucket/key or https://"),
+])
+def test_references_that_may_not_be_read_are_refused_clearly(server, url, status, words):
+    response = by_reference(server, url, points=[[1, 1]])
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+
+
+def test_upload_and_reference_together_are_refused(server, test_images):
+    response = post(server, (test_images / "chelsea.png").read_bytes(), points=[[1, 1]],
+                    image_url=f"s3://{PHOTOS}/x.png")
+    assert response.status_code == 400 and "not both" in response.text
