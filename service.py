@@ -13,6 +13,7 @@ from starlette.staticfiles import StaticFiles
 import sam2_api
 
 from sam2_api import errors
+from sam2_api.batching import EncoderBatcher
 from sam2_api.cache import EmbeddingCache
 from sam2_api.config import Settings
 from sam2_api.guard import RequestGuard
@@ -70,12 +71,16 @@ class SAM2Segment:
         model = load_sam2(resolve_weights(settings, packaged), device, settings.sam2_compile)
         segmenter = Segmenter(model)
         segmenter.warm_up()
+        batcher = None
+        if settings.sam2_encoder_batch > 1:
+            batcher = EncoderBatcher(segmenter, settings.sam2_encoder_batch, settings.sam2_encoder_batch_wait_ms / 1000)
         self.pipeline = Pipeline(
             segmenter,
             EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)),
             MaskStore(settings),
             ImageSources(make_s3_client(settings), settings.input_buckets, settings.sam2_max_upload_bytes),
             settings.sam2_max_image_pixels,
+            encode=batcher.encode if batcher else None,
         )
 
     def _run(self, ctx: bentoml.Context, image: Path | None, prompts: list[Prompt], image_id: str | None,

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
         description="Memory bound of the embedding cache; default 4 GiB on CUDA, 1 GiB on CPU "
         "(hiera models: about 16 MiB per image).",
     )
+    sam2_encoder_batch: int = Field(
+        1, ge=1, le=64,
+        description="Encode up to this many new images in one call when they arrive together; 1 = off.",
+    )
+    sam2_encoder_batch_wait_ms: float = Field(
+        0, ge=0, le=1000,
+        description="How long the first image of a batch waits for others; 0 = batch only what "
+        "queued up while the encoder was busy.",
+    )
     sam2_compile: bool = Field(
         False, description="torch.compile the image encoder (CUDA; slower startup, faster encoder)."
     )

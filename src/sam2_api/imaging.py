@@ -16,8 +16,10 @@ from .errors import ImageTooLarge, InvalidImage, UnsupportedImage
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
-# zlib level 1: on a 3840x2160 two-blob mask (this machine) 33 ms / 54 KB, against 46 ms / 19 KB
-# at Pillow's default 6. The encode runs on the CPU beside the next request; bytes on S3 are cheap.
+# zlib level 1: about two thirds of the time of Pillow's default 6 for twice the bytes (a 4K mask:
+# 36 ms / 108 KB against 53 ms / 55 KB, docs/PERFORMANCE.md). The encode competes with the next
+# request for the CPU; bytes on S3 are cheap. (1-bit PNGs would be faster still, but the API
+# promises 8-bit 0/255 masks, which every image library reads the same way.)
 PNG_COMPRESS_LEVEL = 1
 
 

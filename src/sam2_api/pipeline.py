@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 
 from . import imaging
 from .cache import EmbeddingCache
@@ -35,12 +38,13 @@ class Result:
 
 class Pipeline:
     def __init__(self, segmenter: Segmenter, cache: EmbeddingCache, store: MaskStore, sources: ImageSources,
-                 max_image_pixels: int):
+                 max_image_pixels: int, encode: Callable[[np.ndarray], Embedding] | None = None):
         self.segmenter = segmenter
         self.cache = cache
         self.store = store
         self.sources = sources
         self.max_image_pixels = max_image_pixels
+        self.encode = encode or segmenter.encode  # or an EncoderBatcher's, batching across requests
 
     def run(self, data: bytes | None, prompts: list[Prompt], image_id: str | None = None,
             image_url: str | None = None) -> Result:
@@ -75,6 +79,6 @@ class Pipeline:
             key = "sha256:" + hashlib.sha256(data).hexdigest()
 
         def encode() -> Embedding:
-            return self.segmenter.encode(imaging.load_upright_rgb(data, self.max_image_pixels))
+            return self.encode(imaging.load_upright_rgb(data, self.max_image_pixels))
 
         return self.cache.get_or_compute(key, encode)

@@ -72,10 +72,14 @@ class Segmenter:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @torch.inference_mode()
     def encode(self, image: np.ndarray) -> Embedding:
         """Run the image encoder on an ``(H, W, 3)`` uint8 RGB array."""
-        pixels = self._transforms(image)[None, ...].to(self.device)
+        return self.encode_batch([image])[0]
+
+    @torch.inference_mode()
+    def encode_batch(self, images: list[np.ndarray]) -> list[Embedding]:
+        """Run the image encoder once over several images (as ``set_image_batch`` does)."""
+        pixels = torch.stack([self._transforms(image) for image in images]).to(self.device)
         with self._lock, self._autocast():
             started = time.perf_counter()
             backbone_out = self.model.forward_image(pixels)
@@ -85,13 +89,18 @@ class Segmenter:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # so that the time below is the encoder's
             metrics.ENCODER_SECONDS.observe(time.perf_counter() - started)
+        count = len(images)
         feats = [
-            feat.permute(1, 2, 0).view(1, -1, *size)
+            feat.permute(1, 2, 0).view(count, -1, *size)
             for feat, size in zip(vision_feats[::-1], self._feature_sizes[::-1])
         ][::-1]
-        return Embedding(
-            image_embed=feats[-1], high_res_feats=tuple(feats[:-1]), orig_hw=image.shape[:2]
-        )
+        if count == 1:
+            return [Embedding(feats[-1], tuple(feats[:-1]), images[0].shape[:2])]
+        # Copies, not views: an embedding evicted from the cache must free its own memory.
+        return [
+            Embedding(feats[-1][i : i + 1].clone(), tuple(f[i : i + 1].clone() for f in feats[:-1]), image.shape[:2])
+            for i, image in enumerate(images)
+        ]
 
     @torch.inference_mode()
     def decode(self, embedding: Embedding, prompt: Prompt) -> Mask:

@@ -48,3 +48,16 @@ def test_bad_values_fail_naming_the_variable(monkeypatch, name, value, words):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=words):
         Settings()
+
+
+def test_readme_documents_every_setting_and_no_other():
+    import re
+
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("### S3 bucket setup")]
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)`", table, re.M))
+    documented |= set(re.findall(r"^\| `AWS_ACCESS_KEY_ID`, `(AWS_SECRET_ACCESS_KEY)`", table, re.M))
+    read_by_boto3 = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert documented == {name.upper() for name in Settings.model_fields} | read_by_boto3
