@@ -16,6 +16,7 @@ from sam2_api import errors
 from sam2_api.batching import EncoderBatcher
 from sam2_api.cache import EmbeddingCache
 from sam2_api.config import Settings
+from sam2_api.errors import ModelLoadError
 from sam2_api.guard import RequestGuard
 from sam2_api.model import load_sam2, packaged_weights, pick_device, resolve_weights
 from sam2_api.pipeline import Pipeline, Result
@@ -63,6 +64,17 @@ BENTO_MODEL = SETTINGS.sam2_bento_model
 )
 class SAM2Segment:
     weights = bentoml.models.BentoModel(BENTO_MODEL) if BENTO_MODEL else None
+
+    @bentoml.on_deployment
+    def fetch_weights() -> None:
+        """Once, before any worker starts: download the weights if they come from Hugging Face, so
+        that workers find them cached and a failure stops the server with one line, not a
+        worker restarting forever."""
+        if BENTO_MODEL is None:
+            try:
+                resolve_weights(SETTINGS)
+            except ModelLoadError as exc:
+                raise SystemExit(f"error: {exc}") from None
 
     def __init__(self) -> None:
         settings = SETTINGS

@@ -4,7 +4,10 @@ S3 objects are read with the service's own credentials, and only from the bucket
 ``S3_INPUT_BUCKETS``. HTTPS URLs are fetched only from public addresses: the host name is resolved
 first and every address it resolves to must be globally routable (no private, loopback,
 link-local, reserved or multicast address), so that callers cannot make the service reach into
-its own network. Both are bounded by ``SAM2_MAX_UPLOAD_BYTES`` and a timeout.
+its own network. Both are bounded by ``SAM2_MAX_UPLOAD_BYTES`` and a timeout. (BentoML's own
+guard for URL inputs patches only its async event loop, which these sync handlers do not use.
+A name that resolves differently between the check and the connection, DNS rebinding, is not
+caught: deployments that must rule it out should also block private ranges at the network.)
 """
 
 from __future__ import annotations

@@ -176,3 +176,20 @@ def test_secrets_never_reach_logs_or_responses(server, test_images):
     response = post(server, (test_images / "chelsea.png").read_bytes(), points=[[225, 150]])
     assert SECRET_KEY not in response.text
     assert SECRET_KEY not in server.log()
+
+
+def test_without_reachable_weights_the_server_stops_with_one_clear_line(tmp_path):
+    import subprocess
+
+    from tests.integration.servers import BIN, REPO, clean_env, free_port
+
+    env = clean_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), BENTOML_HOME=str(tmp_path / "bentoml"))
+    result = subprocess.run([str(BIN / "bentoml"), "serve", "service.py", "--port", str(free_port())],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert output.strip().splitlines()[-1] == (
+        "error: could not fetch facebook/sam2.1-hiera-tiny from Hugging Face (LocalEntryNotFoundError); "
+        "set SAM2_CHECKPOINT to a local checkpoint file"
+    )
+    assert output.count("could not fetch") == 1
