@@ -205,7 +205,6 @@ def main() -> None:
                 cold.append(client.segment(data, pts)[0])
             results["raw"] = statistics.median(raw)
             results["cold"] = statistics.median(cold)
-            del predictor
             print(f"raw set_image+predict: median {results['raw']:.3f} s over {len(raw)}")
             repeat = [client.segment(images[0], pts)[0] for pts in clicks(width, height, args.cold * 3, 4)]
             results["repeat"] = statistics.median(repeat)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-import httpx
 import numpy as np
 import pytest
 
@@ -13,15 +10,10 @@ from tests.integration.conftest import BUCKET, PHOTOS
 from tests.integration.test_segment_api import fetch_mask, post
 
 
-def by_reference(server, image_url: str, **fields) -> httpx.Response:
-    data = {"image_url": json.dumps(image_url), **{k: json.dumps(v) for k, v in fields.items()}}
-    return httpx.post(f"{server.url}/segment", files={"none": ("", b"")}, data=data, timeout=120)
-
-
 def test_an_s3_image_from_an_allowed_bucket_is_segmented(server, s3, reference_mask, test_images):
     path = test_images / "rocket.jpg"
     s3.put_object(Bucket=PHOTOS, Key="launches/rocket.jpg", Body=path.read_bytes())
-    response = by_reference(server, f"s3://{PHOTOS}/launches/rocket.jpg", box=[250, 20, 420, 420])
+    response = post(server, None, image_url=f"s3://{PHOTOS}/launches/rocket.jpg", box=[250, 20, 420, 420])
     assert response.status_code == 200, response.text
     expected, _ = reference_mask(upright_rgb(path), box=[250, 20, 420, 420])
     assert np.array_equal(fetch_mask(response.json()["mask_url"]) == 255, expected)
@@ -35,7 +27,7 @@ def test_an_s3_image_from_an_allowed_bucket_is_segmented(server, s3, reference_m
     ("ftp://example.com/cat.png", 400, "must be s3://bucket/key or https://"),
 ])
 def test_references_that_may_not_be_read_are_refused_clearly(server, url, status, words):
-    response = by_reference(server, url, points=[[1, 1]])
+    response = post(server, None, image_url=url, points=[[1, 1]])
     assert response.status_code == status, response.text
     assert words in response.json()["error"]
 

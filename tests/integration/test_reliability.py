@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
@@ -98,10 +97,7 @@ def guarded_server(s3, s3_server, checkpoint, logs):
 
 
 def authorized(server, key: str | None, data: bytes, **fields) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    files = {"image": ("i.png", data)}
-    return httpx.post(f"{server.url}/segment", files=files, headers=headers, timeout=120,
-                      data={k: json.dumps(v) for k, v in fields.items()})
+    return post(server, data, headers={"Authorization": f"Bearer {key}"} if key else None, **fields)
 
 
 def test_api_keys_guard_the_api_but_not_health_or_metrics(guarded_server, test_images):

@@ -20,13 +20,15 @@ from tests.integration.conftest import BUCKET, PREFIX, SECRET_KEY, SECRETS, prep
 KEY = re.compile(rf"/{BUCKET}/({PREFIX}\d{{8}}_\d{{6}}_[0-9a-f]{{32}}\.png)$")
 
 
-def post(server, data: bytes | None, filename: str = "image.png", timeout: float = 120, **fields):
+def post(server, data: bytes | None, filename: str = "image.png", timeout: float = 120,
+         route: str = "/segment", headers: dict | None = None, **fields):
+    """POST multipart to the server: ``data`` as the `image` file (None: no file), each field as JSON."""
     files = {"image": (filename, data, "application/octet-stream")} if data is not None else None
     form = {name: json.dumps(value) for name, value in fields.items()}
     if files is None:
         # httpx only sends multipart when there is a file; keep the request multipart anyway.
         files = {"unrelated": ("x.txt", b"", "text/plain")}
-    response = httpx.post(f"{server.url}/segment", files=files, data=form, timeout=timeout)
+    response = httpx.post(f"{server.url}{route}", files=files, data=form, headers=headers, timeout=timeout)
     assert not any(secret in response.text for secret in SECRETS)
     return response
 

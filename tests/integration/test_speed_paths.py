@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import uuid
 
 import httpx
@@ -44,8 +42,7 @@ def test_image_id_lets_later_clicks_skip_the_upload(server, reference_mask, fres
     image_id = f"test-{uuid.uuid4().hex}"
     first = post(server, fresh_image.read_bytes(), image_id=image_id, points=[[100, 100]])
     assert first.status_code == 200 and first.headers[CACHE_HEADER] == "miss"
-    click = httpx.post(f"{server.url}/segment", timeout=60, files={"none": ("", b"")},
-                       data={"image_id": json.dumps(image_id), "points": "[[300, 260]]"})
+    click = post(server, None, image_id=image_id, points=[[300, 260]])
     assert click.status_code == 200 and click.headers[CACHE_HEADER] == "hit"
     assert (click.json()["width"], click.json()["height"]) == (512, 512)
     expected, _ = reference_mask(upright_rgb(fresh_image), points=[[300, 260]])
@@ -53,8 +50,7 @@ def test_image_id_lets_later_clicks_skip_the_upload(server, reference_mask, fres
 
 
 def test_unknown_image_id_without_image_is_404(server):
-    response = httpx.post(f"{server.url}/segment", timeout=60, files={"none": ("", b"")},
-                          data={"image_id": '"never-sent"', "points": "[[1, 1]]"})
+    response = post(server, None, image_id="never-sent", points=[[1, 1]])
     assert response.status_code == 404
     assert "image_id 'never-sent' is not cached here" in response.text
 
@@ -69,10 +65,7 @@ def test_several_objects_share_one_encoder_pass(server, sam2_model, fresh_image)
 
     boxes = [[10, 10, 200, 200], [100, 50, 500, 400], [200, 100, 400, 500]]
     objects = [{"box": box} for box in boxes] + [{"points": [[256, 256]], "labels": [1]}]
-    response = httpx.post(
-        f"{server.url}/segment_objects", timeout=120,
-        files={"image": ("fresh.png", fresh_image.read_bytes())}, data={"objects": json.dumps(objects)},
-    )
+    response = post(server, fresh_image.read_bytes(), route="/segment_objects", objects=objects)
     assert response.status_code == 200, response.text
     assert response.headers[CACHE_HEADER] == "miss"
     body = response.json()
@@ -97,8 +90,7 @@ def test_objects_are_validated_like_single_prompts(server, test_images):
     data = (test_images / "chelsea.png").read_bytes()
     for objects, words in [([], "at least 1 item"), ([{"box": [5, 5, 1, 1]}], "x2 > x1"),
                            ([{"points": [[1, 1]]}, {"points": [[999, 1]]}], "outside the 451x300 image")]:
-        response = httpx.post(f"{server.url}/segment_objects", timeout=60,
-                              files={"image": ("c.png", data)}, data={"objects": json.dumps(objects)})
+        response = post(server, data, route="/segment_objects", objects=objects)
         assert response.status_code == 400, response.text
         assert words in response.text
 
