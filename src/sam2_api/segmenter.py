@@ -147,7 +147,8 @@ class Segmenter:
             scores = iou.float().cpu().numpy()
             metrics.DECODER_SECONDS.observe(time.perf_counter() - started)
         best = scores.argmax(axis=1)
-        chosen = low_res[torch.arange(len(best)), torch.as_tensor(best)][:, None].float()
+        rows = torch.arange(len(best), device=low_res.device)
+        chosen = low_res[rows, torch.as_tensor(best, device=low_res.device)][:, None].float()
         # Only the returned masks are upsampled, exactly as SAM2Transforms.postprocess_masks does.
         logits = F.interpolate(chosen, embedding.orig_hw, mode="bilinear", align_corners=False)
         pixels = (logits[:, 0] > MASK_THRESHOLD).cpu().numpy()
