@@ -68,10 +68,12 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def moto_server(log_dir: Path, port: int | None = None) -> Process:
-    port = port or free_port()
-    return Process("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                   clean_env(), log_dir, f"http://127.0.0.1:{port}")
+def moto_server(log_dir: Path, name: str = "moto", **env: str) -> Process:
+    """moto's S3 server on a free loopback port (``env``: e.g. INITIAL_NO_AUTH_ACTION_COUNT,
+    after which moto checks credentials as AWS does)."""
+    port = free_port()
+    return Process(name, [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                   clean_env(**env), log_dir, f"http://127.0.0.1:{port}")
 
 
 def bento_server(name: str, log_dir: Path, env: dict[str, str], target: str = "service.py") -> Process:

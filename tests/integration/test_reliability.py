@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 
+import boto3
 import httpx
 import pytest
 
 from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, SECRET_KEY, prepare_bucket
 from tests.integration.fault_proxy import FaultProxy
 from tests.integration.load import load_cases, run_load, solo_masks
-from tests.integration.servers import bento_server
+from tests.integration.servers import bento_server, moto_server
 from tests.integration.test_segment_api import post
 
 PRIVATE_BUCKET = "sam2-private-masks"
@@ -79,6 +80,27 @@ def test_a_missing_bucket_gives_null_and_recovers_when_it_is_back(server_behind_
     finally:
         prepare_bucket(s3)
     assert post(server_behind_proxy, image, box=[150, 50, 450, 350]).json()["mask_url"] is not None
+
+
+def test_wrong_credentials_give_null_and_say_so_without_the_secret(checkpoint, logs, test_images):
+    strict = moto_server(logs, "moto-strict", INITIAL_NO_AUTH_ACTION_COUNT="1")  # then keys are checked
+    strict.start("/moto-api/")
+    served = None
+    try:
+        boto3.client("s3", endpoint_url=strict.url, region_name="us-east-1", aws_access_key_id="setup",
+                     aws_secret_access_key="setup").create_bucket(Bucket="strict-masks")
+        served = bento_server("bentoml-wrong-keys", logs, {
+            "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": "strict-masks",
+            "S3_ENDPOINT_URL": strict.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        })
+        served.start("/readyz")
+        response = post(served, (test_images / "chelsea.png").read_bytes(), points=[[225, 150]])
+        assert response.status_code == 200 and response.json()["mask_url"] is None
+        assert "mask upload failed: s3://strict-masks: InvalidAccessKeyId" in served.log()
+    finally:
+        if served:
+            served.stop()
+        strict.stop()
 
 
 @pytest.fixture(scope="module")
