@@ -74,18 +74,33 @@ def test_served_mask_is_exactly_sam2_image_predictors(server, s3, reference_mask
     assert body["score"] == pytest.approx(score, abs=1e-6)
 
 
-def test_exif_rotated_photo_is_segmented_upright(server, reference_mask, test_images, tmp_path):
-    upright = Image.open(test_images / "rocket.jpg")
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to view": stored sideways
-    sideways = tmp_path / "sideways.jpg"
-    upright.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif, quality=95)
-    fields = {"points": [[300, 250]]}  # in the upright frame: 640 wide, 427 high
+# How a camera stores an upright photo under each EXIF orientation: the inverse of what a viewer
+# (and Pillow's exif_transpose) does to show it upright.
+STORED_AS = {
+    1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270,
+}
 
-    body = post(server, sideways.read_bytes(), "sideways.jpg", **fields).json()
-    assert (body["width"], body["height"]) == (640, 427)
-    expected, _ = reference_mask(upright_rgb(sideways), **fields)
-    assert np.array_equal(fetch_mask(body["mask_url"]) == 255, expected)
+
+@pytest.fixture(scope="module")
+def upright_cat_mask(test_images, reference_mask):
+    """The predictor's mask for a click on the upright cat photo (451x300)."""
+    return reference_mask(upright_rgb(test_images / "chelsea.png"), points=[[225, 150]])[0]
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_AS))
+def test_exif_oriented_photos_are_segmented_upright(server, upright_cat_mask, test_images, orientation):
+    upright = Image.open(test_images / "chelsea.png").convert("RGB")
+    method = STORED_AS[orientation]
+    stored = upright if method is None else upright.transpose(method)  # FLIP_LEFT_RIGHT is 0: falsy
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif)  # lossless: upright again, pixel for pixel
+    body = post(server, buffer.getvalue(), "camera.png", points=[[225, 150]]).json()  # upright frame
+    assert (body["width"], body["height"]) == (451, 300)
+    assert np.array_equal(fetch_mask(body["mask_url"]) == 255, upright_cat_mask)
 
 
 def test_bentoml_sync_client_calls_the_same_api(server, test_images):
