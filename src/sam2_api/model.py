@@ -37,14 +37,14 @@ def resolve_weights(settings: Settings, packaged: WeightsSource | None = None) -
     """Find config and checkpoint: ``SAM2_CHECKPOINT`` first, then the weights packaged in the
     Bento, then ``SAM2_MODEL`` downloaded from Hugging Face."""
     default_config, checkpoint_name = HF_MODEL_ID_TO_FILENAMES[settings.sam2_model]
-    if settings.sam2_checkpoint is None and packaged is not None:
-        return packaged
     if settings.sam2_checkpoint is not None:
         return WeightsSource(
             config=settings.sam2_config or default_config,
             checkpoint=settings.sam2_checkpoint,
             origin="local",
         )
+    if packaged is not None:
+        return packaged
     try:
         from huggingface_hub import hf_hub_download
 

@@ -52,7 +52,7 @@ class Pipeline:
         if image_url is not None:
             if data is not None:
                 raise InvalidImageSource("send the image file or image_url, not both")
-            if image_id is None or f"id:{image_id}" not in self.cache:
+            if image_id is None or _id_key(image_id) not in self.cache:
                 data = self.sources.fetch(image_url)
         embedding, cached = self._embedding(data, image_id)
         height, width = embedding.orig_hw
@@ -66,7 +66,7 @@ class Pipeline:
         if data is None and image_id is None:
             raise MissingImage("send the `image` file (or the `image_id` of an image sent before)")
         if image_id is not None:
-            key = f"id:{image_id}"
+            key = _id_key(image_id)
             if data is None:
                 embedding = self.cache.get(key)
                 if embedding is None:
@@ -82,3 +82,8 @@ class Pipeline:
             return self.encode(imaging.load_upright_rgb(data, self.max_image_pixels))
 
         return self.cache.get_or_compute(key, encode)
+
+
+def _id_key(image_id: str) -> str:
+    """Cache key of a client's image_id (content hashes are "sha256:…", so the two never meet)."""
+    return f"id:{image_id}"
