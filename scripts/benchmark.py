@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path,
                         default=REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt")
     parser.add_argument("--model", default="facebook/sam2.1-hiera-tiny")
-    parser.add_argument("--image", type=Path, default=REPO.parent / "shared" / "test-images" / "rocket.jpg")
+    parser.add_argument("--image", type=Path, default=REPO / "tests" / "data" / "rocket.jpg")
     parser.add_argument("--size", default="1280x720", help="WxH the image is resized to")
     parser.add_argument("--cold", type=int, default=8, help="new images timed raw and served, alternately")
     parser.add_argument("--concurrency", default="1,2,4,8")

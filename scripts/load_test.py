@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--checkpoint", type=Path,
                         default=REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt")
-    parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "test-images")
+    parser.add_argument("--images", type=Path, default=REPO / "tests" / "data")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as logs:

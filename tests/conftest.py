@@ -11,14 +11,14 @@ import pytest
 from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_IMAGES = REPO.parent / "shared" / "test-images"
+TEST_IMAGES = REPO / "tests" / "data"  # real photographs, with their licences in its README.md
 CHECKPOINT = REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt"
 
 
 @pytest.fixture(scope="session")
 def test_images() -> Path:
     if not TEST_IMAGES.is_dir():
-        pytest.fail(f"test images not found at {TEST_IMAGES} (../shared/test-images)")
+        pytest.fail(f"test images not found at {TEST_IMAGES}")
     return TEST_IMAGES
 
 
