@@ -37,8 +37,7 @@ sys.path.insert(0, str(REPO))
 from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2  # noqa: E402
 from sam2.sam2_image_predictor import SAM2ImagePredictor  # noqa: E402
 
-from sam2_api.storage import public_read_policy  # noqa: E402
-from tests.integration.servers import Process, bento_server, moto_server  # noqa: E402
+from sam2_api.localdev import Process, bento_server, moto_server, prepare_mask_bucket  # noqa: E402
 
 BUCKET, PREFIX = "bench-masks", "sam2-api-masks/"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
@@ -183,13 +182,12 @@ def main() -> None:
         s3_server.start("/moto-api/")
         s3 = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
                           aws_access_key_id="x", aws_secret_access_key="y")
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_bucket_policy(Bucket=BUCKET, Policy=public_read_policy(BUCKET, PREFIX))
+        prepare_mask_bucket(s3, BUCKET, PREFIX)
         env = {"SAM2_CHECKPOINT": str(args.checkpoint), "SAM2_MODEL": args.model, "SAM2_DEVICE": args.device,
                "S3_BUCKET_NAME_STAGING": BUCKET, "S3_ENDPOINT_URL": s3_server.url, **CREDENTIALS}
         servers = []
         try:
-            server = bento_server("bench", logs, env)
+            server = bento_server("bench", logs, env, project=REPO)
             servers.append(server)
             server.start("/readyz")
             rss = RssSampler(server.proc.pid)
@@ -241,7 +239,7 @@ def main() -> None:
             results["session_cached"] = time.perf_counter() - started
             server.stop()
 
-            uncached = bento_server("bench-nocache", logs, {**env, "SAM2_CACHE_MAX_ENTRIES": "0"})
+            uncached = bento_server("bench-nocache", logs, project=REPO, env={**env, "SAM2_CACHE_MAX_ENTRIES": "0"})
             servers.append(uncached)
             uncached.start("/readyz")
             plain = Client(uncached)
@@ -254,7 +252,7 @@ def main() -> None:
                   f"{results['session_uncached']:.2f} s without cache")
             uncached.stop()
 
-            batching = bento_server("bench-batching", logs, {**env, "SAM2_ENCODER_BATCH": "4"})
+            batching = bento_server("bench-batching", logs, project=REPO, env={**env, "SAM2_ENCODER_BATCH": "4"})
             servers.append(batching)
             batching.start("/readyz")
             Client(batching).segment(images[-1], [[10.0, 10.0]])

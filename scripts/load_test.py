@@ -15,12 +15,10 @@ from pathlib import Path
 import boto3
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from sam2_api.loadcheck import load_cases, run_load, solo_masks
+from sam2_api.localdev import bento_server, moto_server, prepare_mask_bucket
 
-from sam2_api.storage import public_read_policy  # noqa: E402
-from tests.integration.load import load_cases, run_load, solo_masks  # noqa: E402
-from tests.integration.servers import bento_server, moto_server  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tree_rss(pid: int) -> int:
@@ -42,9 +40,8 @@ def main() -> None:
         s3_server.start("/moto-api/")
         s3 = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
                           aws_access_key_id="x", aws_secret_access_key="y")
-        s3.create_bucket(Bucket="load-masks")
-        s3.put_bucket_policy(Bucket="load-masks", Policy=public_read_policy("load-masks", "sam2-api-masks/"))
-        server = bento_server("load", Path(logs), {
+        prepare_mask_bucket(s3, "load-masks", "sam2-api-masks/")
+        server = bento_server("load", Path(logs), project=REPO, env={
             "SAM2_CHECKPOINT": str(args.checkpoint), "S3_BUCKET_NAME_STAGING": "load-masks",
             "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
         })

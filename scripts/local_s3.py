@@ -14,7 +14,7 @@ import time
 import boto3
 from moto.server import ThreadedMotoServer
 
-from sam2_api.storage import public_read_policy
+from sam2_api.localdev import prepare_mask_bucket
 
 CREDENTIALS = {"aws_access_key_id": "local-test-key", "aws_secret_access_key": "local-test-secret"}
 
@@ -30,8 +30,7 @@ def main() -> None:
     server.start()
     endpoint = f"http://127.0.0.1:{args.port}"
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **CREDENTIALS)
-    s3.create_bucket(Bucket=args.bucket)
-    s3.put_bucket_policy(Bucket=args.bucket, Policy=public_read_policy(args.bucket, args.prefix))
+    prepare_mask_bucket(s3, args.bucket, args.prefix)
     print(f"S3_ENDPOINT_URL={endpoint}")
     print(f"S3_BUCKET_NAME_STAGING={args.bucket}")
     print(f"AWS_ACCESS_KEY_ID={CREDENTIALS['aws_access_key_id']}")

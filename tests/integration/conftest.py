@@ -5,8 +5,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from sam2_api.storage import public_read_policy
-from tests.integration.servers import Process, bento_server, moto_server
+from sam2_api.localdev import Process, bento_server, moto_server, prepare_mask_bucket
+from tests.conftest import REPO
 
 BUCKET = "sam2-test-masks"
 PHOTOS = "sam2-test-photos"  # images users keep in S3, read through image_url
@@ -19,10 +19,7 @@ SECRETS = (SECRET_KEY, *API_KEYS)
 
 def prepare_bucket(s3) -> None:
     """The mask bucket with the seed's public-read policy, and a photo bucket; safe to repeat."""
-    existing = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
-    for name in {BUCKET, PHOTOS} - existing:
-        s3.create_bucket(Bucket=name)
-    s3.put_bucket_policy(Bucket=BUCKET, Policy=public_read_policy(BUCKET, PREFIX))
+    prepare_mask_bucket(s3, BUCKET, PREFIX, PHOTOS)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +50,7 @@ def s3(s3_server):
 @pytest.fixture(scope="session")
 def server(s3, s3_server, checkpoint, logs) -> Process:
     """The service as a user runs it against their bucket (here the local S3 server)."""
-    served = bento_server("bentoml-s3", logs, {
+    served = bento_server("bentoml-s3", logs, project=REPO, env={
         "SAM2_CHECKPOINT": str(checkpoint),
         "S3_BUCKET_NAME_STAGING": BUCKET,
         "S3_ENDPOINT_URL": s3_server.url,
@@ -69,7 +66,7 @@ def server(s3, s3_server, checkpoint, logs) -> Process:
 
 @pytest.fixture(scope="session")
 def server_without_s3(checkpoint, logs) -> Process:
-    served = bento_server("bentoml-no-s3", logs, {"SAM2_CHECKPOINT": str(checkpoint)})
+    served = bento_server("bentoml-no-s3", logs, project=REPO, env={"SAM2_CHECKPOINT": str(checkpoint)})
     served.start("/readyz")
     yield served
     served.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from tests.integration.servers import free_port
+from sam2_api.localdev import free_port
 
 
 class FaultProxy:

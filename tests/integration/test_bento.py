@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO, upright_rgb
 from tests.integration.conftest import ACCESS_KEY, BUCKET, SECRET_KEY
-from tests.integration.servers import BIN, bento_server, clean_env
+from sam2_api.localdev import BIN, bento_server, clean_env
 from tests.integration.test_segment_api import fetch_mask, post
 
 MODEL_NAME = "sam2.1-hiera-tiny-random-test"
@@ -87,7 +87,7 @@ def test_generated_dockerfile(built):
 
 def test_built_bento_serves_segment(built, s3, s3_server, logs, reference_mask, test_images):
     _, bento_tag, _ = built
-    served = bento_server("bento", logs, {
+    served = bento_server("bento", logs, project=REPO, env={
         "BENTOML_HOME": str(built[2].parents[2]), "S3_BUCKET_NAME_STAGING": BUCKET,
         "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
     }, target=bento_tag)

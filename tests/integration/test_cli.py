@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import REPO, upright_rgb
 from tests.integration.conftest import PHOTOS
-from tests.integration.servers import BIN, clean_env
+from sam2_api.localdev import BIN, clean_env
 from tests.integration.test_segment_api import fetch_mask
 
 

@@ -8,10 +8,11 @@ import boto3
 import httpx
 import pytest
 
+from tests.conftest import REPO
 from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, SECRET_KEY, prepare_bucket
 from tests.integration.fault_proxy import FaultProxy
-from tests.integration.load import load_cases, run_load, solo_masks
-from tests.integration.servers import bento_server, moto_server
+from sam2_api.loadcheck import load_cases, run_load, solo_masks
+from sam2_api.localdev import bento_server, moto_server
 from tests.integration.test_segment_api import post
 
 PRIVATE_BUCKET = "sam2-private-masks"
@@ -37,7 +38,7 @@ def proxy(s3_server):
 
 @pytest.fixture(scope="module")
 def server_behind_proxy(proxy, s3, checkpoint, logs):
-    served = bento_server("bentoml-proxied", logs, {
+    served = bento_server("bentoml-proxied", logs, project=REPO, env={
         "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": BUCKET, "S3_ENDPOINT_URL": proxy.url,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
     })
@@ -89,7 +90,7 @@ def test_wrong_credentials_give_null_and_say_so_without_the_secret(checkpoint, l
     try:
         boto3.client("s3", endpoint_url=strict.url, region_name="us-east-1", aws_access_key_id="setup",
                      aws_secret_access_key="setup").create_bucket(Bucket="strict-masks")
-        served = bento_server("bentoml-wrong-keys", logs, {
+        served = bento_server("bentoml-wrong-keys", logs, project=REPO, env={
             "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": "strict-masks",
             "S3_ENDPOINT_URL": strict.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         })
@@ -107,7 +108,7 @@ def test_wrong_credentials_give_null_and_say_so_without_the_secret(checkpoint, l
 def guarded_server(s3, s3_server, checkpoint, logs):
     """API keys on, a 2 MB upload limit, and a private bucket served through presigned URLs."""
     s3.create_bucket(Bucket=PRIVATE_BUCKET)
-    served = bento_server("bentoml-guarded", logs, {
+    served = bento_server("bentoml-guarded", logs, project=REPO, env={
         "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": PRIVATE_BUCKET,
         "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "SAM2_API_KEYS": ",".join(API_KEYS), "SAM2_MAX_UPLOAD_BYTES": "2000000",

@@ -1,4 +1,9 @@
-"""Real servers for integration tests: moto's S3 server and `bentoml serve`, each on a free port."""
+"""Local servers for development, tests and benchmarks: moto's S3 server and `bentoml serve`.
+
+Each runs in its own process group on a free loopback port, with its output in a log file. The
+tests, `scripts/benchmark.py`, `scripts/load_test.py` and `scripts/local_s3.py` all start their
+servers (and the public-read mask bucket) through this one module.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -32,14 +36,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Process:
     """A server in its own process group, with its output in a log file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str):
-        self.name, self.argv, self.env, self.url = name, argv, env, url
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, url: str,
+                 cwd: Path | None = None):
+        self.name, self.argv, self.env, self.url, self.cwd = name, argv, env, url, cwd
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, ready_path: str, timeout: float = 240) -> None:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, env=self.env, stdout=log,
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -76,10 +81,22 @@ def moto_server(log_dir: Path, name: str = "moto", **env: str) -> Process:
                    clean_env(**env), log_dir, f"http://127.0.0.1:{port}")
 
 
-def bento_server(name: str, log_dir: Path, env: dict[str, str], target: str = "service.py") -> Process:
-    """``bentoml serve`` of ``target``, with a BENTOML_HOME of its own unless ``env`` names one:
-    servers sharing one also share (and wipe) BentoML's Prometheus files."""
+def bento_server(name: str, log_dir: Path, env: dict[str, str], project: Path, target: str = "service.py") -> Process:
+    """``bentoml serve`` of ``target`` in the ``project`` folder, with a BENTOML_HOME of its own unless
+    ``env`` names one: servers sharing one also share (and wipe) BentoML's Prometheus files."""
     port = free_port()
     home = log_dir / f"{name}-bentoml-home"
     argv = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-    return Process(name, argv, clean_env(**{"BENTOML_HOME": str(home), **env}), log_dir, f"http://127.0.0.1:{port}")
+    return Process(name, argv, clean_env(**{"BENTOML_HOME": str(home), **env}), log_dir, f"http://127.0.0.1:{port}",
+                   cwd=project)
+
+
+def prepare_mask_bucket(s3, bucket: str, prefix: str, *others: str) -> None:
+    """``bucket`` with the README's public-read policy on ``prefix`` (anyone may GET a mask, nothing
+    else), and the plain buckets ``others``; safe to repeat (moto keeps buckets in memory only)."""
+    from .storage import public_read_policy
+
+    existing = {found["Name"] for found in s3.list_buckets()["Buckets"]}
+    for name in {bucket, *others} - existing:
+        s3.create_bucket(Bucket=name)
+    s3.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket, prefix))

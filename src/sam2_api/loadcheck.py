@@ -1,6 +1,7 @@
 """A bounded load run against a served /segment: nothing lost, nothing mixed up, no key reused.
 
-Used by tests/integration/test_reliability.py (small) and scripts/load_test.py (500+ requests).
+Used by tests/integration/test_reliability.py (small) and scripts/load_test.py (500+ requests),
+against any server URL.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class LoadReport:
 
 
 def load_cases(test_images: Path) -> list[Case]:
-    """Six image+prompt combinations over the shared test photos."""
+    """Six image+prompt combinations over the test photos in ``test_images`` (tests/data)."""
     read = lambda name: (test_images / name).read_bytes()
     return [
         Case("chelsea-click", read("chelsea.png"), {"points": [[225, 150]]}),
