@@ -1,4 +1,11 @@
-"""The BentoML service: routes, resources and wiring. The logic lives in ``src/sam2_api``."""
+"""The BentoML services: ``SAM2API`` (HTTP, images, PNGs, S3) in front of ``SAM2Model`` (SAM 2 on
+the GPU). The logic lives in ``src/sam2_api``.
+
+Two services, because the GPU must not wait for the CPU: multipart parsing, image decoding,
+hashing, PNG encoding and S3 uploads run in the API service's worker processes, and the model
+service's one process does nothing but drive the device (docs/PERFORMANCE.md has the numbers).
+Locally ``bentoml serve`` runs both; BentoCloud and Kubernetes scale them separately.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +18,62 @@ from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
 import sam2_api
-
 from sam2_api import errors
-from sam2_api.batching import EncoderBatcher
-from sam2_api.cache import EmbeddingCache
 from sam2_api.config import Settings
-from sam2_api.errors import ModelLoadError
 from sam2_api.guard import RequestGuard
-from sam2_api.model import load_sam2, packaged_weights, pick_device, resolve_weights
-from sam2_api.pipeline import Pipeline, Result
+from sam2_api.pipeline import ImageRequest, Result, build_pipeline
 from sam2_api.prompts import Prompt
+from sam2_api.protocol import ModelReply, RawImage
 from sam2_api.schemas import (
-    BoxField, ImageField, ImageIdField, ImageUrlField, LabelsField, MultimaskField, ObjectsField, ObjectsResponse,
-    PointsField, SegmentResponse,
+    BoxField, ImageField, ImageIdField, ImageUrlField, LabelsField, MultimaskField, ObjectMask, ObjectsField,
+    ObjectsResponse, PointsField, SegmentResponse, parse_image_id, parse_image_url, parse_objects,
 )
-from sam2_api.segmenter import Segmenter
-from sam2_api.sources import ImageSources
-from sam2_api.storage import MaskStore, make_s3_client
+from sam2_api.timing import StageTimer
 
 logging.getLogger("sam2_api").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
+
+SETTINGS = Settings()
+# Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
+# `bentoml build` references the model and `bentoml containerize` copies it into the image.
+BENTO_MODEL = SETTINGS.sam2_bento_model
+
+
+@bentoml.service(
+    # One replica = one GPU (CPU works too: BentoML only warns that no GPU is there to assign).
+    resources={"gpu": 1, "gpu_type": "nvidia-l4"},
+    workers=1,
+    # Calls wait here for the one device thread (sam2_api.device); waiting threads cost no CPU.
+    threads=32,
+    traffic={"timeout": 300, "max_concurrency": 64},
+)
+class SAM2Model:
+    """SAM 2 on the device, with the embedding cache. Called by SAM2API only."""
+
+    weights = bentoml.models.BentoModel(BENTO_MODEL) if BENTO_MODEL else None
+
+    @bentoml.on_deployment
+    def fetch_weights() -> None:
+        """Once, before any worker starts: download the weights if they come from Hugging Face, so
+        that the worker finds them cached and a failure stops the server with one line, not a
+        worker restarting forever."""
+        if BENTO_MODEL is None:
+            from sam2_api.model import resolve_weights  # torch: only where the model runs
+
+            try:
+                resolve_weights(SETTINGS)
+            except errors.ModelLoadError as exc:
+                raise SystemExit(f"error: {exc}") from None
+
+    def __init__(self) -> None:
+        from sam2_api.engine import build_engine
+        from sam2_api.model import packaged_weights
+
+        self.engine = build_engine(SETTINGS, packaged_weights(self.weights) if self.weights is not None else None)
+
+    @bentoml.api
+    def segment(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply:
+        return self.engine.segment(key, prompts, image)
+
 
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
 # Optional in practice (default None), but annotated as plain Path: BentoML 1.4.40 cannot build
@@ -44,60 +88,42 @@ def error_response(ctx: bentoml.Context, exc: errors.RequestError) -> JSONRespon
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
-# Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
-# `bentoml build` references the model and `bentoml containerize` copies it into the image.
-SETTINGS = Settings()
-BENTO_MODEL = SETTINGS.sam2_bento_model
-
-
 # The click-to-segment page: static files calling the same POST /segment as any client.
 @bentoml.asgi_app(StaticFiles(directory=Path(sam2_api.__file__).parent / "ui", html=True), path="/ui")
 @bentoml.service(
-    # One replica = one GPU (CPU works too: BentoML only warns that no GPU is there to assign).
-    resources={"gpu": 1, "gpu_type": "nvidia-l4"},
-    # Model work is serialized inside Segmenter; the extra threads decode images, encode PNGs
-    # and upload to S3 while the model is busy with the next request.
-    threads=4,
-    # Beyond 32 in flight, requests get 429 at once instead of queueing past the timeout;
+    workers=SETTINGS.sam2_api_workers,
+    # Each request mostly waits: for the model service, for S3.
+    threads=16,
+    # Beyond this many in flight, requests get 429 at once instead of queueing past the timeout;
     # docs/DEPLOY.md says how to size both for a replica.
-    traffic={"timeout": 300, "max_concurrency": 32},
+    traffic={"timeout": 300, "max_concurrency": 64},
 )
-class SAM2Segment:
-    weights = bentoml.models.BentoModel(BENTO_MODEL) if BENTO_MODEL else None
+class SAM2API:
+    """SAM 2 segmentation: send an image and a click or a box, get the URL of a PNG mask on S3."""
+
+    model = bentoml.depends(SAM2Model)
 
     @bentoml.on_deployment
-    def fetch_weights() -> None:
-        """Once, before any worker starts: download the weights if they come from Hugging Face, so
-        that workers find them cached and a failure stops the server with one line, not a
-        worker restarting forever."""
-        if BENTO_MODEL is None:
-            try:
-                resolve_weights(SETTINGS)
-            except ModelLoadError as exc:
-                raise SystemExit(f"error: {exc}") from None
-
-    def __init__(self) -> None:
-        settings = SETTINGS
-        device = pick_device(settings.sam2_device)
-        packaged = packaged_weights(self.weights) if self.weights is not None else None
-        model = load_sam2(resolve_weights(settings, packaged), device, settings.sam2_compile)
-        segmenter = Segmenter(model)
-        segmenter.warm_up()
-        batcher = None
-        if settings.sam2_encoder_batch > 1:
-            batcher = EncoderBatcher(segmenter, settings.sam2_encoder_batch, settings.sam2_encoder_batch_wait_ms / 1000)
-        self.pipeline = Pipeline(
-            segmenter,
-            EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)),
-            MaskStore(settings),
-            ImageSources(make_s3_client(settings), settings.input_buckets, settings.sam2_max_upload_bytes),
-            settings.sam2_max_image_pixels,
-            encode=batcher.encode if batcher else None,
+    def say_where_to_go() -> None:
+        logging.getLogger("sam2_api").info(
+            "people: open /ui (click to segment); programs: POST /segment, documented at / (OpenAPI: /docs.json)"
         )
 
-    def _run(self, ctx: bentoml.Context, image: Path | None, prompts: list[Prompt], image_id: str | None,
-             image_url: str | None) -> Result:
-        result = self.pipeline.run(image.read_bytes() if image else None, prompts, image_id, image_url)
+    def __init__(self) -> None:
+        self.pipeline = build_pipeline(SETTINGS, self.model)
+        if self.pipeline.store.disabled_reason and bentoml.server_context.worker_index in (None, 1):
+            logging.getLogger("sam2_api").warning(self.pipeline.store.disabled_reason)  # once, not per worker
+
+    def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, prompts: list[Prompt]) -> Result:
+        timer = StageTimer()
+        with timer.stage("read"):
+            upload = image.read_bytes() if image else None
+        request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
+        tenant = ctx.request.scope.get("state", {}).get("tenant")
+        try:
+            result = self.pipeline.run(request, prompts, timer, tenant)
+        finally:
+            ctx.response.headers["Server-Timing"] = timer.server_timing()
         ctx.response.headers[CACHE_HEADER] = "hit" if result.cached else "miss"
         return result
 
@@ -117,14 +143,13 @@ class SAM2Segment:
 
         Give the image as `image` (a file), `image_url` (s3://… or https://…) or, for an image sent
         before, just its `image_id`. Errors, each with `{"error": "<what is wrong>"}`: 400 bad
-        prompt, image or JSON; 401 missing/wrong API key (when keys are configured); 403 an
-        `image_url` this service may not read; 404 an unknown `image_id` sent alone; 411 no
-        Content-Length; 413 upload or image too large; 415 not an image; 429 too many requests in
-        flight.
+        prompt, image or field; 401 missing/wrong API key (when keys are configured); 403 an
+        `image_url` this service may not read; 404 an unknown `image_id` sent alone; 413 upload or
+        image too large; 415 not an image; 429 too many requests in flight.
         """
         try:
             prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output)
-            result = self._run(ctx, image, [prompt], image_id, image_url)
+            result = self._run(ctx, image, image_id, image_url, [prompt])
         except errors.RequestError as exc:
             return error_response(ctx, exc)
         mask = result.masks[0]
@@ -134,7 +159,7 @@ class SAM2Segment:
     def segment_objects(
         self,
         ctx: bentoml.Context,
-        objects: ObjectsField,
+        objects: ObjectsField = None,
         image: OptionalImage = None,
         image_id: ImageIdField = None,
         image_url: ImageUrlField = None,
@@ -145,17 +170,18 @@ class SAM2Segment:
         in the same order. Errors as for /segment.
         """
         try:
-            result = self._run(ctx, image, objects, image_id, image_url)
+            result = self._run(ctx, image, image_id, image_url, parse_objects(objects))
         except errors.RequestError as exc:
             return error_response(ctx, exc)
-        return ObjectsResponse.from_result(result)
+        return ObjectsResponse(objects=[ObjectMask(mask_url=m.url, score=m.score) for m in result.masks],
+                               width=result.width, height=result.height)
 
 
 # API keys and the upload size limit, checked before BentoML reads the body; health, metrics and
 # the OpenAPI page stay open.
-SAM2Segment.add_asgi_middleware(
+SAM2API.add_asgi_middleware(
     RequestGuard,
-    paths={api.route for api in SAM2Segment.apis.values()},
+    paths={api.route for api in SAM2API.apis.values()},
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
 )

@@ -3,35 +3,20 @@
     python scripts/import_model.py --model facebook/sam2.1-hiera-large          # from Hugging Face
     python scripts/import_model.py --model facebook/sam2.1-hiera-tiny --checkpoint my.pt --name my-sam2
 
-Prints the tag; build with it: SAM2_BENTO_MODEL=<tag> bentoml build (scripts/build_bento.sh does).
-The model's labels record the variant and where the weights came from.
+Prints the tag; build with it: scripts/build_bento.sh <tag>. The model's labels record the variant
+and where the weights came from; the random test weights of scripts/make_test_checkpoint.py are
+labelled `weights: random-test-weights` and stored as `<variant>-random-test` unless --name says
+otherwise, so that they never pass for the real model.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-import bentoml
-from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
-
 from sam2_api.config import MODEL_IDS
-from sam2_api.model import BENTO_CHECKPOINT_FILE
-
-
-def import_weights(model_id: str, checkpoint: Path | None, name: str | None, source: str | None) -> bentoml.Model:
-    config, checkpoint_name = HF_MODEL_ID_TO_FILENAMES[model_id]
-    if checkpoint is None:
-        from huggingface_hub import hf_hub_download
-
-        checkpoint = Path(hf_hub_download(repo_id=model_id, filename=checkpoint_name))
-        source = source or f"huggingface:{model_id}"
-    name = name or model_id.split("/")[-1]
-    labels = {"variant": model_id.split("/")[-1], "source": source or f"file:{checkpoint.name}"}
-    with bentoml.models.create(name, labels=labels, metadata={"config": config, "hf_id": model_id}) as model:
-        shutil.copyfile(checkpoint, model.path_of(BENTO_CHECKPOINT_FILE))
-    return model
+from sam2_api.errors import ModelLoadError
+from sam2_api.model import hugging_face_checkpoint, is_random_test_checkpoint, store_weights
 
 
 def main() -> None:
@@ -42,8 +27,18 @@ def main() -> None:
     parser.add_argument("--name", help="model name in the store; default: the variant, e.g. sam2.1-hiera-tiny")
     parser.add_argument("--source", help="what to record as the weights' source label")
     args = parser.parse_args()
-    model = import_weights(args.model, args.checkpoint, args.name, args.source)
-    print(model.tag)
+
+    variant = args.model.split("/")[-1]
+    if args.checkpoint is None:
+        try:
+            checkpoint = hugging_face_checkpoint(args.model)
+        except ModelLoadError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        source = args.source or f"huggingface:{args.model}"
+    else:
+        checkpoint, source = args.checkpoint, args.source or f"file:{args.checkpoint.name}"
+    name = args.name or (f"{variant}-random-test" if is_random_test_checkpoint(checkpoint) else variant)
+    print(store_weights(args.model, checkpoint, name, source).tag)
 
 
 if __name__ == "__main__":

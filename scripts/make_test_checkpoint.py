@@ -2,7 +2,9 @@
 
 The file holds *random test weights*: it exists so that tests and benchmarks can load a
 checkpoint offline through the same path a user's real checkpoint takes
-(``SAM2_CHECKPOINT``). Its masks are not segmentations of anything.
+(``SAM2_CHECKPOINT``). Its masks are not segmentations of anything, and the file says so: beside
+Meta's ``model`` key it carries a mark that makes the service log a warning at start-up and
+``scripts/import_model.py`` label it.
 
     python scripts/make_test_checkpoint.py            # -> checkpoints/sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt
 """
@@ -15,6 +17,8 @@ from pathlib import Path
 import torch
 from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
 
+from sam2_api.model import RANDOM_WEIGHTS_MARK
+
 DEFAULT_OUTPUT = Path("checkpoints/sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt")
 
 
@@ -24,7 +28,7 @@ def write_random_checkpoint(output: Path, model_id: str, seed: int) -> Path:
     model = build_sam2(config_file, ckpt_path=None, device="cpu")
     output.parent.mkdir(parents=True, exist_ok=True)
     # Meta's release files are {"model": state_dict}; build_sam2 reads exactly that key.
-    torch.save({"model": model.state_dict()}, output)
+    torch.save({"model": model.state_dict(), RANDOM_WEIGHTS_MARK: {"seed": seed, "model_id": model_id}}, output)
     return output
 
 
@@ -38,9 +42,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.output.exists() and not args.force:
         print(f"{args.output} exists; keeping it (use --force to rewrite)")
-        return
-    path = write_random_checkpoint(args.output, args.model_id, args.seed)
-    print(f"wrote random test weights for {args.model_id} (seed {args.seed}) to {path}")
+    else:
+        path = write_random_checkpoint(args.output, args.model_id, args.seed)
+        print(f"wrote RANDOM test weights for {args.model_id} (seed {args.seed}) to {path}")
+    model = "" if args.model_id == "facebook/sam2.1-hiera-tiny" else f"SAM2_MODEL={args.model_id} "
+    print(f"serve them (masks are meaningless blobs): SAM2_CHECKPOINT={args.output} {model}./scripts/serve.sh")
 
 
 if __name__ == "__main__":

@@ -30,21 +30,24 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._entries
-
     @property
     def nbytes(self) -> int:
         return self._bytes
 
     def get(self, key: str) -> Embedding | None:
-        """The cached embedding (now most recently used), or None."""
+        """The cached embedding (now most recently used), or None; when another request is
+        computing it right now, its result (or None if that computation fails)."""
         with self._lock:
             embedding = self._entries.get(key)
             if embedding is not None:
                 self._entries.move_to_end(key)
                 metrics.CACHE_HITS.inc()
-            return embedding
+                return embedding
+            pending = self._pending.get(key)
+        if pending is None or pending.exception() is not None:
+            return None
+        metrics.CACHE_HITS.inc()
+        return pending.result()
 
     def get_or_compute(self, key: str, compute: Callable[[], Embedding]) -> tuple[Embedding, bool]:
         """The embedding for ``key`` and whether it was a hit; ``compute`` runs at most once per key

@@ -7,6 +7,7 @@ or an instance role), so they never pass through our code.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +56,11 @@ class Settings(BaseSettings):
     sam2_max_image_pixels: int = Field(
         50_000_000, gt=0, description="Largest accepted image, in pixels (width × height)."
     )
+    sam2_max_image_side: int = Field(
+        16384, gt=0, le=65535,
+        description="Longest accepted image side, in pixels: it bounds SAM 2's resize (a side × 1024 "
+        "float copy) for images of any aspect ratio.",
+    )
 
     sam2_cache_max_entries: int = Field(
         64, ge=0, description="Image embeddings kept for repeat requests; 0 disables the cache."
@@ -75,6 +81,11 @@ class Settings(BaseSettings):
     )
     sam2_compile: bool = Field(
         False, description="torch.compile the image encoder (CUDA; slower startup, faster encoder)."
+    )
+    sam2_api_workers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=64,
+        description="Processes of the API service (HTTP, image decoding, PNG, S3); the model service "
+        "always has one. Default: the CPU count, at most 4.",
     )
 
     # --- access ---
@@ -105,6 +116,11 @@ class Settings(BaseSettings):
     )
     s3_presign_expires: int = Field(
         3600, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned URLs, in seconds (at most 7 days)."
+    )
+    s3_upload_deadline: float = Field(
+        10.0, gt=0, le=120,
+        description="Seconds a request waits for all its mask uploads together; masks not stored by "
+        "then get mask_url null.",
     )
 
     @property

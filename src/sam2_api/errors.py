@@ -35,6 +35,10 @@ class InvalidPrompt(RequestError):
     """Points, labels or box are malformed or do not fit the image."""
 
 
+class InvalidField(RequestError):
+    """A request field other than the prompt is malformed (e.g. ``image_id``)."""
+
+
 class UnknownImageId(RequestError):
     """An ``image_id`` came without an image and is not in the embedding cache."""
 
@@ -42,7 +46,7 @@ class UnknownImageId(RequestError):
 
 
 class MissingImage(RequestError):
-    """Neither an image nor an ``image_id`` was sent."""
+    """Neither an image, an ``image_url`` nor an ``image_id`` was sent."""
 
 
 class InvalidImageSource(RequestError):
@@ -53,6 +57,18 @@ class ForbiddenSource(RequestError):
     """``image_url`` points where this service may not read: a bucket not allowed, a private address."""
 
     status = HTTPStatus.FORBIDDEN
+
+
+def by_name(name: str) -> type[RequestError]:
+    """The :class:`RequestError` subclass called ``name`` (errors cross between services by name)."""
+    found = {cls.__name__: cls for cls in _subclasses(RequestError)}.get(name)
+    if found is None:
+        raise LookupError(f"no request error called {name!r}")
+    return found
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [found for sub in cls.__subclasses__() for found in _subclasses(sub)]
 
 
 class ModelLoadError(RuntimeError):

@@ -23,11 +23,13 @@ _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 PNG_COMPRESS_LEVEL = 1
 
 
-def load_upright_rgb(data: bytes, max_pixels: int) -> np.ndarray:
+def load_upright_rgb(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
     """Decode an upload into an ``(H, W, 3)`` uint8 RGB array, EXIF orientation applied.
 
     Only the first frame of animated or multi-page files is used. Grayscale, palette, CMYK,
-    alpha and 16-bit images are converted to 8-bit RGB (alpha is dropped).
+    alpha and 16-bit images are converted to 8-bit RGB (alpha is dropped). Images over
+    ``max_pixels`` pixels or ``max_side`` pixels on a side are refused from their header, before
+    any pixel is decoded.
     """
     if not data:
         raise InvalidImage("the image file is empty")
@@ -36,7 +38,7 @@ def load_upright_rgb(data: bytes, max_pixels: int) -> np.ndarray:
             # Pillow's decompression-bomb guard stays on; its warning becomes our 413 below.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-            _check_size(image.size, max_pixels)
+            _check_size(image.size, max_pixels, max_side)
             image.load()
             image = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -66,13 +68,19 @@ def _claimed_format(data: bytes) -> str | None:
     return next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
-def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+def _check_size(size: tuple[int, int], max_pixels: int, max_side: int) -> None:
     width, height = size
     if width < 1 or height < 1:
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLarge(
             f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    if max(width, height) > max_side:
+        # SAM 2 resizes every image to 1024x1024 through an intermediate of (longer side) x 1024
+        # floats per channel: the side limit, not the pixel count, bounds that copy.
+        raise ImageTooLarge(
+            f"the image is {width}x{height}; the limit is {max_side} pixels on either side"
         )
 
 
@@ -86,12 +94,23 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.array(image, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
 
-def mask_to_png(mask: np.ndarray) -> bytes:
-    """Encode an ``(H, W)`` boolean mask as a single-channel 8-bit PNG: 0 background, 255 object."""
-    if mask.ndim != 2 or mask.dtype != np.bool_:
-        raise ValueError(f"expected an (H, W) bool mask, got {mask.dtype} {mask.shape}")
+def pack_mask(mask: np.ndarray) -> bytes:
+    """An ``(H, W)`` bool mask as bits, each row padded to whole bytes, first pixel in the high
+    bit: ``np.packbits(mask, axis=1)``, which is also Pillow's raw layout of a mode "1" image."""
+    return np.packbits(mask, axis=1).tobytes()
+
+
+def unpack_mask(bits: bytes, height: int, width: int) -> np.ndarray:
+    """The ``(H, W)`` bool mask of :func:`pack_mask`'s bits."""
+    rows = np.frombuffer(bits, dtype=np.uint8).reshape(height, -1)
+    return np.unpackbits(rows, axis=1, count=width).view(np.bool_)
+
+
+def mask_png(bits: bytes, height: int, width: int) -> bytes:
+    """The mask of :func:`pack_mask`'s bits as a single-channel 8-bit PNG: 0 background, 255
+    object. Pillow reads the bits as they are (no unpacked copy) and widens them to 0/255."""
     buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(
+    Image.frombytes("1", (width, height), bits).convert("L").save(
         buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL
     )
     return buffer.getvalue()

@@ -1,13 +1,15 @@
-"""Resolving SAM 2 weights and building the model on the right device.
+"""SAM 2 weights: where they come from, how they are stored in a Bento, and the model on a device.
 
-Two sources, one path: a Hugging Face id (``SAM2_MODEL``) is resolved to sam2's config and a
-downloaded checkpoint; a local file (``SAM2_CHECKPOINT``) is used as it is. Both end in sam2's own
+Three sources, one path: a local file (``SAM2_CHECKPOINT``) used as it is; weights packaged in the
+Bento (the BentoML model store, written by :func:`store_weights`); or a Hugging Face id
+(``SAM2_MODEL``) resolved to sam2's config and a downloaded checkpoint. All end in sam2's own
 ``build_sam2``, so a user's checkpoint and the tests' random-init one load the same way.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,16 @@ from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
+# scripts/make_test_checkpoint.py writes this key beside Meta's "model" key (build_sam2 reads only
+# "model"), so that random weights can never pass for a model unnoticed.
+RANDOM_WEIGHTS_MARK = "sam2_api_random_test_weights"
+RANDOM_WEIGHTS_LABEL = "random-test-weights"
+
+# The BentoML model-store format of our weights (store_weights writes it, packaged_weights reads
+# it): the checkpoint file as Meta ships it, the sam2 config in the metadata, and labels that say
+# which variant it is and where it came from.
+BENTO_CHECKPOINT_FILE = "checkpoint.pt"
+
 
 @dataclass(frozen=True)
 class WeightsSource:
@@ -27,16 +39,14 @@ class WeightsSource:
 
     config: str
     checkpoint: Path
-    origin: str  # the Hugging Face id or "local", for logs and labels
+    origin: str  # the Hugging Face id, "local" or the Bento model, for logs and labels
 
 
-BENTO_CHECKPOINT_FILE = "checkpoint.pt"  # inside a BentoML model's directory
-
-
-def resolve_weights(settings: Settings, packaged: WeightsSource | None = None) -> WeightsSource:
+def resolve_weights(settings: Settings, packaged: WeightsSource | None = None, download: bool = True) -> WeightsSource:
     """Find config and checkpoint: ``SAM2_CHECKPOINT`` first, then the weights packaged in the
-    Bento, then ``SAM2_MODEL`` downloaded from Hugging Face."""
-    default_config, checkpoint_name = HF_MODEL_ID_TO_FILENAMES[settings.sam2_model]
+    Bento, then ``SAM2_MODEL`` from Hugging Face (from its local cache only unless ``download``:
+    the server downloads once, before its workers start, and workers read the cache)."""
+    default_config, _ = HF_MODEL_ID_TO_FILENAMES[settings.sam2_model]
     if settings.sam2_checkpoint is not None:
         return WeightsSource(
             config=settings.sam2_config or default_config,
@@ -45,20 +55,65 @@ def resolve_weights(settings: Settings, packaged: WeightsSource | None = None) -
         )
     if packaged is not None:
         return packaged
-    try:
-        from huggingface_hub import hf_hub_download
+    return WeightsSource(default_config, hugging_face_checkpoint(settings.sam2_model, download),
+                         settings.sam2_model)
 
-        path = hf_hub_download(repo_id=settings.sam2_model, filename=checkpoint_name)
-    except Exception as exc:  # offline, hub down, gated, disk full: all end the same way
-        raise ModelLoadError(
-            f"could not fetch {settings.sam2_model} from Hugging Face "
-            f"({type(exc).__name__}); set SAM2_CHECKPOINT to a local checkpoint file"
-        ) from exc
-    return WeightsSource(config=default_config, checkpoint=Path(path), origin=settings.sam2_model)
+
+def hugging_face_checkpoint(model_id: str, download: bool = True) -> Path:
+    """The checkpoint file of ``model_id`` in Hugging Face's local cache, downloaded first when
+    it is not there and ``download`` allows; :class:`ModelLoadError` in one line otherwise."""
+    from huggingface_hub import constants, hf_hub_download
+
+    _, filename = HF_MODEL_ID_TO_FILENAMES[model_id]
+
+    def failed(reason: str) -> ModelLoadError:
+        return ModelLoadError(f"could not fetch {model_id} from Hugging Face ({reason}); "
+                              "set SAM2_CHECKPOINT to a local checkpoint file")
+
+    try:
+        return Path(hf_hub_download(repo_id=model_id, filename=filename, local_files_only=True))
+    except Exception as exc:  # not in the local cache (or offline mode): download, if allowed
+        if not download or constants.HF_HUB_OFFLINE:
+            raise failed(type(exc).__name__) from exc
+    # huggingface_hub retries an unreachable hub five times with backoff (about 25 s of
+    # warnings); one quick look first turns that into one clear line at once.
+    import httpx
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=5)
+    except httpx.HTTPError as exc:
+        raise failed(f"{constants.ENDPOINT} unreachable: {type(exc).__name__}") from exc
+    try:
+        return Path(hf_hub_download(repo_id=model_id, filename=filename))
+    except Exception as exc:  # hub down, gated, disk full: all end the same way
+        raise failed(type(exc).__name__) from exc
+
+
+def is_random_test_checkpoint(path: Path) -> bool:
+    """Whether ``path`` holds the random weights of scripts/make_test_checkpoint.py (read lazily:
+    the tensors are memory-mapped, not loaded)."""
+    try:
+        return bool(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(RANDOM_WEIGHTS_MARK))
+    except Exception:  # not a checkpoint torch can map: load_sam2 says what is wrong with it
+        return False
+
+
+def store_weights(model_id: str, checkpoint: Path, name: str, source: str):
+    """Put ``checkpoint`` (Meta's format, variant ``model_id``) into the BentoML model store as
+    ``name``; returns the stored model (``.tag`` names it for scripts/build_bento.sh)."""
+    import bentoml
+
+    config, _ = HF_MODEL_ID_TO_FILENAMES[model_id]
+    labels = {"variant": model_id.split("/")[-1], "source": source}
+    if is_random_test_checkpoint(checkpoint):
+        labels["weights"] = RANDOM_WEIGHTS_LABEL
+    with bentoml.models.create(name, labels=labels, metadata={"config": config, "hf_id": model_id}) as model:
+        shutil.copyfile(checkpoint, model.path_of(BENTO_CHECKPOINT_FILE))
+    return model
 
 
 def packaged_weights(stored_model) -> WeightsSource:
-    """The weights of a BentoML model written by ``scripts/import_model.py``."""
+    """The weights of a BentoML model written by :func:`store_weights`."""
     return WeightsSource(
         config=stored_model.info.metadata["config"],
         checkpoint=Path(stored_model.path_of(BENTO_CHECKPOINT_FILE)),
@@ -100,4 +155,7 @@ def load_sam2(source: WeightsSource, device: torch.device, compile_encoder: bool
         )
     log.info("loaded SAM 2 (%s, %s) on %s%s", source.origin, source.config, device,
              ", encoder compiled" if compile_encoder else "")
+    if is_random_test_checkpoint(source.checkpoint):
+        log.warning("%s holds RANDOM TEST WEIGHTS (scripts/make_test_checkpoint.py): its masks are "
+                    "meaningless blobs, not segmentations; point SAM2_CHECKPOINT at real weights", source.checkpoint)
     return model

@@ -1,25 +1,43 @@
-"""One request's path: bytes (uploaded or fetched) → embedding (cached) → masks → PNGs → URLs.
+"""One request's path on the API service: image → cache key → model service → PNGs → S3 URLs.
 
-The model's work happens under the segmenter's lock; everything else here (hashing, decoding the
-upload, PNG encoding, uploading) runs on the request's own thread, beside the next request's
-model work.
+The image is resolved once: its cache key comes from the request (``image_id``, or a SHA-256 of the
+uploaded or fetched bytes; scoped to the caller's API key), and the model service is asked with the
+key alone first. Only when it does not hold that embedding is the image decoded here (uploaded
+bytes, or ``image_url`` fetched now) and sent along; that second call always succeeds, whatever
+the cache evicted in between. Decoding, PNG encoding and uploads run here, in the API service's
+processes, never in the process that drives the GPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
+from typing import Callable, Protocol
 
 from . import imaging
-from .cache import EmbeddingCache
+from .config import Settings
 from .errors import InvalidImageSource, MissingImage, UnknownImageId
 from .prompts import Prompt
-from .segmenter import Embedding, Segmenter
+from .protocol import ModelReply, RawImage
 from .sources import ImageSources
-from .storage import MaskStore
+from .storage import MaskStore, make_s3_client
+from .timing import StageTimer
+
+
+class Model(Protocol):
+    """The model service as the API service sees it (``service.SAM2Model``, local or remote)."""
+
+    def segment(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply: ...
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """How a request gives its image: uploaded bytes or an ``image_url``, with or without the
+    client's ``image_id``; or the ``image_id`` alone, of an image sent before."""
+
+    upload: bytes | None = None
+    url: str | None = None
+    image_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,54 +54,93 @@ class Result:
     cached: bool  # the image encoder was skipped
 
 
+@dataclass(frozen=True)
+class _Located:
+    key: str
+    load: Callable[[], bytes] | None  # the encoded image, fetched on first call; None for an id alone
+
+
 class Pipeline:
-    def __init__(self, segmenter: Segmenter, cache: EmbeddingCache, store: MaskStore, sources: ImageSources,
-                 max_image_pixels: int, encode: Callable[[np.ndarray], Embedding] | None = None):
-        self.segmenter = segmenter
-        self.cache = cache
+    def __init__(self, model: Model, store: MaskStore, sources: ImageSources, max_image_pixels: int,
+                 max_image_side: int) -> None:
+        self.model = model
         self.store = store
         self.sources = sources
         self.max_image_pixels = max_image_pixels
-        self.encode = encode or segmenter.encode  # or an EncoderBatcher's, batching across requests
+        self.max_image_side = max_image_side
 
-    def run(self, data: bytes | None, prompts: list[Prompt], image_id: str | None = None,
-            image_url: str | None = None) -> Result:
-        """Segment one object per prompt in the image given as ``data``, ``image_url`` and/or ``image_id``."""
-        if image_url is not None:
-            if data is not None:
-                raise InvalidImageSource("send the image file or image_url, not both")
-            if image_id is None or _id_key(image_id) not in self.cache:
-                data = self.sources.fetch(image_url)
-        embedding, cached = self._embedding(data, image_id)
-        height, width = embedding.orig_hw
-        for prompt in prompts:
-            prompt.check_fits(width, height)
-        masks = self.segmenter.decode_many(embedding, prompts)
-        stored = [StoredMask(self.store.put(imaging.mask_to_png(m.pixels)), m.score) for m in masks]
-        return Result(stored, width, height, cached)
+    def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None) -> Result:
+        """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the cache."""
+        located = self._locate(image, timer)
+        key = f"{tenant}/{located.key}" if tenant else located.key
+        reply = self._call(key, prompts, None, timer)
+        if reply.needs_image:
+            if located.load is None:
+                raise UnknownImageId(
+                    f"image_id {image.image_id!r} is not cached here (never sent, or evicted): "
+                    "send the image with it again"
+                )
+            data = located.load()
+            with timer.stage("image_decode"):
+                pixels = imaging.load_upright_rgb(data, self.max_image_pixels, self.max_image_side)
+            reply = self._call(key, prompts, RawImage.of(pixels), timer)
+        if reply.failure is not None:
+            raise reply.failure.error()
+        height, width = reply.height, reply.width
 
-    def _embedding(self, data: bytes | None, image_id: str | None) -> tuple[Embedding, bool]:
-        if data is None and image_id is None:
-            raise MissingImage("send the `image` file (or the `image_id` of an image sent before)")
-        if image_id is not None:
-            key = _id_key(image_id)
-            if data is None:
-                embedding = self.cache.get(key)
-                if embedding is None:
-                    raise UnknownImageId(
-                        f"image_id {image_id!r} is not cached here (never sent, or evicted): "
-                        "send the image with it again"
-                    )
-                return embedding, True
-        else:
-            key = "sha256:" + hashlib.sha256(data).hexdigest()
+        def png(bits: bytes) -> Callable[[], bytes]:
+            def make() -> bytes:
+                with timer.stage("png"):
+                    return imaging.mask_png(bits, height, width)
+            return make
 
-        def encode() -> Embedding:
-            return self.encode(imaging.load_upright_rgb(data, self.max_image_pixels))
+        with timer.stage("store"):
+            urls = self.store.put_many([png(mask.bits) for mask in reply.masks])
+        masks = [StoredMask(url, mask.score) for url, mask in zip(urls, reply.masks)]
+        return Result(masks, width, height, reply.cached)
 
-        return self.cache.get_or_compute(key, encode)
+    def _call(self, key: str, prompts: list[Prompt], image: RawImage | None, timer: StageTimer) -> ModelReply:
+        with timer.stage("model_call"):
+            reply = self.model.segment(key=key, prompts=prompts, image=image)
+        timer.merge(reply.seconds)
+        return reply
+
+    def _locate(self, image: ImageRequest, timer: StageTimer) -> _Located:
+        """The cache key and a loader of the encoded image; ``image_url`` is checked here, always,
+        even when the loader is never called."""
+        if image.upload is not None and image.url is not None:
+            raise InvalidImageSource("send the image file or image_url, not both")
+        fetch = self.sources.locate(image.url) if image.url is not None else None
+        if fetch is not None:
+            fetch = _timed(fetch, timer, "fetch")
+        if image.image_id is not None:
+            upload = image.upload
+            return _Located(f"id:{image.image_id}", (lambda: upload) if upload is not None else fetch)
+        data = image.upload
+        if data is None:
+            if fetch is None:
+                raise MissingImage("send the image as `image` (a file) or `image_url`, or the `image_id` "
+                                   "of an image sent before")
+            data = fetch()  # no id: the key is the content's hash, so the content comes first
+        return _Located("sha256:" + hashlib.sha256(data).hexdigest(), lambda: data)
 
 
-def _id_key(image_id: str) -> str:
-    """Cache key of a client's image_id (content hashes are "sha256:…", so the two never meet)."""
-    return f"id:{image_id}"
+def _timed(load: Callable[[], bytes], timer: StageTimer, stage: str) -> Callable[[], bytes]:
+    def timed() -> bytes:
+        with timer.stage(stage):
+            return load()
+    return timed
+
+
+def build_pipeline(settings: Settings, model: Model) -> Pipeline:
+    """The API service's side, wired from ``settings``: one S3 client serves both the mask store
+    and ``image_url`` reads from S3."""
+    s3 = make_s3_client(settings.aws_region, settings.s3_endpoint_url)
+    store = MaskStore(
+        s3, settings.s3_bucket_name_staging, region=settings.aws_region, endpoint_url=settings.s3_endpoint_url,
+        prefix=settings.s3_mask_prefix, acl=settings.s3_object_acl,
+        presign_expires=settings.s3_presign_expires if settings.s3_url_mode == "presigned" else None,
+        deadline=settings.s3_upload_deadline,
+    )
+    sources = ImageSources(s3, settings.input_buckets, settings.sam2_max_upload_bytes)
+    return Pipeline(model, store, sources, settings.sam2_max_image_pixels, settings.sam2_max_image_side)

@@ -88,10 +88,27 @@ class Prompt(BaseModel):
         return None if self.box is None else np.asarray(self.box, dtype=np.float32)
 
 
+# What each field must look like, in words: the lead of every message about a malformed field.
+FIELD_HINTS = {
+    "points": "`points` must be a list of [x, y] pairs in pixels, e.g. [[320, 200]]",
+    "labels": "`labels` must be a list with one 0 (background) or 1 (object) per point, e.g. [1, 0]",
+    "box": "`box` must be [x1, y1, x2, y2] in pixels, e.g. [100, 80, 400, 420]",
+    "multimask_output": "`multimask_output` must be true or false",
+}
+
+
 def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
+    """Pydantic's report in words: our own rules as they are worded; for a malformed field, what
+    the field must look like, then the details and (shortened) what was sent."""
+    rules, details = [], {}
+    for error in exc.errors(include_url=False):
+        if error["type"] == "value_error" or not error["loc"]:
+            rules.append(error["msg"].removeprefix("Value error, "))
+            continue
+        field, where = str(error["loc"][0]), "".join(f"[{part}]" for part in error["loc"][1:])
+        details.setdefault(field, []).append(f"{field}{where}: {error['msg']}")
+    parts = list(rules)
+    for field, found in details.items():
+        hint = FIELD_HINTS.get(field, f"`{field}` is malformed")
+        parts.append(f"{hint} ({'; '.join(found[:3])}{'; …' if len(found) > 3 else ''})")
     return "invalid prompt: " + "; ".join(parts)

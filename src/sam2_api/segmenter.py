@@ -4,13 +4,18 @@
 ``predict``, so two threads sharing it can mix their images. :class:`Segmenter` runs the same
 computation, step for step, but returns the features as an :class:`Embedding` value that the
 caller passes back in; the masks are pixel-identical to the predictor's (tests assert it).
+
+Everything runs on the model's device: the uint8 image goes there as it is and is resized and
+normalised there (on the CPU these are the very operations ``SAM2Transforms`` runs, bit for bit),
+and each returned mask is upsampled, thresholded and bit-packed there, so only ``H·W/8`` bytes per
+mask come back. :class:`Segmenter` holds no lock: :class:`sam2_api.device.DeviceThread` is the
+one thread that calls it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +24,11 @@ import torch.nn.functional as F
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.utils.transforms import SAM2Transforms
 
-from . import metrics
+from .imaging import pack_mask, unpack_mask
 from .prompts import Prompt
 
 MASK_THRESHOLD = 0.0  # logits above this are object, as in SAM2ImagePredictor
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # pack_mask's order: the first pixel is the high bit
 
 
 @dataclass(frozen=True)
@@ -44,34 +50,51 @@ class Embedding:
 
 @dataclass(frozen=True)
 class Mask:
-    """The chosen mask at the image's size (``(H, W)`` bool, True = object) and its predicted IoU."""
+    """One returned mask at the image's size, as the bits of its ``(H, W)`` pixels (True = object;
+    :func:`sam2_api.imaging.pack_mask`'s layout), and its predicted IoU."""
 
-    pixels: np.ndarray
+    bits: bytes
     score: float
+    hw: tuple[int, int]
+
+    def pixels(self) -> np.ndarray:
+        return unpack_mask(self.bits, *self.hw)
 
 
 class Segmenter:
-    """Encoder + decoder over one shared SAM 2 model; safe to call from many threads.
-
-    The model's work is serialized by a lock (one GPU stream, or all CPU cores, at a time); the
-    final upsampling of the one returned mask runs outside it.
-    """
+    """Encoder + decoder over one SAM 2 model, on the model's device. Not thread-safe by itself."""
 
     def __init__(self, model: SAM2Base) -> None:
         self.model = model
         self.device = model.device
-        self._transforms = SAM2Transforms(
-            resolution=model.image_size, mask_threshold=MASK_THRESHOLD
-        )
+        with warnings.catch_warnings():
+            # sam2 scripts its resize with torch.jit, which torch now deprecates; nothing to act on.
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+            self._transforms = SAM2Transforms(resolution=model.image_size, mask_threshold=MASK_THRESHOLD)
         size = model.image_size
         self._feature_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
-        self._lock = threading.Lock()
+        self._bit_weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=self.device)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 on CUDA, as Meta's examples run SAM 2; full precision on the CPU."""
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (CUDA runs asynchronously), e.g. to time it."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def model_input(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 RGB → ``3×S×S`` normalised float on the device: ``SAM2Transforms``'
+        ToTensor, Resize and Normalize, applied after the uint8 pixels (not a float copy) crossed."""
+        pixels = torch.from_numpy(image).to(self.device, non_blocking=True)
+        # contiguous before the float conversion, as ToTensor does: the resize's result depends on
+        # the memory layout of its input.
+        return self._transforms.transforms(pixels.permute(2, 0, 1).contiguous().float().div(255))
+
+    @torch.inference_mode()
     def encode(self, image: np.ndarray) -> Embedding:
         """Run the image encoder on an ``(H, W, 3)`` uint8 RGB array."""
         return self.encode_batch([image])[0]
@@ -79,16 +102,12 @@ class Segmenter:
     @torch.inference_mode()
     def encode_batch(self, images: list[np.ndarray]) -> list[Embedding]:
         """Run the image encoder once over several images (as ``set_image_batch`` does)."""
-        pixels = torch.stack([self._transforms(image) for image in images]).to(self.device)
-        with self._lock, self._autocast():
-            started = time.perf_counter()
+        pixels = torch.stack([self.model_input(image) for image in images])
+        with self.autocast():
             backbone_out = self.model.forward_image(pixels)
             _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
             if self.model.directly_add_no_mem_embed:
                 vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # so that the time below is the encoder's
-            metrics.ENCODER_SECONDS.observe(time.perf_counter() - started)
         count = len(images)
         feats = [
             feat.permute(1, 2, 0).view(count, -1, *size)
@@ -132,8 +151,7 @@ class Segmenter:
         self, embedding: Embedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool
     ) -> list[Mask]:
         """``coords`` ``B×N×2`` in the model's input frame, ``labels`` ``B×N``; the best mask of each row."""
-        with self._lock, self._autocast():
-            started = time.perf_counter()
+        with self.autocast():
             sparse, dense = self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
             low_res, iou = self.model.sam_mask_decoder(
                 image_embeddings=embedding.image_embed,
@@ -144,23 +162,38 @@ class Segmenter:
                 repeat_image=coords.shape[0] > 1,
                 high_res_features=list(embedding.high_res_feats),
             )[:2]
-            scores = iou.float().cpu().numpy()
-            metrics.DECODER_SECONDS.observe(time.perf_counter() - started)
+        scores = iou.float().cpu().numpy()
         best = scores.argmax(axis=1)
-        rows = torch.arange(len(best), device=low_res.device)
-        chosen = low_res[rows, torch.as_tensor(best, device=low_res.device)][:, None].float()
-        # Only the returned masks are upsampled, exactly as SAM2Transforms.postprocess_masks does.
-        logits = F.interpolate(chosen, embedding.orig_hw, mode="bilinear", align_corners=False)
-        pixels = (logits[:, 0] > MASK_THRESHOLD).cpu().numpy()
-        return [Mask(pixels=p, score=float(s[b])) for p, s, b in zip(pixels, scores, best)]
+        # One mask at a time: a full-size float copy of every mask at once would cost 4 bytes per
+        # pixel per object (gigabytes for many objects on a large image).
+        return [
+            Mask(self._full_size_bits(low_res[row, choice], embedding.orig_hw), float(scores[row, choice]),
+                 embedding.orig_hw)
+            for row, choice in enumerate(best)
+        ]
+
+    def _full_size_bits(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> bytes:
+        """A ``256×256`` logit map → the bit-packed ``orig_hw`` mask, exactly as
+        ``SAM2Transforms.postprocess_masks`` upsamples it, thresholded on the device."""
+        logits = F.interpolate(low_res[None, None].float(), orig_hw, mode="bilinear", align_corners=False)
+        mask = logits[0, 0] > MASK_THRESHOLD
+        if self.device.type == "cpu":
+            return pack_mask(mask.numpy())
+        # pack_mask's layout, computed where the mask is: only H·W/8 bytes cross to the host.
+        rows = F.pad(mask.to(torch.uint8), (0, (-mask.shape[1]) % 8))
+        packed = (rows.view(rows.shape[0], -1, 8) * self._bit_weights).sum(dim=2, dtype=torch.uint8)
+        return packed.cpu().numpy().tobytes()
 
     def segment(self, image: np.ndarray, prompt: Prompt) -> Mask:
         return self.decode(self.encode(image), prompt)
 
     def warm_up(self) -> None:
-        """One small encode + decode, so that lazy initialisation is not paid by a caller."""
-        image = np.zeros((64, 64, 3), dtype=np.uint8)
-        self.segment(image, Prompt(points=[[32.0, 32.0]]))
+        """One small encode + decode of each prompt shape the API sees most, so that lazy
+        initialisation (kernels, allocator, autotuning) is not paid by a caller."""
+        embedding = self.encode(np.zeros((64, 64, 3), dtype=np.uint8))
+        for prompt in (Prompt(points=[[32.0, 32.0]]), Prompt(box=[8.0, 8.0, 40.0, 40.0]),
+                       Prompt(points=[[32.0, 32.0], [8.0, 8.0]], labels=[1, 0])):
+            self.decode(embedding, prompt)
 
     def _prompt_tensors(self, embedding: Embedding, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
         """Box corners (labels 2, 3) then points, in the model's 1024-pixel input frame."""

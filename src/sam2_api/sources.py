@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Callable
 from urllib.parse import urlparse
 
 import httpx
@@ -30,18 +31,23 @@ class ImageSources:
         self._buckets = input_buckets
         self._max_bytes = max_bytes
 
-    def fetch(self, url: str) -> bytes:
-        """The bytes at ``url``; our errors say what is wrong with it."""
+    def locate(self, url: str) -> Callable[[], bytes]:
+        """Check ``url`` now; the returned loader fetches its bytes when called."""
         parsed = urlparse(url)
         if parsed.scheme == "s3" and parsed.netloc and parsed.path.strip("/"):
-            return self._from_s3(parsed.netloc, parsed.path.lstrip("/"))
+            bucket, key = parsed.netloc, parsed.path.lstrip("/")
+            if bucket not in self._buckets or self._s3 is None:
+                raise ForbiddenSource(f"bucket {bucket!r} is not one this service reads from (S3_INPUT_BUCKETS)")
+            return lambda: self._from_s3(bucket, key)
         if parsed.scheme == "https" and parsed.hostname:
-            return self._from_https(url, parsed.hostname, parsed.port or 443)
+            return lambda: self._from_https(url, parsed.hostname, parsed.port or 443)
         raise InvalidImageSource(f"image_url must be s3://bucket/key or https://host/path; got {url!r}")
 
+    def fetch(self, url: str) -> bytes:
+        """The bytes at ``url``; our errors say what is wrong with it."""
+        return self.locate(url)()
+
     def _from_s3(self, bucket: str, key: str) -> bytes:
-        if bucket not in self._buckets or self._s3 is None:
-            raise ForbiddenSource(f"bucket {bucket!r} is not one this service reads from (S3_INPUT_BUCKETS)")
         try:
             obj = self._s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:

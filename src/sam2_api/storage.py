@@ -1,7 +1,7 @@
 """Where masks go: an S3 (or S3-compatible) bucket, or nowhere.
 
-A mask store never fails a request. When the bucket or credentials are missing it says so once, at
-startup, and stores nothing; when an upload fails it logs the reason (never a secret) and the
+A mask store never fails a request. When the bucket or credentials are missing it stores nothing
+and says why (:attr:`MaskStore.disabled_reason`, which the service logs once at startup); when an upload fails it logs the reason (never a secret) and the
 caller gets ``None`` instead of a URL.
 """
 
@@ -12,7 +12,9 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
+from typing import Callable
 from urllib.parse import quote
 
 import boto3
@@ -20,7 +22,6 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import metrics
-from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,15 @@ def object_url(bucket: str, key: str, region: str, endpoint_url: str | None) -> 
     return f"https://{bucket}.s3.{region}.amazonaws.com/{quote(key)}"
 
 
-def make_s3_client(settings: Settings):
-    """An S3 client with our timeouts and retries, or None when boto3 finds no credentials."""
-    session = boto3.session.Session(region_name=settings.aws_region)
+def make_s3_client(region: str, endpoint_url: str | None = None):
+    """An S3 client with our timeouts and retries, or None when boto3's credential chain finds no
+    credentials. One per process: boto3 clients are thread-safe, their connection pool is shared."""
+    session = boto3.session.Session(region_name=region)
     if session.get_credentials() is None:
         return None
-    addressing = Config(s3={"addressing_style": "path"}) if settings.s3_endpoint_url else Config()
-    return session.client("s3", endpoint_url=settings.s3_endpoint_url, config=CLIENT_CONFIG.merge(addressing))
+    addressing = Config(s3={"addressing_style": "path"}) if endpoint_url else Config()
+    config = CLIENT_CONFIG.merge(addressing).merge(Config(max_pool_connections=32))
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def public_read_policy(bucket: str, prefix: str) -> str:
@@ -72,26 +75,33 @@ def public_read_policy(bucket: str, prefix: str) -> str:
 
 
 class MaskStore:
-    """Uploads PNG masks and returns their URLs."""
+    """Uploads PNG masks and returns their URLs; several at once within one deadline."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._bucket = settings.s3_bucket_name_staging
-        self._region = settings.aws_region
-        self._endpoint_url = settings.s3_endpoint_url
-        self._prefix = settings.s3_mask_prefix
-        self._acl = settings.s3_object_acl
-        self._presign_expires = settings.s3_presign_expires if settings.s3_url_mode == "presigned" else None
+    def __init__(self, client, bucket: str | None, *, region: str, endpoint_url: str | None = None,
+                 prefix: str = "sam2-api-masks/", acl: str | None = None, presign_expires: int | None = None,
+                 deadline: float = 10.0, parallel: int = 8) -> None:
+        """``client``: a boto3 S3 client (:func:`make_s3_client`) or None when there are no
+        credentials; ``presign_expires``: seconds, for presigned URLs instead of plain ones;
+        ``deadline``: seconds that :meth:`put_many` waits for one request's uploads, all together."""
+        self._client = client
+        self._bucket = bucket
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._prefix = prefix
+        self._acl = acl
+        self._presign_expires = presign_expires
+        self.deadline = deadline
         self._failures = FailureLog()
-        self._client = None
-        self.enabled = False
-        if not self._bucket:
-            log.warning("S3_BUCKET_NAME_STAGING is not set: masks will not be stored (mask_url: null)")
-            return
-        self._client = make_s3_client(settings)
-        if self._client is None:
-            log.warning("no AWS credentials found: masks will not be stored (mask_url: null)")
-            return
-        self.enabled = True
+        # Why nothing will be stored, for the service to say once at startup; None when enabled.
+        self.disabled_reason: str | None = None
+        if not bucket:
+            self.disabled_reason = "S3_BUCKET_NAME_STAGING is not set: masks will not be stored (mask_url: null)"
+        elif client is None:
+            self.disabled_reason = "no AWS credentials found: masks will not be stored (mask_url: null)"
+        else:
+            # Uploads wait on the network; bounded, so that a hanging S3 holds threads, not memory.
+            self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="s3-upload")
+        self.enabled = self.disabled_reason is None
 
     def put(self, png: bytes) -> str | None:
         """Store one PNG under a fresh key; its URL, or None when not stored."""
@@ -99,7 +109,6 @@ class MaskStore:
             return None
         key = mask_key(self._prefix)
         extra = {"ACL": self._acl} if self._acl else {}
-        started = time.perf_counter()
         try:
             self._client.put_object(
                 Bucket=self._bucket, Key=key, Body=png, ContentType="image/png", **extra
@@ -108,14 +117,28 @@ class MaskStore:
             metrics.UPLOAD_FAILURES.labels(reason=_code(exc)).inc()
             self._failures.failed(f"s3://{self._bucket}: {_reason(exc)}")
             return None
-        finally:
-            metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
         self._failures.succeeded()
         if self._presign_expires is not None:
             return self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=self._presign_expires
             )
         return object_url(self._bucket, key, self._region, self._endpoint_url)
+
+    def put_many(self, pngs: list[Callable[[], bytes]]) -> list[str | None]:
+        """Make and store each PNG (``pngs`` make them, in the upload threads), in parallel; the URL of
+        each, or None for those not stored within :attr:`deadline` seconds of the call (those may
+        still land later, under keys nobody is given)."""
+        if not self.enabled:
+            return [None] * len(pngs)
+        futures = [self._pool.submit(lambda make=make: self.put(make())) for make in pngs]
+        done, late = wait(futures, timeout=self.deadline)
+        if late:
+            metrics.UPLOAD_FAILURES.labels(reason="RequestDeadline").inc(len(late))
+            self._failures.failed(f"s3://{self._bucket}: {len(late)} of {len(futures)} uploads not done within "
+                                  f"the {self.deadline:g} s deadline (S3_UPLOAD_DEADLINE)")
+            for future in late:
+                future.cancel()  # those not started yet never start
+        return [future.result() if future in done else None for future in futures]
 
 
 class FailureLog:

@@ -48,7 +48,8 @@ def test_model_store_records_variant_and_source(built, bentoml_home):
     env = clean_env(BENTOML_HOME=str(bentoml_home))
     info = json.loads(run([str(BIN / "bentoml"), "models", "get", model_tag, "-o", "json"], env))
     assert info["labels"] == {"variant": "sam2.1-hiera-tiny",
-                              "source": "random-init test weights (scripts/make_test_checkpoint.py)"}
+                              "source": "random-init test weights (scripts/make_test_checkpoint.py)",
+                              "weights": "random-test-weights"}  # marked by the file itself
     assert info["metadata"]["config"] == "configs/sam2.1/sam2.1_hiera_t.yaml"
     checkpoint = bentoml_home / "models" / model_tag.replace(":", "/") / "checkpoint.pt"
     assert checkpoint.stat().st_size > 100_000_000
@@ -58,9 +59,11 @@ def test_bento_holds_the_model_and_only_what_serving_needs(built):
     model_tag, _, bento_dir = built
     manifest = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     # BentoML 1.4 references the model by exact tag; containerize and push copy it from the store.
-    [service] = manifest["services"]
-    assert [m["tag"] for m in service["models"]] == [model_tag]
-    assert service["config"]["resources"]["gpu"] == 1
+    services = {service["name"]: service for service in manifest["services"]}
+    assert set(services) == {"SAM2API", "SAM2Model"} and manifest["entry_service"] == "SAM2API"
+    assert [m["tag"] for m in services["SAM2Model"]["models"]] == [model_tag]
+    assert services["SAM2Model"]["config"]["resources"]["gpu"] == 1
+    assert "gpu" not in services["SAM2API"]["config"].get("resources", {})
     files = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()}
     assert files == {"service.py", "bento/packaged.env", "bentofile.yaml"}
     assert (bento_dir / "src" / "bento" / "packaged.env").read_text().strip() == f"SAM2_BENTO_MODEL={model_tag}"
@@ -101,3 +104,10 @@ def test_built_bento_serves_segment(built, s3, s3_server, logs, reference_mask, 
         assert f"bento model {MODEL_NAME}:" in served.log()  # the packaged weights, not a download
     finally:
         served.stop()
+
+
+def test_importing_random_weights_without_a_name_never_takes_the_real_models_name(bentoml_home, checkpoint):
+    env = clean_env(BENTOML_HOME=str(bentoml_home))
+    tag = run([sys.executable, "scripts/import_model.py", "--model", "facebook/sam2.1-hiera-tiny",
+               "--checkpoint", str(checkpoint)], env)
+    assert tag.startswith("sam2.1-hiera-tiny-random-test:")

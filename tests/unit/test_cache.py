@@ -92,3 +92,19 @@ def test_a_failed_computation_reaches_waiters_and_is_not_cached():
             with pytest.raises(ValueError, match="bad image"):
                 future.result()
     assert cache.get_or_compute("k", embedding)[1] is False  # the next try computes afresh
+
+
+def test_a_lookup_during_the_first_computation_waits_for_it():
+    """A click on an image whose first request is still in the encoder is a hit, not a second upload."""
+    cache = EmbeddingCache(max_entries=4, max_bytes=10**6)
+    gate = threading.Event()
+    value = embedding()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(cache.get_or_compute, "k", lambda: gate.wait(5) and value)
+        time.sleep(0.2)
+        lookup = pool.submit(cache.get, "k")
+        time.sleep(0.2)
+        assert not lookup.done()
+        gate.set()
+        assert lookup.result() is value and first.result() == (value, False)
+    assert cache.get("missing") is None

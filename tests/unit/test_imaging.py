@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from sam2_api.errors import ImageTooLarge, InvalidImage, UnsupportedImage
-from sam2_api.imaging import load_upright_rgb, mask_to_png
+from sam2_api.imaging import load_upright_rgb, mask_png, pack_mask, unpack_mask
 
 LIMIT = 50_000_000
+SIDE = 16384
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -40,7 +41,7 @@ def test_exif_orientation_is_applied(corner_marked, orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(corner_marked, "PNG", exif=exif)
-    rgb = load_upright_rgb(data, LIMIT)
+    rgb = load_upright_rgb(data, LIMIT, SIDE)
     shape, (row, col) = ORIENTATIONS[orientation]
     assert rgb.shape == (*shape, 3)
     assert tuple(rgb[row, col]) == (255, 0, 0)
@@ -56,7 +57,7 @@ def test_modes_and_formats_become_8bit_rgb(mode, fmt, params):
     gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))  # 8x64 horizontal ramp
     source = Image.fromarray(np.stack([gray] * 3, axis=-1))
     source = source.convert(mode, palette=Image.Palette.ADAPTIVE) if mode == "P" else source.convert(mode)
-    rgb = load_upright_rgb(encode(source, fmt, **params), LIMIT)
+    rgb = load_upright_rgb(encode(source, fmt, **params), LIMIT, SIDE)
     assert rgb.dtype == np.uint8 and rgb.shape == (8, 64, 3)
     tolerance = 8 if fmt == "JPEG" else 0
     assert np.abs(rgb[..., 1].astype(int) - gray).max() <= tolerance
@@ -64,18 +65,18 @@ def test_modes_and_formats_become_8bit_rgb(mode, fmt, params):
 
 def test_16bit_png_is_scaled_not_clipped():
     wide = np.array([[0, 256, 32768, 65535]], dtype=np.uint16)
-    rgb = load_upright_rgb(encode(Image.fromarray(wide), "PNG"), LIMIT)
+    rgb = load_upright_rgb(encode(Image.fromarray(wide), "PNG"), LIMIT, SIDE)
     assert rgb[0, :, 0].tolist() == [0, 1, 128, 255]
 
 
 def test_animated_gif_uses_first_frame():
     frames = [Image.new("RGB", (8, 8), color) for color in ((255, 255, 255), (0, 0, 0))]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    assert load_upright_rgb(data, LIMIT).min() == 255
+    assert load_upright_rgb(data, LIMIT, SIDE).min() == 255
 
 
 def test_returned_array_is_writable():
-    assert load_upright_rgb(encode(Image.new("RGB", (4, 4)), "PNG"), LIMIT).flags.writeable
+    assert load_upright_rgb(encode(Image.new("RGB", (4, 4)), "PNG"), LIMIT, SIDE).flags.writeable
 
 
 @pytest.mark.parametrize(
@@ -91,31 +92,42 @@ def test_returned_array_is_writable():
 )
 def test_bad_uploads_are_refused_with_a_reason(data, error, words):
     with pytest.raises(error, match=words):
-        load_upright_rgb(data, LIMIT)
+        load_upright_rgb(data, LIMIT, SIDE)
 
 
 def test_pixel_limit_is_checked_before_decoding():
     data = encode(Image.new("L", (300, 200)), "PNG")
     with pytest.raises(ImageTooLarge, match="300x200 = 60000 pixels; the limit is 59999"):
-        load_upright_rgb(data, 59_999)
-    assert load_upright_rgb(data, 60_000).shape == (200, 300, 3)
+        load_upright_rgb(data, 59_999, SIDE)
+    assert load_upright_rgb(data, 60_000, SIDE).shape == (200, 300, 3)
 
 
 def test_decompression_bomb_is_refused():
     # A 1-bit PNG declaring 30000x30000 compresses to a few hundred KB.
     bomb = encode(Image.new("1", (30_000, 30_000)), "PNG")
     with pytest.raises(ImageTooLarge):
-        load_upright_rgb(bomb, 2_000_000_000)
+        load_upright_rgb(bomb, 2_000_000_000, 100_000)
 
 
-def test_mask_png_is_single_channel_0_or_255_at_mask_size():
-    mask = np.zeros((3, 5), dtype=bool)
-    mask[1, 2:] = True
-    png = Image.open(io.BytesIO(mask_to_png(mask)))
-    assert (png.format, png.mode, png.size) == ("PNG", "L", (5, 3))
+def test_side_limit_refuses_thin_images_of_any_aspect_ratio_before_decoding():
+    # 1 x 200000 is 200000 pixels, well inside the pixel limit; SAM 2's resize would make a
+    # 200000 x 1024 float copy of it (2.4 GB). Its header alone decides.
+    thin = encode(Image.new("L", (1, 200_000)), "PNG")
+    assert len(thin) < 2000
+    with pytest.raises(ImageTooLarge, match="1x200000; the limit is 16384 pixels on either side"):
+        load_upright_rgb(thin, LIMIT, SIDE)
+    wide = encode(Image.new("L", (16_385, 1)), "PNG")
+    with pytest.raises(ImageTooLarge, match="16385x1"):
+        load_upright_rgb(wide, LIMIT, SIDE)
+    assert load_upright_rgb(encode(Image.new("L", (16_384, 2)), "PNG"), LIMIT, SIDE).shape == (2, 16_384, 3)
+
+
+@pytest.mark.parametrize("height, width", [(3, 5), (7, 8), (427, 640), (300, 451), (1, 1)])
+def test_packed_masks_round_trip_and_become_0_255_pngs_at_mask_size(height, width):
+    mask = np.random.default_rng(height * width).random((height, width)) > 0.5
+    bits = pack_mask(mask)
+    assert len(bits) == height * ((width + 7) // 8)  # rows padded to whole bytes
+    assert np.array_equal(unpack_mask(bits, height, width), mask)
+    png = Image.open(io.BytesIO(mask_png(bits, height, width)))
+    assert (png.format, png.mode, png.size) == ("PNG", "L", (width, height))
     assert np.array_equal(np.array(png), mask.astype(np.uint8) * 255)
-
-
-def test_mask_png_rejects_non_boolean_masks():
-    with pytest.raises(ValueError):
-        mask_to_png(np.zeros((3, 5), dtype=np.float32))

@@ -63,3 +63,47 @@ def test_device_policy_without_a_gpu():
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(ModelLoadError, match="SAM2_DEVICE=cuda but no CUDA device"):
         pick_device("cuda")
+
+
+def test_random_test_weights_are_marked_and_announced(checkpoint, tmp_path, caplog):
+    import logging
+
+    from sam2_api.model import is_random_test_checkpoint
+
+    assert is_random_test_checkpoint(checkpoint)
+    real_format = tmp_path / "meta-format.pt"
+    torch.save({"model": {}}, real_format)  # what Meta's release files hold: no mark
+    assert not is_random_test_checkpoint(real_format)
+    assert not is_random_test_checkpoint(tmp_path / "missing.pt")
+    with caplog.at_level(logging.WARNING, logger="sam2_api.model"):
+        load_sam2(resolve_weights(Settings(sam2_checkpoint=checkpoint)), torch.device("cpu"))
+    assert f"{checkpoint} holds RANDOM TEST WEIGHTS" in caplog.text
+
+
+def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path):
+    """Not offline mode, but nothing answers: one look, one line, no five retries with backoff."""
+    import time
+
+    from sam2_api.localdev import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path)}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("SAM2_CHECKPOINT", None)
+    code = "from sam2_api.model import hugging_face_checkpoint\nhugging_face_checkpoint('facebook/sam2.1-hiera-tiny')\n"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert time.monotonic() - started < 20  # the interpreter and torch's import, not 25 s of retries
+    assert (f"could not fetch facebook/sam2.1-hiera-tiny from Hugging Face ({endpoint} unreachable: "
+            "ConnectError); set SAM2_CHECKPOINT to a local checkpoint file") in result.stderr
+    assert "Retrying" not in result.stderr
+
+
+def test_the_api_service_process_never_imports_torch():
+    """service.py is imported by every process of both services; torch belongs to the model's only."""
+    code = "import sys, service\nassert 'torch' not in sys.modules, 'torch imported'\nprint('ok')"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM2_")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]

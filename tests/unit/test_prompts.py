@@ -18,10 +18,15 @@ from sam2_api.prompts import MAX_POINTS, Prompt
         ({"points": []}, "at least one of `points` or `box`"),
         ({"points": [[1, 2]], "labels": [1, 0]}, "`labels` has 2 entries but `points` has 1"),
         ({"labels": [1]}, "`labels` were given without `points`"),
-        ({"points": [[1, 2]], "labels": [2]}, r"labels\.0: Input should be 0 or 1"),
-        ({"points": [[math.nan, 2]]}, r"points\.0\.0: Input should be a finite number"),
-        ({"points": [[1, math.inf]]}, r"points\.0\.1: Input should be a finite number"),
-        ({"points": [[1, 2, 3]]}, r"points\.0"),
+        ({"points": [[1, 2]], "labels": [2]}, r"`labels` must be a list with one 0 \(background\) or 1 "
+                                              r"\(object\) per point, e.g. \[1, 0\] \(labels\[0\]: Input should be 0 or 1\)"),
+        ({"points": [[math.nan, 2]]}, r"points\[0\]\[0\]: Input should be a finite number"),
+        ({"points": [[1, math.inf]]}, r"points\[0\]\[1\]: Input should be a finite number"),
+        ({"points": [[1, 2, 3]]}, r"`points` must be a list of \[x, y\] pairs in pixels, e.g. \[\[320, 200\]\] \(points\[0\]"),
+        # The most common mistake: one click without the outer list.
+        ({"points": [320, 200]}, r"^invalid prompt: `points` must be a list of \[x, y\] pairs in pixels, e.g. "
+                                 r"\[\[320, 200\]\] \(points\[0\]: Input should be a valid list; points\[1\]"),
+        ({"multimask_output": "maybe", "box": [0, 0, 1, 1]}, "`multimask_output` must be true or false"),
         ({"points": [[1, 2]] * (MAX_POINTS + 1)}, f"at most {MAX_POINTS} items"),
         ({"box": [10, 10, 10, 20]}, r"x2 > x1 and y2 > y1; got \[10.0, 10.0, 10.0, 20.0\]"),
         ({"box": [10, 30, 20, 20]}, "x2 > x1 and y2 > y1"),

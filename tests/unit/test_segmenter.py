@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
+import torch
 
+from sam2_api.imaging import pack_mask
 from sam2_api.prompts import Prompt
 from sam2_api.segmenter import Segmenter
 from tests.conftest import upright_rgb
@@ -37,20 +37,30 @@ def test_masks_equal_sam2_image_predictor(segmenter, reference_mask, test_images
         fields = make(width, height)
         expected, expected_score = reference_mask(image, **fields)
         mask = segmenter.decode(embedding, Prompt(**fields))
-        assert mask.pixels.shape == (height, width), label
-        assert mask.pixels.dtype == np.bool_
-        assert 0 < mask.pixels.sum() < mask.pixels.size, f"{label}: degenerate mask proves nothing"
-        assert np.array_equal(mask.pixels, expected), label
+        pixels = mask.pixels()
+        assert mask.hw == (height, width) and pixels.shape == (height, width), label
+        assert 0 < pixels.sum() < pixels.size, f"{label}: degenerate mask proves nothing"
+        assert np.array_equal(pixels, expected), label
+        assert mask.bits == pack_mask(expected), label
         assert mask.score == pytest.approx(expected_score, abs=1e-6), label
 
 
-def test_concurrent_requests_never_see_each_others_image(segmenter, test_images):
-    names = ["chelsea.png", "coffee.png"]
-    images = [upright_rgb(test_images / name) for name in names]
-    prompts = [Prompt(points=[(im.shape[1] / 2, im.shape[0] / 2)]) for im in images]
-    alone = [segmenter.segment(im, p).pixels for im, p in zip(images, prompts)]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [pool.submit(segmenter.segment, images[i % 2], prompts[i % 2]) for i in range(4)]
-        together = [f.result().pixels for f in futures]
-    for i, mask in enumerate(together):
-        assert np.array_equal(mask, alone[i % 2])
+def test_model_input_is_sam2_transforms_bit_for_bit(segmenter, test_images):
+    """The uint8 image crosses to the device and is resized there: on the CPU that must be the very
+    computation SAM2ImagePredictor runs through SAM2Transforms."""
+    image = upright_rgb(test_images / "rocket.jpg")
+    expected = segmenter._transforms(image)
+    assert torch.equal(segmenter.model_input(image), expected)
+
+
+def test_device_packing_equals_pack_mask(segmenter):
+    """The CUDA path packs with tensor ops; the same ops on the CPU must give pack_mask's bytes."""
+    from sam2_api.segmenter import _BIT_WEIGHTS
+
+    rng = np.random.default_rng(1)
+    for height, width in [(5, 13), (16, 16), (427, 640)]:
+        mask = torch.from_numpy(rng.random((height, width)) > 0.4)
+        rows = torch.nn.functional.pad(mask.to(torch.uint8), (0, (-width) % 8))
+        weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8)
+        packed = (rows.view(height, -1, 8) * weights).sum(dim=2, dtype=torch.uint8)
+        assert packed.numpy().tobytes() == pack_mask(mask.numpy())

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import datetime, timezone
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from sam2_api.config import Settings
-from sam2_api.storage import FailureLog, MaskStore, mask_key, object_url
+from sam2_api.storage import FailureLog, MaskStore, make_s3_client, mask_key, object_url
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 KEY_PATTERN = re.compile(r"^sam2-api-masks/\d{8}_\d{6}_[0-9a-f]{32}\.png$")
@@ -27,8 +27,8 @@ def aws_env(monkeypatch):
         yield boto3.client("s3", region_name="eu-west-1")
 
 
-def make_store(**env) -> MaskStore:
-    return MaskStore(Settings(**{"aws_region": "eu-west-1", **env}))
+def make_store(bucket: str | None = None, **options) -> MaskStore:
+    return MaskStore(make_s3_client("eu-west-1"), bucket, region="eu-west-1", **options)
 
 
 def test_key_format_is_prefix_utc_time_and_full_uuid():
@@ -49,7 +49,7 @@ def test_urls_on_aws_and_on_a_custom_endpoint():
 
 def test_upload_stores_png_with_content_type_and_returns_its_url(aws_env):
     aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    store = make_store(s3_bucket_name_staging="masks")
+    store = make_store("masks")
     url = store.put(b"\x89PNG fake bytes")
     match = re.fullmatch(r"https://masks\.s3\.eu-west-1\.amazonaws\.com/(.+)", url)
     key = match.group(1)
@@ -61,38 +61,36 @@ def test_upload_stores_png_with_content_type_and_returns_its_url(aws_env):
 
 def test_acl_is_applied_only_when_configured(aws_env):
     aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    plain = make_store(s3_bucket_name_staging="masks").put(b"png")
-    public = make_store(s3_bucket_name_staging="masks", s3_object_acl="public-read").put(b"png")
+    plain = make_store("masks").put(b"png")
+    public = make_store("masks", acl="public-read").put(b"png")
     grants = lambda url: aws_env.get_object_acl(Bucket="masks", Key=url.split(".com/")[1])["Grants"]
     all_users = "http://acs.amazonaws.com/groups/global/AllUsers"
     assert not any(g["Grantee"].get("URI") == all_users for g in grants(plain))
     assert any(g["Grantee"].get("URI") == all_users and g["Permission"] == "READ" for g in grants(public))
 
 
-def test_missing_bucket_name_disables_uploads_with_one_warning(aws_env, caplog):
+def test_missing_bucket_name_disables_uploads_and_says_why_once(aws_env, caplog):
     with caplog.at_level(logging.WARNING):
         store = make_store()
         assert store.put(b"png") is None
         assert store.put(b"png") is None
-    assert [r.getMessage() for r in caplog.records] == [
-        "S3_BUCKET_NAME_STAGING is not set: masks will not be stored (mask_url: null)"
-    ]
+    assert not caplog.records  # not per request: the service logs the reason once at startup
+    assert store.disabled_reason == "S3_BUCKET_NAME_STAGING is not set: masks will not be stored (mask_url: null)"
 
 
-def test_missing_credentials_disable_uploads(monkeypatch, tmp_path, caplog):
+def test_missing_credentials_disable_uploads(monkeypatch, tmp_path):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with caplog.at_level(logging.WARNING):
-        store = make_store(s3_bucket_name_staging="masks")
+    store = make_store("masks")
     assert not store.enabled and store.put(b"png") is None
-    assert "no AWS credentials found" in caplog.text
+    assert store.disabled_reason == "no AWS credentials found: masks will not be stored (mask_url: null)"
 
 
 def test_nonexistent_bucket_gives_none_and_logs_the_reason(aws_env, caplog):
-    store = make_store(s3_bucket_name_staging="no-such-bucket")
+    store = make_store("no-such-bucket")
     with caplog.at_level(logging.WARNING):
         assert store.put(b"png") is None
     assert "NoSuchBucket" in caplog.text
@@ -106,7 +104,7 @@ def test_access_denied_gives_none_and_logs_the_reason(aws_env, caplog):
         Policy='{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*", '
         '"Action": "s3:PutObject", "Resource": "arn:aws:s3:::locked/*"}]}',
     )
-    store = make_store(s3_bucket_name_staging="locked")
+    store = make_store("locked")
     with caplog.at_level(logging.WARNING):
         assert store.put(b"png") is None
     assert re.search(r"failed: s3://locked: (AccessDenied|403)", caplog.text)  # moto: a bare 403
@@ -115,7 +113,7 @@ def test_access_denied_gives_none_and_logs_the_reason(aws_env, caplog):
 
 
 def test_an_outage_is_logged_once_then_its_end(aws_env, caplog):
-    store = make_store(s3_bucket_name_staging="later")
+    store = make_store("later")
     with caplog.at_level(logging.WARNING):
         assert [store.put(b"png") for _ in range(5)] == [None] * 5
         aws_env.create_bucket(Bucket="later", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
@@ -145,9 +143,39 @@ def test_presigned_mode_returns_a_signed_get_url_that_works(aws_env):
     import requests
 
     aws_env.create_bucket(Bucket="private", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    store = make_store(s3_bucket_name_staging="private", s3_url_mode="presigned", s3_presign_expires=120)
+    store = make_store("private", presign_expires=120)
     url = store.put(b"png bytes")
     assert "X-Amz-Signature=" in url and "X-Amz-Expires=120" in url
     assert KEY_PATTERN.match(re.search(r"amazonaws\.com/([^?]+)", url).group(1))
     assert SECRET not in url
     assert requests.get(url, timeout=5).content == b"png bytes"
+
+
+def test_put_many_stores_in_parallel_and_keeps_the_order(aws_env):
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    store = make_store("masks")
+    bodies = [f"png {i}".encode() for i in range(12)]
+    urls = store.put_many([lambda body=body: body for body in bodies])
+    stored = [aws_env.get_object(Bucket="masks", Key=url.split(".com/")[1])["Body"].read() for url in urls]
+    assert stored == bodies and len(set(urls)) == 12
+
+
+def test_put_many_gives_up_on_what_is_not_stored_by_the_deadline(aws_env, caplog):
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    store = make_store("masks", deadline=0.5, parallel=2)
+
+    def slow() -> bytes:
+        time.sleep(3)
+        return b"late"
+
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        urls = store.put_many([lambda: b"quick", slow, slow, lambda: b"queued behind the slow ones"])
+    assert time.monotonic() - started < 1.5  # the deadline, not the slow uploads
+    assert urls[0] is not None and urls[1:] == [None, None, None]
+    assert "3 of 4 uploads not done within the 0.5 s deadline (S3_UPLOAD_DEADLINE)" in caplog.text
+    store._pool.shutdown(wait=True)  # the late ones finish inside moto's mock, not after it
+
+
+def test_put_many_without_a_bucket_makes_no_png(aws_env):
+    assert make_store().put_many([lambda: pytest.fail("encoded a PNG nobody stores")]) == [None]

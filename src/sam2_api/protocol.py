@@ -1,0 +1,69 @@
+"""What crosses between the API service and the model service (``service.py``).
+
+The API service (CPU: HTTP, image codecs, PNG, S3) calls the model service (the device: embedding
+cache, encoder, decoder) with a cache key, the prompts and, only when the model service does not
+hold that key's embedding, the decoded image. Locally the two are processes on one machine
+talking over a Unix socket; deployed, separate deployments scaled on their own. BentoML pickles
+these values between them (protocol 5), so bytes cross without any text encoding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from . import errors
+
+
+class RawImage(BaseModel):
+    """An upright ``height × width`` RGB image: ``pixels`` holds its uint8 values, row-major,
+    3 bytes a pixel (the decoded upload, EXIF orientation applied)."""
+
+    pixels: bytes
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> "RawImage":
+        height, width = image.shape[:2]
+        return cls(pixels=image.tobytes(), height=height, width=width)
+
+    def array(self) -> np.ndarray:
+        """The ``(H, W, 3)`` uint8 array; writable (torch refuses to share read-only memory)."""
+        return np.frombuffer(bytearray(self.pixels), dtype=np.uint8).reshape(self.height, self.width, 3)
+
+
+class MaskBits(BaseModel):
+    """One mask at the image's size: ``np.packbits`` of its row-major ``(H, W)`` pixels (True =
+    object), and SAM 2's predicted IoU of it."""
+
+    bits: bytes
+    score: float
+
+
+class Failure(BaseModel):
+    """A :class:`sam2_api.errors.RequestError` raised in the model service, to be raised again in
+    the API service with the same class and message."""
+
+    kind: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: errors.RequestError) -> "Failure":
+        return cls(kind=type(exc).__name__, message=str(exc))
+
+    def error(self) -> errors.RequestError:
+        return errors.by_name(self.kind)(self.message)
+
+
+class ModelReply(BaseModel):
+    """The model service's answer: masks in the order of the prompts, or ``needs_image`` when the
+    key's embedding is not cached and no image came with the call, or a request error."""
+
+    needs_image: bool = False
+    masks: list[MaskBits] = []
+    width: int = 0
+    height: int = 0
+    cached: bool = False  # the encoder was skipped
+    seconds: dict[str, float] = {}  # the stages the model service timed, for Server-Timing
+    failure: Failure | None = None
