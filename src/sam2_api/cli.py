@@ -17,16 +17,21 @@ import io
 import json
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 REFERENCE_SCHEMES = ("s3://", "https://")
-OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+# The overlay's look, the same as the /ui page's (RGB).
+MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)
+MASK_ALPHA = 0.5
+OBJECT_COLOUR, BACKGROUND_COLOUR = (34, 197, 94), (239, 68, 68)
+RING_COLOUR, BOX_COLOUR = (255, 255, 255), (250, 204, 21)
 
 
 class Client:
@@ -46,13 +51,55 @@ class Client:
         return self.http.post("/segment", data=form, files=files)
 
 
-def overlay(image_bytes: bytes, mask_png: bytes) -> Image.Image:
-    """The upright image with the mask tinted red at half strength, for people to look at."""
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes))).convert("RGB")
+# ---- The overlay --------------------------------------------------------------------------------
+
+def mask_edge(mask: np.ndarray, width: int) -> np.ndarray:
+    """The mask's pixels within ``width`` pixels (a square's reach) of a pixel outside it; beyond
+    the image counts as inside, so a mask that touches the image's edge has no edge line there."""
+    height, image_width = mask.shape
+    padded = np.pad(mask, width, constant_values=True)
+    across = np.ones((height + 2 * width, image_width), dtype=bool)
+    for dx in range(2 * width + 1):
+        across &= padded[:, dx:dx + image_width]
+    inner = np.ones_like(mask)
+    for dy in range(2 * width + 1):
+        inner &= across[dy:dy + height]
+    return mask & ~inner
+
+
+def draw_overlay(image: Image.Image, mask: np.ndarray, points: Sequence[Sequence[float]] = (),
+                 labels: Sequence[int] = (), box: Sequence[float] | None = None) -> Image.Image:
+    """The image with the mask tinted and outlined, and the prompt on top: each point a disc (green
+    = object, red = background) in a white ring, the box a yellow frame.
+
+    ``image``: the upright image, W×H; ``mask``: (H, W) bool; ``points`` ([x, y] each), ``labels``
+    (1 = object, 0 = background; default 1) and ``box`` ([x1, y1, x2, y2]) in pixels of that image,
+    x to the right and y down from its top-left corner, as sent to the server. Marker and line sizes
+    grow with the image, so that they stay visible on large photos.
+    """
+    pixels = np.array(image.convert("RGB"), dtype=np.float32)
+    if mask.shape != pixels.shape[:2]:
+        raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the image {image.width}x{image.height}")
+    radius = max(6, round(max(image.size) / 80))
+    line = max(2, round(radius / 3))
+    pixels[mask] = (1 - MASK_ALPHA) * pixels[mask] + MASK_ALPHA * MASK_COLOUR
+    pixels[mask_edge(mask, line)] = MASK_COLOUR
+    drawn = Image.fromarray(np.round(pixels).astype(np.uint8))
+    pen = ImageDraw.Draw(drawn)
+    if box is not None:
+        pen.rectangle([round(c) for c in box], outline=BOX_COLOUR, width=line)
+    labels = list(labels) + [1] * (len(points) - len(labels))
+    for (x, y), label in zip(points, labels):
+        pen.ellipse([x - radius, y - radius, x + radius, y + radius], outline=RING_COLOUR, width=line,
+                    fill=OBJECT_COLOUR if label else BACKGROUND_COLOUR)
+    return drawn
+
+
+def overlay(image_bytes: bytes, mask_png: bytes, points=(), labels=(), box=None) -> Image.Image:
+    """``draw_overlay`` of an encoded image (EXIF orientation applied, as the server does) and mask PNG."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes)))
     mask = np.array(Image.open(io.BytesIO(mask_png)).convert("L")) > 127
-    pixels = np.array(image, dtype=np.float32)
-    pixels[mask] = 0.5 * pixels[mask] + 0.5 * OVERLAY_COLOUR
-    return Image.fromarray(pixels.astype(np.uint8))
+    return draw_overlay(image, mask, points, labels, box)
 
 
 def read_image(source: str, timeout: float) -> bytes:
@@ -103,7 +150,8 @@ def command_segment(args: argparse.Namespace) -> int:
             return 1
         mask = httpx.get(body["mask_url"], timeout=args.timeout)
         mask.raise_for_status()
-        overlay(read_image(args.image, args.timeout), mask.content).save(args.overlay)
+        drawn = overlay(read_image(args.image, args.timeout), mask.content, points or (), labels or (), args.box)
+        drawn.save(args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
 
@@ -161,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="a click in pixels of the upright image; LABEL 1 = object (default), 0 = background")
     one.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2")
     one.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None)
-    one.add_argument("--overlay", type=Path, help="write the image with the mask drawn over it here")
+    one.add_argument("--overlay", type=Path, help="write the image with the mask and the prompt drawn over it here")
     one.set_defaults(run=command_segment)
 
     many = commands.add_parser("batch", help="segment every request of a JSONL file")
