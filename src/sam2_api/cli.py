@@ -1,8 +1,11 @@
 """`sam2-api`: segment images with a running server, one at a time or in batches.
 
-    sam2-api segment photo.jpg --point 320,200 --overlay overlay.png
-    sam2-api segment s3://my-photos/cat.png --box 10,20,200,220
+    sam2-api segment photo.jpg --point 320,200 --point 40,40,0 --overlay overlay.png
+    sam2-api segment s3://my-photos/cat.png --box 10,20,200,220 --url http://gpu-box:3000
     sam2-api batch requests.jsonl --output results.jsonl --concurrency 4 [--resume]
+
+--url, --api-key and --timeout go before or after the command; --url and --api-key default to
+$SAM2_API_URL and $SAM2_API_KEY (a flag wins over the environment).
 
 A batch file has one JSON request per line: {"image": "<path | s3://… | https://…>", "points":
 [[x, y]], "labels": [1], "box": [x1, y1, x2, y2], "multimask_output": true, "id": "anything"}.
@@ -15,9 +18,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -26,6 +30,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
+DEFAULT_URL = "http://localhost:3000"
+DEFAULT_TIMEOUT = 300.0
 REFERENCE_SCHEMES = ("s3://", "https://")
 # The overlay's look, the same as the /ui page's (RGB).
 MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)
@@ -196,14 +202,22 @@ def command_batch(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sam2-api", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://localhost:3000", help="the server (default: %(default)s)")
-    parser.add_argument("--api-key", help="sent as Authorization: Bearer <key>")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
+# ---- the command line ---------------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
+    """The command line, with the server options taken before or after the command (the later one
+    wins), then from ``environ``, then their defaults."""
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--url", default=argparse.SUPPRESS,
+                        help=f"the server (default: $SAM2_API_URL, else {DEFAULT_URL})")
+    server.add_argument("--api-key", default=argparse.SUPPRESS,
+                        help="sent as Authorization: Bearer <key> (default: $SAM2_API_KEY)")
+    server.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help=f"seconds per request (default: {DEFAULT_TIMEOUT:g})")
+    parser = argparse.ArgumentParser(prog="sam2-api", description=__doc__.splitlines()[0], parents=[server])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    one = commands.add_parser("segment", help="segment one image and print the JSON result")
+    one = commands.add_parser("segment", parents=[server], help="segment one image and print the JSON result")
     one.add_argument("image", help="a local file, s3://bucket/key or https://… URL")
     one.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]",
                      help="a click in pixels of the upright image; LABEL 1 = object (default), 0 = background")
@@ -212,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--overlay", type=Path, help="write the image with the mask and the prompt drawn over it here")
     one.set_defaults(run=command_segment)
 
-    many = commands.add_parser("batch", help="segment every request of a JSONL file")
+    many = commands.add_parser("batch", parents=[server], help="segment every request of a JSONL file")
     many.add_argument("requests", type=Path)
     many.add_argument("--output", type=Path, required=True, help="JSONL results, appended")
     many.add_argument("--concurrency", type=int, default=4)
@@ -221,8 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     many.set_defaults(run=command_batch)
 
     args = parser.parse_args(argv)
+    given = vars(args)
+    args.url = given["url"] if "url" in given else environ.get("SAM2_API_URL") or DEFAULT_URL
+    args.api_key = given["api_key"] if "api_key" in given else environ.get("SAM2_API_KEY") or None
+    args.timeout = given.get("timeout", DEFAULT_TIMEOUT)
     if args.command == "segment" and not args.point and args.box is None:
         parser.error("give at least one --point or a --box")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     return args.run(args)
 
 

@@ -19,8 +19,8 @@ from tests.integration.test_segment_api import fetch_mask
 SAM2_API = [sys.executable, "-m", "sam2_api.cli"]
 
 
-def sam2_api(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SAM2_API, *args], cwd=REPO, env=clean_env(), capture_output=True, text=True,
+def sam2_api(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SAM2_API, *args], cwd=REPO, env=clean_env(**env), capture_output=True, text=True,
                           timeout=300)
 
 
@@ -69,7 +69,20 @@ def test_batch_writes_one_line_per_request_goes_on_after_errors_and_resumes(serv
     assert lines["bad-box"]["status"] == 400 and "x2 > x1" in lines["bad-box"]["error"]
     assert lines["no-file"]["status"] == 0 and "FileNotFoundError" in lines["no-file"]["error"]
 
-    again = sam2_api("--url", server.url, "batch", str(requests), "--output", str(results), "--resume", "--quiet")
+    again = sam2_api("batch", str(requests), "--output", str(results), "--resume", "--quiet", "--url", server.url)
     retried = [json.loads(line) for line in results.read_text().splitlines()][4:]
     assert [r["id"] for r in retried] == ["no-file"]  # only the one that never reached the server
     assert "0 ok, 1 failed, 3 already done" in again.stderr
+
+
+def test_server_options_come_from_the_environment_or_either_side_of_the_command(server, test_images):
+    image = str(test_images / "chelsea.png")
+    from_env = sam2_api("segment", image, "--point", "225,150", SAM2_API_URL=server.url)
+    assert from_env.returncode == 0, from_env.stderr
+    assert json.loads(from_env.stdout)["width"] == 451
+    dead = "http://127.0.0.1:9"  # the discard port: nothing listens there
+    flag_after = sam2_api("segment", image, "--point", "225,150", "--url", server.url, "--timeout", "60",
+                          SAM2_API_URL=dead)
+    assert flag_after.returncode == 0, flag_after.stderr
+    env_only = sam2_api("segment", image, "--point", "225,150", SAM2_API_URL=dead)
+    assert env_only.returncode != 0 and "ConnectError" in env_only.stderr

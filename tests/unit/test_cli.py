@@ -1,4 +1,4 @@
-"""The command line's own logic, without a server: the overlay's pixels."""
+"""The command line's own logic, without a server: the overlay's pixels and the options."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_api.cli import draw_overlay, mask_edge
+from sam2_api.cli import DEFAULT_URL, Client, draw_overlay, mask_edge, parse_args
 
 GREEN, RED, WHITE, YELLOW = [34, 197, 94], [239, 68, 68], [255, 255, 255], [250, 204, 21]
 BLUE = [30, 144, 255]
@@ -55,3 +55,40 @@ def test_mask_edge_is_the_inner_band_of_the_given_width_and_not_the_image_border
     mask[:, :10] = True  # touches the image's top, left and bottom borders
     edge = mask_edge(mask, 2)
     assert edge.sum() == 2 * 20 and edge[:, 8:10].all()  # columns 8 and 9 only
+
+
+@pytest.mark.parametrize("argv", [
+    ["--url", "http://a:1", "--api-key", "k", "--timeout", "5", "segment", "x.png", "--point", "1,2"],
+    ["segment", "x.png", "--point", "1,2", "--url", "http://a:1", "--api-key", "k", "--timeout", "5"],
+    ["--timeout", "5", "segment", "--url", "http://a:1", "x.png", "--api-key", "k", "--point", "1,2"],
+])
+def test_server_options_go_before_or_after_the_command(argv):
+    args = parse_args(argv, environ={})
+    assert (args.url, args.api_key, args.timeout, args.image, args.point) == ("http://a:1", "k", 5.0, "x.png",
+                                                                             [([1.0, 2.0], 1)])
+
+
+def test_server_options_come_from_the_environment_unless_a_flag_says_otherwise():
+    environ = {"SAM2_API_URL": "http://env:2", "SAM2_API_KEY": "env-key"}
+    args = parse_args(["batch", "in.jsonl", "--output", "out.jsonl"], environ=environ)
+    assert (args.url, args.api_key, args.timeout) == ("http://env:2", "env-key", 300.0)
+    args = parse_args(["batch", "in.jsonl", "--output", "out.jsonl", "--url", "http://flag:3", "--api-key", "f"],
+                      environ=environ)
+    assert (args.url, args.api_key) == ("http://flag:3", "f")
+    args = parse_args(["--url", "http://before:4", "segment", "x.png", "--box", "1,2,3,4", "--url", "http://after:5"],
+                      environ=environ)
+    assert args.url == "http://after:5"  # given twice: the later wins
+    args = parse_args(["segment", "x.png", "--box", "1,2,3,4"], environ={})
+    assert (args.url, args.api_key) == (DEFAULT_URL, None)
+    assert "Authorization" not in Client(args.url, args.api_key, 1).http.headers
+    assert Client("http://x", "env-key", 1).http.headers["Authorization"] == "Bearer env-key"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["segment", "x.png"], "give at least one --point or a --box"),
+    (["segment", "x.png", "--point", "1"], "--point wants X,Y or X,Y,LABEL"),
+])
+def test_bad_command_lines_exit_2_saying_why(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv, environ={})
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
