@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_api.cli import DEFAULT_URL, Client, draw_overlay, mask_edge, parse_args
+from sam2_api.cli import DEFAULT_URL, Client, draw_overlay, mask_edge, parse_args, resume_command
 
 GREEN, RED, WHITE, YELLOW = [34, 197, 94], [239, 68, 68], [255, 255, 255], [250, 204, 21]
 BLUE = [30, 144, 255]
@@ -84,8 +86,19 @@ def test_server_options_come_from_the_environment_unless_a_flag_says_otherwise()
     assert Client("http://x", "env-key", 1).http.headers["Authorization"] == "Bearer env-key"
 
 
+def test_the_resume_command_repeats_what_changes_the_run():
+    args = parse_args(["batch", "my requests.jsonl", "--output", "out.jsonl", "--concurrency", "2", "--quiet"],
+                      environ={"SAM2_API_URL": "http://gpu:3000"})
+    assert resume_command(args) == ("sam2-api batch 'my requests.jsonl' --output out.jsonl --resume"
+                                    " --url http://gpu:3000 --concurrency 2 --quiet")
+    again = parse_args(shlex.split(resume_command(args))[1:], environ={})  # the same run, with --resume
+    assert (str(again.requests), again.resume, again.url, again.concurrency, again.quiet) == (
+        "my requests.jsonl", True, "http://gpu:3000", 2, True)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["segment", "x.png"], "give at least one --point or a --box"),
+    (["batch", "in.jsonl", "--output", "o", "--concurrency", "0"], "--concurrency must be at least 1"),
     (["segment", "x.png", "--point", "1"], "--point wants X,Y or X,Y,LABEL"),
 ])
 def test_bad_command_lines_exit_2_saying_why(argv, message, capsys):
