@@ -162,3 +162,19 @@ def test_a_tall_image_fits_the_window_and_clicks_land_on_its_pixels(server, page
     assert page.evaluate("document.scrollingElement.scrollHeight") <= VIEWPORT["height"]
     shown = canvas_pixels(page)  # the marker keeps its size on screen, at the clicked spot
     assert np.abs(shown[round(dy + y - box["y"]), round(dx + x - box["x"])] - OBJECT).max() <= 2
+
+
+def test_without_s3_the_score_is_shown_with_no_mask_and_no_link(server_without_s3, page, test_images):
+    image = test_images / "chelsea.png"
+    box = open_image(page, server_without_s3, image)
+    with page.expect_response(lambda r: r.url.endswith("/segment")) as answer:
+        page.mouse.click(box["x"] + 225.5, box["y"] + 150.5)
+    body = answer.value.json()
+    assert body["mask_url"] is None
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#status") == "No mask_url: S3 is not configured on the server."
+    assert page.text_content("#score") == f"{body['score']:.3f}" and page.is_hidden("#mask-link")
+    shown, original = canvas_pixels(page), upright_rgb(image).astype(int)
+    away = ~near(original.shape[:2], 225, 150, MARKER_REACH)
+    assert np.array_equal(shown[away], original[away])  # the image and the marker, no mask
+    assert np.abs(shown[150, 225] - OBJECT).max() <= 2

@@ -140,7 +140,7 @@ function showResult(result, mask) {
   $("result").hidden = !result;
   if (result) {
     $("score").textContent = result.score.toFixed(3);
-    $("mask-link").hidden = !result.mask_url;
+    $("mask-part").hidden = !result.mask_url;
     if (result.mask_url) $("mask-link").href = result.mask_url;
   }
   draw();
@@ -192,11 +192,13 @@ async function segment() {
     const mask = body.mask_url ? await loadImage(body.mask_url) : null;
     if (sent !== state.sent) return;
     if (mask && (mask.naturalWidth !== canvas.width || mask.naturalHeight !== canvas.height)) {
-      throw new Error(`the mask is ${mask.naturalWidth}×${mask.naturalHeight}, the image ${canvas.width}×${canvas.height}`);
+      const sizes = `${mask.naturalWidth}×${mask.naturalHeight}, the image ${canvas.width}×${canvas.height}`;
+      throw new Error(`the mask is ${sizes}`);
     }
     showResult(body, mask);
     const encoder = response.headers.get("X-Embedding-Cache") === "hit" ? "cached" : "encoded";
-    setStatus(mask ? `${body.width}×${body.height}, image ${encoder}.` : "No mask_url: S3 is not configured on the server.");
+    setStatus(mask ? `${body.width}×${body.height}, image ${encoder}.`
+                   : "No mask_url: S3 is not configured on the server.");
   } catch (error) {
     if (sent !== state.sent) return;
     showResult(null, null);
