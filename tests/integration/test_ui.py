@@ -178,3 +178,11 @@ def test_without_s3_the_score_is_shown_with_no_mask_and_no_link(server_without_s
     away = ~near(original.shape[:2], 225, 150, MARKER_REACH)
     assert np.array_equal(shown[away], original[away])  # the image and the marker, no mask
     assert np.abs(shown[150, 225] - OBJECT).max() <= 2
+
+
+def test_a_file_that_is_not_an_image_is_named_in_the_status_line(server, page):
+    page.goto(f"{server.url}/ui/")
+    page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"})
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('notes.txt')")
+    assert page.text_content("#status") == "notes.txt: this browser cannot show it as an image."
+    assert page.is_hidden("#stage")

@@ -219,7 +219,13 @@ $("file").addEventListener("change", async () => {
   const file = $("file").files[0];
   if (!file) return;
   state.sent++;  // an answer for the previous image is no longer wanted
-  const image = await createImageBitmap(file, { imageOrientation: "from-image" });
+  let image;
+  try {
+    image = await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch {
+    setStatus(`${file.name}: this browser cannot show it as an image.`);
+    return;
+  }
   Object.assign(state, { file, image, points: [], labels: [], box: null, drag: null, down: null });
   canvas.width = image.width;
   canvas.height = image.height;
