@@ -1,32 +1,52 @@
 """`sam2-api`: segment images with a running server, one at a time or in batches.
 
-    sam2-api segment photo.jpg --point 320,200 --overlay overlay.png
-    sam2-api segment s3://my-photos/cat.png --box 10,20,200,220
+    sam2-api segment photo.jpg --point 320,200 --point 40,40,0 --overlay overlay.png
+    sam2-api segment s3://my-photos/cat.png --box 10,20,200,220 --url http://gpu-box:3000
     sam2-api batch requests.jsonl --output results.jsonl --concurrency 4 [--resume]
+
+--url, --api-key and --timeout go before or after the command; --url and --api-key default to
+$SAM2_API_URL and $SAM2_API_KEY (a flag wins over the environment).
 
 A batch file has one JSON request per line: {"image": "<path | s3://… | https://…>", "points":
 [[x, y]], "labels": [1], "box": [x1, y1, x2, y2], "multimask_output": true, "id": "anything"}.
 Each line gets one result line (errors included, the batch goes on); --resume skips the lines
-that already have a result and retries only those that failed for want of a server.
+that already have a result and retries only those that failed for want of a server. Ctrl+C stops
+a batch: nothing new is sent, requests in flight get a few seconds to finish, every result that
+arrived is written, and the command that resumes it is printed (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import json
+import os
+import queue
+import shlex
+import signal
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
+DEFAULT_URL = "http://localhost:3000"
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_CONCURRENCY = 4
+INTERRUPT_GRACE_S = 10.0  # after Ctrl+C, how long requests already sent may take to finish
 REFERENCE_SCHEMES = ("s3://", "https://")
-OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+
+# The overlay's look, the same as the /ui page's (RGB).
+MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)
+MASK_ALPHA = 0.5
+OBJECT_COLOUR, BACKGROUND_COLOUR = (34, 197, 94), (239, 68, 68)
+RING_COLOUR, BOX_COLOUR = (255, 255, 255), (250, 204, 21)
 
 
 class Client:
@@ -46,13 +66,55 @@ class Client:
         return self.http.post("/segment", data=form, files=files)
 
 
-def overlay(image_bytes: bytes, mask_png: bytes) -> Image.Image:
-    """The upright image with the mask tinted red at half strength, for people to look at."""
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes))).convert("RGB")
+# ---- The overlay --------------------------------------------------------------------------------
+
+def mask_edge(mask: np.ndarray, width: int) -> np.ndarray:
+    """The mask's pixels within ``width`` pixels (a square's reach) of a pixel outside it; beyond
+    the image counts as inside, so a mask that touches the image's edge has no edge line there."""
+    height, image_width = mask.shape
+    padded = np.pad(mask, width, constant_values=True)
+    across = np.ones((height + 2 * width, image_width), dtype=bool)
+    for dx in range(2 * width + 1):
+        across &= padded[:, dx:dx + image_width]
+    inner = np.ones_like(mask)
+    for dy in range(2 * width + 1):
+        inner &= across[dy:dy + height]
+    return mask & ~inner
+
+
+def draw_overlay(image: Image.Image, mask: np.ndarray, points: Sequence[Sequence[float]] = (),
+                 labels: Sequence[int] = (), box: Sequence[float] | None = None) -> Image.Image:
+    """The image with the mask tinted and outlined, and the prompt on top: each point a disc (green
+    = object, red = background) in a white ring, the box a yellow frame.
+
+    ``image``: the upright image, W×H; ``mask``: (H, W) bool; ``points`` ([x, y] each), ``labels``
+    (1 = object, 0 = background; default 1) and ``box`` ([x1, y1, x2, y2]) in pixels of that image,
+    x to the right and y down from its top-left corner, as sent to the server. Marker and line sizes
+    grow with the image, so that they stay visible on large photos.
+    """
+    pixels = np.array(image.convert("RGB"), dtype=np.float32)
+    if mask.shape != pixels.shape[:2]:
+        raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the image {image.width}x{image.height}")
+    radius = max(6, round(max(image.size) / 80))
+    line = max(2, round(radius / 3))
+    pixels[mask] = (1 - MASK_ALPHA) * pixels[mask] + MASK_ALPHA * MASK_COLOUR
+    pixels[mask_edge(mask, line)] = MASK_COLOUR
+    drawn = Image.fromarray(np.round(pixels).astype(np.uint8))
+    pen = ImageDraw.Draw(drawn)
+    if box is not None:
+        pen.rectangle([round(c) for c in box], outline=BOX_COLOUR, width=line)
+    labels = list(labels) + [1] * (len(points) - len(labels))
+    for (x, y), label in zip(points, labels):
+        pen.ellipse([x - radius, y - radius, x + radius, y + radius], outline=RING_COLOUR, width=line,
+                    fill=OBJECT_COLOUR if label else BACKGROUND_COLOUR)
+    return drawn
+
+
+def overlay(image_bytes: bytes, mask_png: bytes, points=(), labels=(), box=None) -> Image.Image:
+    """``draw_overlay`` of an encoded image (EXIF orientation applied, as the server does) and mask PNG."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes)))
     mask = np.array(Image.open(io.BytesIO(mask_png)).convert("L")) > 127
-    pixels = np.array(image, dtype=np.float32)
-    pixels[mask] = 0.5 * pixels[mask] + 0.5 * OVERLAY_COLOUR
-    return Image.fromarray(pixels.astype(np.uint8))
+    return draw_overlay(image, mask, points, labels, box)
 
 
 def read_image(source: str, timeout: float) -> bytes:
@@ -68,6 +130,8 @@ def read_image(source: str, timeout: float) -> bytes:
         return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     return Path(source).read_bytes()
 
+
+# ---- segment ------------------------------------------------------------------------------------
 
 def parse_point(text: str) -> tuple[list[float], int]:
     parts = [p.strip() for p in text.split(",")]
@@ -103,79 +167,198 @@ def command_segment(args: argparse.Namespace) -> int:
             return 1
         mask = httpx.get(body["mask_url"], timeout=args.timeout)
         mask.raise_for_status()
-        overlay(read_image(args.image, args.timeout), mask.content).save(args.overlay)
+        drawn = overlay(read_image(args.image, args.timeout), mask.content, points or (), labels or (), args.box)
+        drawn.save(args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
 
 
-def command_batch(args: argparse.Namespace) -> int:
-    requests = [json.loads(line) for line in args.requests.read_text().splitlines() if line.strip()]
-    done: set[int] = set()
-    if args.resume and args.output.exists():
-        for line in args.output.read_text().splitlines():
+# ---- batch --------------------------------------------------------------------------------------
+
+class Interrupts:
+    """Counts Ctrl+C (SIGINT) while in use, instead of raising KeyboardInterrupt wherever the main
+    thread happens to be (half-way through writing a result line, say). It replaces Python's own
+    handler only, in the main thread: a SIGINT that this process was started to ignore stays ignored."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous = None
+
+    def __enter__(self) -> Interrupts:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._interrupted)
+        return self
+
+    def _interrupted(self, signum, frame) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Workers:
+    """Threads that take request indexes in order and put one result each on ``results``.
+
+    ``stop()`` lets no new request start. The threads are daemons: a request still in flight when
+    the command returns is abandoned with the process, it does not hold the exit.
+    """
+
+    def __init__(self, indexes: Iterable[int], send: Callable[[Client, int], dict], clients: list[Client]):
+        self._todo = collections.deque(indexes)
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.started = 0
+        self.results: queue.Queue[dict] = queue.Queue()
+        for client in clients:
+            threading.Thread(target=self._work, args=(send, client), daemon=True).start()
+
+    def _next(self) -> int | None:
+        with self._lock:
+            if self._stopped or not self._todo:
+                return None
+            self.started += 1
+            return self._todo.popleft()
+
+    def _work(self, send: Callable[[Client, int], dict], client: Client) -> None:
+        while (index := self._next()) is not None:
+            self.results.put(send(client, index))
+
+    def stop(self) -> int:
+        """Sends nothing more; returns how many requests were started."""
+        with self._lock:
+            self._stopped = True
+            return self.started
+
+
+def send_request(client: Client, request: dict, line: int) -> dict:
+    """One batch line's result: the server's answer, or what went wrong on the way (never raises)."""
+    result = {"line": line, "id": request.get("id"), "image": request.get("image")}
+    try:
+        fields = {k: request.get(k) for k in ("points", "labels", "box", "multimask_output")}
+        response = client.segment(str(request["image"]), fields)
+        body = response.json()
+        result.update(status=response.status_code, ok=response.status_code == 200, **body)
+    except Exception as exc:  # a bad line or a lost connection is this line's failure, not the batch's
+        result.update(ok=False, status=0, error=f"{type(exc).__name__}: {exc}")
+    return result
+
+
+def finished_lines(output: Path) -> set[int]:
+    """Lines of an earlier run with a final answer: a mask or a 4xx. Server and network failures
+    (5xx, status 0) are not final: --resume sends them again."""
+    done = set()
+    if output.exists():
+        for line in output.read_text().splitlines():
             result = json.loads(line)
             if result.get("ok") or 400 <= result.get("status", 0) < 500:
-                done.add(result["line"])  # final answers; server or network failures are retried
+                done.add(result["line"])
+    return done
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    words = ["sam2-api", "batch", str(args.requests), "--output", str(args.output), "--resume", "--url", args.url]
+    if args.concurrency != DEFAULT_CONCURRENCY:
+        words += ["--concurrency", str(args.concurrency)]
+    if args.timeout != DEFAULT_TIMEOUT:
+        words += ["--timeout", f"{args.timeout:g}"]
+    if args.quiet:
+        words.append("--quiet")
+    return shlex.join(words)
+
+
+def command_batch(args: argparse.Namespace) -> int:
+    requests = [json.loads(line) for line in args.requests.read_text().splitlines() if line.strip()]
+    done = finished_lines(args.output) if args.resume else set()
     todo = [i for i in range(len(requests)) if i not in done]
-    local = threading.local()
-    write_lock = threading.Lock()
+    clients = [Client(args.url, args.api_key, args.timeout) for _ in range(min(args.concurrency, len(todo)))]
+    ok = failed = 0
+    started = None  # set by the first Ctrl+C: the requests sent by then; no more are sent
+    with (Interrupts() as interrupts, args.output.open("a") as out,
+          tqdm(total=len(todo), unit="image", disable=args.quiet) as progress):
+        workers = Workers(todo, lambda client, i: send_request(client, requests[i], i), clients)
+        while ok + failed < len(todo):
+            if interrupts.count and started is None:
+                started = workers.stop()
+                deadline = time.monotonic() + INTERRUPT_GRACE_S
+                if started > ok + failed:
+                    tqdm.write(f"stopping: waiting up to {INTERRUPT_GRACE_S:g} s for the {started - ok - failed} "
+                               "requests in flight (Ctrl+C again to stop at once)", file=sys.stderr)
+            if started is not None and (ok + failed == started or interrupts.count > 1 or time.monotonic() > deadline):
+                break
+            try:
+                result = workers.results.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            out.write(json.dumps(result) + "\n")
+            out.flush()
+            ok += result["ok"]
+            failed += not result["ok"]
+            progress.update()
+    summary = f"{ok} ok, {failed} failed, {len(done)} already done; results in {args.output}"
+    if ok + failed == len(todo):
+        print(summary, file=sys.stderr)
+        return 1 if failed else 0
+    abandoned = f", {started - ok - failed} abandoned in flight" if started > ok + failed else ""
+    print(f"stopped by Ctrl+C: {summary}; {len(todo) - started} not sent{abandoned}", file=sys.stderr)
+    print(f"resume with: {resume_command(args)}", file=sys.stderr)
+    if args.api_key:
+        print("  (with your API key again: --api-key, or SAM2_API_KEY in the environment)", file=sys.stderr)
+    return 130
 
-    def run(index: int) -> dict:
-        if not hasattr(local, "client"):
-            local.client = Client(args.url, args.api_key, args.timeout)
-        request = requests[index]
-        result = {"line": index, "id": request.get("id"), "image": request.get("image")}
-        try:
-            fields = {k: request.get(k) for k in ("points", "labels", "box", "multimask_output")}
-            response = local.client.segment(str(request["image"]), fields)
-            body = response.json()
-            result.update(status=response.status_code, ok=response.status_code == 200, **body)
-        except (KeyError, OSError, ValueError, httpx.HTTPError) as exc:
-            result.update(ok=False, status=0, error=f"{type(exc).__name__}: {exc}")
-        return result
 
-    failures = 0
-    with args.output.open("a") as out, ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        futures = [pool.submit(run, i) for i in todo]
-        for future in tqdm(as_completed(futures), total=len(futures), unit="image", disable=args.quiet):
-            result = future.result()
-            failures += not result["ok"]
-            with write_lock:
-                out.write(json.dumps(result) + "\n")
-                out.flush()
-    print(f"{len(todo) - failures} ok, {failures} failed, {len(done)} already done; results in {args.output}",
-          file=sys.stderr)
-    return 1 if failures else 0
+# ---- the command line ---------------------------------------------------------------------------
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sam2-api", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://localhost:3000", help="the server (default: %(default)s)")
-    parser.add_argument("--api-key", help="sent as Authorization: Bearer <key>")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
+    """The command line, with the server options taken before or after the command (the later one
+    wins), then from ``environ``, then their defaults."""
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--url", default=argparse.SUPPRESS,
+                        help=f"the server (default: $SAM2_API_URL, else {DEFAULT_URL})")
+    server.add_argument("--api-key", default=argparse.SUPPRESS,
+                        help="sent as Authorization: Bearer <key> (default: $SAM2_API_KEY)")
+    server.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help=f"seconds per request (default: {DEFAULT_TIMEOUT:g})")
+    parser = argparse.ArgumentParser(prog="sam2-api", description=__doc__.splitlines()[0], parents=[server])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    one = commands.add_parser("segment", help="segment one image and print the JSON result")
+    one = commands.add_parser("segment", parents=[server], help="segment one image and print the JSON result")
     one.add_argument("image", help="a local file, s3://bucket/key or https://… URL")
     one.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]",
                      help="a click in pixels of the upright image; LABEL 1 = object (default), 0 = background")
     one.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2")
     one.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None)
-    one.add_argument("--overlay", type=Path, help="write the image with the mask drawn over it here")
+    one.add_argument("--overlay", type=Path, help="write the image with the mask and the prompt drawn over it here")
     one.set_defaults(run=command_segment)
 
-    many = commands.add_parser("batch", help="segment every request of a JSONL file")
+    many = commands.add_parser("batch", parents=[server], help="segment every request of a JSONL file")
     many.add_argument("requests", type=Path)
     many.add_argument("--output", type=Path, required=True, help="JSONL results, appended")
-    many.add_argument("--concurrency", type=int, default=4)
+    many.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     many.add_argument("--resume", action="store_true", help="skip lines that already have a result")
     many.add_argument("--quiet", action="store_true", help="no progress bar")
     many.set_defaults(run=command_batch)
 
     args = parser.parse_args(argv)
+    given = vars(args)
+    args.url = given["url"] if "url" in given else environ.get("SAM2_API_URL") or DEFAULT_URL
+    args.api_key = given["api_key"] if "api_key" in given else environ.get("SAM2_API_KEY") or None
+    args.timeout = given.get("timeout", DEFAULT_TIMEOUT)
     if args.command == "segment" and not args.point and args.box is None:
         parser.error("give at least one --point or a --box")
-    return args.run(args)
+    if args.command == "batch" and args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:  # outside a batch's own handling: nothing half-done to report
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""The command line's own logic, without a server: the overlay's pixels and the options."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam2_api.cli import DEFAULT_URL, Client, draw_overlay, mask_edge, parse_args, resume_command
+
+GREEN, RED, WHITE, YELLOW = [34, 197, 94], [239, 68, 68], [255, 255, 255], [250, 204, 21]
+BLUE = [30, 144, 255]
+GREY = 100
+
+
+def test_overlay_tints_and_outlines_the_mask_and_draws_the_prompt_on_top():
+    image = Image.new("RGB", (200, 120), (GREY, GREY, GREY))  # markers of radius 6, lines 2 px wide
+    mask = np.zeros((120, 200), dtype=bool)
+    mask[40:100, 50:150] = True
+    drawn = np.asarray(draw_overlay(image, mask, points=[[100, 70], [20, 20]], labels=[1, 0],
+                                    box=[30, 30, 170, 110])).astype(int)
+    assert drawn.shape == (120, 200, 3)
+
+    assert drawn[60, 70].tolist() == [65, 122, 178]  # inside the mask: half-way from grey to blue
+    assert drawn[40, 70].tolist() == drawn[41, 70].tolist() == BLUE  # its edge: an opaque line, 2 px
+    assert drawn[42, 70].tolist() == [65, 122, 178]
+    assert drawn[70, 100].tolist() == GREEN  # the object click, drawn over the mask
+    assert drawn[70, 94].tolist() == drawn[70, 106].tolist() == WHITE  # its white ring
+    assert drawn[20, 20].tolist() == RED  # the background click
+    assert drawn[14, 20].tolist() == drawn[20, 26].tolist() == WHITE
+    for y, x in [(30, 100), (31, 100), (110, 100), (70, 30), (70, 170)]:  # the box: 2 px inside its corners
+        assert drawn[y, x].tolist() == YELLOW, (x, y)
+
+    rows, cols = np.mgrid[:120, :200]
+    prompt = (np.hypot(cols - 100, rows - 70) <= 8) | (np.hypot(cols - 20, rows - 20) <= 8)
+    frame = ((rows >= 30) & (rows <= 110) & (cols >= 30) & (cols <= 170)
+             & ~((rows >= 32) & (rows <= 108) & (cols >= 32) & (cols <= 168)))
+    assert (drawn[~mask & ~prompt & ~frame] == GREY).all()  # nothing else changes
+
+
+def test_overlay_without_labels_marks_every_click_as_object():
+    image = Image.new("RGB", (64, 48), (0, 0, 0))
+    drawn = np.asarray(draw_overlay(image, np.zeros((48, 64), dtype=bool), points=[[32, 24]]))
+    assert drawn[24, 32].tolist() == GREEN
+    assert not drawn[:5].any()  # no mask, no box: the rest stays black
+
+
+def test_overlay_refuses_a_mask_of_another_size():
+    with pytest.raises(ValueError, match="the mask is 10x10, the image 64x48"):
+        draw_overlay(Image.new("RGB", (64, 48)), np.zeros((10, 10), dtype=bool))
+
+
+def test_mask_edge_is_the_inner_band_of_the_given_width_and_not_the_image_border():
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[:, :10] = True  # touches the image's top, left and bottom borders
+    edge = mask_edge(mask, 2)
+    assert edge.sum() == 2 * 20 and edge[:, 8:10].all()  # columns 8 and 9 only
+
+
+@pytest.mark.parametrize("argv", [
+    ["--url", "http://a:1", "--api-key", "k", "--timeout", "5", "segment", "x.png", "--point", "1,2"],
+    ["segment", "x.png", "--point", "1,2", "--url", "http://a:1", "--api-key", "k", "--timeout", "5"],
+    ["--timeout", "5", "segment", "--url", "http://a:1", "x.png", "--api-key", "k", "--point", "1,2"],
+])
+def test_server_options_go_before_or_after_the_command(argv):
+    args = parse_args(argv, environ={})
+    assert (args.url, args.api_key, args.timeout, args.image, args.point) == ("http://a:1", "k", 5.0, "x.png",
+                                                                             [([1.0, 2.0], 1)])
+
+
+def test_server_options_come_from_the_environment_unless_a_flag_says_otherwise():
+    environ = {"SAM2_API_URL": "http://env:2", "SAM2_API_KEY": "env-key"}
+    args = parse_args(["batch", "in.jsonl", "--output", "out.jsonl"], environ=environ)
+    assert (args.url, args.api_key, args.timeout) == ("http://env:2", "env-key", 300.0)
+    args = parse_args(["batch", "in.jsonl", "--output", "out.jsonl", "--url", "http://flag:3", "--api-key", "f"],
+                      environ=environ)
+    assert (args.url, args.api_key) == ("http://flag:3", "f")
+    args = parse_args(["--url", "http://before:4", "segment", "x.png", "--box", "1,2,3,4", "--url", "http://after:5"],
+                      environ=environ)
+    assert args.url == "http://after:5"  # given twice: the later wins
+    args = parse_args(["segment", "x.png", "--box", "1,2,3,4"], environ={})
+    assert (args.url, args.api_key) == (DEFAULT_URL, None)
+    assert "Authorization" not in Client(args.url, args.api_key, 1).http.headers
+    assert Client("http://x", "env-key", 1).http.headers["Authorization"] == "Bearer env-key"
+
+
+def test_the_resume_command_repeats_what_changes_the_run():
+    args = parse_args(["batch", "my requests.jsonl", "--output", "out.jsonl", "--concurrency", "2", "--quiet"],
+                      environ={"SAM2_API_URL": "http://gpu:3000"})
+    assert resume_command(args) == ("sam2-api batch 'my requests.jsonl' --output out.jsonl --resume"
+                                    " --url http://gpu:3000 --concurrency 2 --quiet")
+    again = parse_args(shlex.split(resume_command(args))[1:], environ={})  # the same run, with --resume
+    assert (str(again.requests), again.resume, again.url, again.concurrency, again.quiet) == (
+        "my requests.jsonl", True, "http://gpu:3000", 2, True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["segment", "x.png"], "give at least one --point or a --box"),
+    (["batch", "in.jsonl", "--output", "o", "--concurrency", "0"], "--concurrency must be at least 1"),
+    (["segment", "x.png", "--point", "1"], "--point wants X,Y or X,Y,LABEL"),
+])
+def test_bad_command_lines_exit_2_saying_why(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv, environ={})
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
