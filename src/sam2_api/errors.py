@@ -55,5 +55,33 @@ class ForbiddenSource(RequestError):
     status = HTTPStatus.FORBIDDEN
 
 
+class Unauthorized(RequestError):
+    """API keys are configured and the request carries none of them."""
+
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class MalformedRequest(RequestError):
+    """The HTTP request itself is ambiguous or unreadable: framing, headers, the form's structure."""
+
+
+class BodyTooLarge(RequestError):
+    """The request body, or one form field of it, is larger than this service accepts."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class BodyTimeout(RequestError):
+    """The request body arrived too slowly, or not completely within the time allowed."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
+class UnsupportedContentType(RequestError):
+    """The request body is in a media type the API does not read."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
 class ModelLoadError(RuntimeError):
     """The SAM 2 weights could not be resolved or loaded (a startup error, not a request error)."""
