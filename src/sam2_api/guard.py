@@ -9,7 +9,9 @@ nothing. The body is then watched while BentoML reads it:
   also present (so that pair is refused outright);
 - it must arrive within a deadline and, after a grace period, at a minimum rate: BentoML's
   Timeout and MaxConcurrency middlewares run *outside* this one, so a trickling body holds one
-  of the replica's ``max_concurrency`` slots for as long as it takes.
+  of the replica's ``max_concurrency`` slots for as long as it takes;
+- a multipart form is inspected part by part (``forms.py``) for what BentoML's own form
+  handling would turn into a 500 or into a download.
 
 A refusal is answered at once with our ``{"error": ...}`` and ``Connection: close`` (the rest of
 the body is not wanted), and BentoML's handler, which is waiting in ``receive()``, is unwound
@@ -25,10 +27,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
+from python_multipart.multipart import parse_options_header
+
 from .config import BODY_TIMEOUT_S, MIN_UPLOAD_BYTES_PER_S
 from .errors import (
-    BodyTimeout, BodyTooLarge, MalformedRequest, RequestError, Unauthorized,
+    BodyTimeout, BodyTooLarge, MalformedRequest, RequestError, Unauthorized, UnsupportedContentType,
 )
+from .forms import FormInspector, boundary_of
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -37,6 +42,9 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_GRACE_S = 5.0  # the start of a body (TCP slow start, a client warming up) is not rate-checked
+MAX_JSON_BODY_BYTES = 1024 * 1024  # a JSON request carries prompts and references, never image bytes
+# Fields that BentoML treats as files; a text value of one would be downloaded as a URL.
+FILE_FIELDS = ("image",)
 
 
 def tenant_id(api_key: str) -> str:
@@ -58,6 +66,7 @@ class RequestGuard:
         body_timeout_s: float = BODY_TIMEOUT_S,
         min_upload_bytes_per_s: int = MIN_UPLOAD_BYTES_PER_S,
         upload_grace_s: float = UPLOAD_GRACE_S,
+        file_fields: Iterable[str] = FILE_FIELDS,
     ) -> None:
         self.app = app
         self.paths = frozenset(paths)
@@ -66,6 +75,7 @@ class RequestGuard:
         self.body_timeout_s = body_timeout_s
         self.min_upload_bytes_per_s = min_upload_bytes_per_s
         self.upload_grace_s = upload_grace_s
+        self.file_fields = frozenset(file_fields)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/") not in self.paths:
@@ -107,7 +117,7 @@ class RequestGuard:
         return tenant
 
     def _body_rules(self, headers: dict[bytes, list[bytes]]) -> _BodyRules:
-        """The byte limit of this body, from the headers alone."""
+        """The byte limit of this body and the inspector of its form, from the headers alone."""
         lengths = headers.get(b"content-length", [])
         encodings = headers.get(b"transfer-encoding", [])
         if lengths and encodings:
@@ -116,14 +126,24 @@ class RequestGuard:
             raise MalformedRequest("send one Content-Length header")
         if encodings and [e.strip().lower() for e in b",".join(encodings).split(b",")] != [b"chunked"]:
             raise MalformedRequest("the only Transfer-Encoding accepted is chunked")
-        limit, limit_name = self.max_upload_bytes, "SAM2_MAX_UPLOAD_BYTES"
+
+        media_type, _ = parse_options_header(b",".join(headers.get(b"content-type", [])))
+        limit, limit_name, inspector = self.max_upload_bytes, "SAM2_MAX_UPLOAD_BYTES", None
+        if media_type == b"multipart/form-data":
+            boundary, charset = boundary_of(headers[b"content-type"][0])
+            inspector = FormInspector(boundary, charset, self.file_fields)
+        elif media_type == b"application/x-www-form-urlencoded":
+            # BentoML would read a text `image` of such a form as a URL to download; it cannot carry a file anyway.
+            raise UnsupportedContentType("send the request as multipart/form-data (or JSON without an image)")
+        elif MAX_JSON_BODY_BYTES < limit:  # anything else is read as JSON by BentoML
+            limit, limit_name = MAX_JSON_BODY_BYTES, "for a JSON body"
 
         if lengths:
             if not lengths[0].isdigit():
                 raise MalformedRequest(f"Content-Length must be a number of bytes; got {lengths[0].decode('latin-1')!r}")
             if int(lengths[0]) > limit:
                 raise BodyTooLarge(f"the upload is {int(lengths[0])} bytes; the limit is {limit} bytes ({limit_name})")
-        return _BodyRules(limit, limit_name)
+        return _BodyRules(limit, limit_name, inspector)
 
 
 class _Refused(BaseException):
@@ -138,6 +158,7 @@ class _Refused(BaseException):
 class _BodyRules:
     max_bytes: int
     limit_name: str  # what sets the limit, for the message
+    inspector: FormInspector | None  # for multipart forms
 
 
 class _WatchedBody:
@@ -168,9 +189,16 @@ class _WatchedBody:
             chunk = message.get("body", b"")
             self._received += len(chunk)
             self._complete = not message.get("more_body", False)
-            if self._received > self._rules.max_bytes:
-                await self._refuse(BodyTooLarge(f"the upload is more than {self._rules.max_bytes} bytes; the limit is "
-                                                f"{self._rules.max_bytes} bytes ({self._rules.limit_name})"))
+            try:
+                if self._received > self._rules.max_bytes:
+                    raise BodyTooLarge(f"the upload is more than {self._rules.max_bytes} bytes; the limit is "
+                                       f"{self._rules.max_bytes} bytes ({self._rules.limit_name})")
+                if self._rules.inspector is not None:
+                    self._rules.inspector.feed(chunk)
+                    if self._complete:
+                        self._rules.inspector.close()
+            except RequestError as exc:
+                await self._refuse(exc)
         return message
 
     async def send(self, message: Message) -> None:

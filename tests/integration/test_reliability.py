@@ -170,7 +170,8 @@ def test_chunked_uploads_are_accepted_and_counted_against_the_limit(guarded_serv
 
     upload = RawRequest(guarded_server.url, "/segment", {
         "Authorization": f"Bearer {API_KEYS[0]}", "Transfer-Encoding": "chunked",
-        "Content-Type": "application/octet-stream"})
+        "Content-Type": "multipart/form-data; boundary=b"})
+    upload.send_chunk(b'--b\r\nContent-Disposition: form-data; name="image"; filename="i.png"\r\n\r\n')
     while not upload.answered() and upload.sent < 50_000_000:  # a body that would never end
         upload.send_chunk(b"\0" * 65536)
     answer = upload.response()

@@ -1,7 +1,7 @@
 """The guard: API keys, framing and the body as it streams in, in front of a real Starlette app.
 
 Most tests speak ASGI to the guard directly, as uvicorn does, so that they choose the exact
-headers, chunks and delays.
+headers, chunks and delays; the app behind it parses the form with Starlette, as BentoML does.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ seen: list[dict] = []  # what the app behind the guard got: one entry per reques
 
 
 async def segment(request):
-    seen.append({"bytes": len(await request.body()), "tenant": getattr(request.state, "tenant", None)})
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        seen.append({"fields": sorted(form.keys()), "tenant": getattr(request.state, "tenant", None)})
+    else:
+        seen.append({"bytes": len(await request.body()), "tenant": getattr(request.state, "tenant", None)})
     return JSONResponse({"ok": True})
 
 
@@ -94,6 +98,22 @@ def exchange(app, headers: list[tuple[bytes, bytes]], chunks: list[bytes] = (), 
         return Answer(start["status"], dict(start["headers"]), body, time.monotonic() - started)
 
     return asyncio.run(run())
+
+
+def multipart(*parts: tuple[bytes, bytes], boundary: bytes = b"XyZ") -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a form; each part is (its header lines, its content)."""
+    body = b"".join(b"--" + boundary + b"\r\n" + head + b"\r\n\r\n" + content + b"\r\n" for head, content in parts)
+    body += b"--" + boundary + b"--\r\n"
+    return [(b"content-type", b"multipart/form-data; boundary=" + boundary)], body
+
+
+def field(name: str, value: bytes) -> tuple[bytes, bytes]:
+    return b'Content-Disposition: form-data; name="' + name.encode() + b'"', value
+
+
+def file(name: str, value: bytes, filename: str = "x.png") -> tuple[bytes, bytes]:
+    return (b'Content-Disposition: form-data; name="' + name.encode() + b'"; filename="' + filename.encode()
+            + b'"\r\nContent-Type: application/octet-stream', value)
 
 
 # --- API keys ---
@@ -188,6 +208,21 @@ def test_ambiguous_framing_is_400_before_the_body_is_read(headers, words):
     assert seen == []
 
 
+def test_json_bodies_are_limited_to_a_mebibyte_whatever_the_upload_limit():
+    limited = guard(max_upload_bytes=64 * 1024**2)
+    answer = exchange(limited, [(b"content-type", b"application/json"), (b"content-length", b"2000000")], [b" " * 10])
+    assert answer.status == 413 and answer.error().endswith("the limit is 1048576 bytes (for a JSON body)")
+    answer = exchange(limited, [(b"content-type", b"application/json")], [b" " * 600_000, b" " * 600_000])
+    assert answer.status == 413 and seen == []
+
+
+def test_url_encoded_forms_are_415():
+    answer = exchange(guard(), [(b"content-type", b"application/x-www-form-urlencoded")],
+                      [b"image=http%3A%2F%2F10.0.0.1%2Fx.png"])
+    assert answer.status == 415 and "multipart/form-data" in answer.error()
+    assert seen == []
+
+
 # --- the time the body takes ---
 
 def slow(**options) -> RequestGuard:
@@ -238,3 +273,60 @@ def test_after_the_body_the_app_may_wait_on_receive_without_a_deadline():
 
     guarded = RequestGuard(listens_after_the_body, paths={"/segment"}, max_upload_bytes=100, body_timeout_s=0.2)
     assert exchange(guarded, [(b"content-length", b"1")], [b"x"]).status == 204
+
+
+# --- the form ---
+
+def test_a_well_formed_form_reaches_the_app():
+    headers, body = multipart(file("image", b"\x89PNG" * 10), field("points", b"[[1, 2]]"), file("unrelated", b""))
+    answer = exchange(guard(), headers, [body[:50], body[50:]])
+    assert answer.status == 200 and seen == [{"fields": ["image", "points", "unrelated"], "tenant": None}]
+
+
+REFUSED_FORMS = {
+    "image as a text field": (multipart(field("image", b"http://169.254.169.254/latest")), 400,
+                              "`image` must be a file part (with a filename); to name an image by URL, send `image_url`"),
+    "65 parts": (multipart(*[field(f"f{i}", b"1") for i in range(65)]), 413, "the form has more than 64 parts"),
+    "1001 files": (multipart(*[file(f"f{i}", b"") for i in range(1001)]), 413, "more than 64 parts"),
+    "a field over 256 KiB": (multipart(field("points", b"1" * (256 * 1024 + 1))), 413,
+                             "form field `points` is over 262144 bytes"),
+    "a field nested 5000 deep": (multipart(field("points", b"[" * 5000 + b"]" * 5000)), 400,
+                                 "form field `points` is nested more than 64 levels deep"),
+    "a file part nested 5000 deep": (multipart(file("box", b"[" * 5000 + b"]" * 5000)), 400, "nested more than 64"),
+    "a number of 5000 digits": (multipart(field("points", b"[[" + b"9" * 5000 + b", 1]]")), 400,
+                                "form field `points` holds a number of more than 1000 digits"),
+    "digits as UTF-16": (multipart(file("points", ("[[" + "9" * 5000 + ", 1]]").encode("utf-16-le"))), 400,
+                         "more than 1000 digits"),
+    "a file part that is not text": (multipart(file("points", b"[\xff]")), 400,
+                                     "not text in a JSON encoding"),
+    "a part without a name": (multipart((b"Content-Disposition: form-data", b"1")), 400, "form part 1 has no name"),
+    "a part without headers": (multipart((b"", b"1")), 400, "has no name"),
+    "huge part headers": (multipart((b"X-Pad: " + b"a" * 20_000 + b"\r\n" + field("a", b"")[0], b"1")), 400,
+                          "the multipart form is malformed: Maximum header size exceeded"),
+    "100 part headers": (multipart((b"X-Pad: a\r\n" * 100 + field("a", b"")[0], b"1")), 400,
+                         "the multipart form is malformed"),
+    "no closing boundary": (([(b"content-type", b"multipart/form-data; boundary=XyZ")],
+                             b"--XyZ\r\n" + field("points", b"[[1, 1]]")[0] + b"\r\n\r\n[[1, 1]]\r\n"), 400,
+                            "ends before its closing boundary"),
+    "garbage": (([(b"content-type", b"multipart/form-data; boundary=XyZ")], b"this is not a form"), 400,
+                "the multipart form is malformed"),
+    "no boundary": (([(b"content-type", b"multipart/form-data")], b"--\r\n"), 400, "needs a boundary"),
+    "a boundary of 71 bytes": (([(b"content-type", b"multipart/form-data; boundary=" + b"b" * 71)], b""), 400,
+                               "boundary is over 70 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_FORMS)
+def test_what_bentoml_would_make_a_500_of_is_a_4xx_first(case):
+    (headers, body), status, words = REFUSED_FORMS[case]
+    chunks = [body[i:i + 4096] for i in range(0, len(body), 4096)] or [b""]
+    answer = exchange(guard(max_upload_bytes=10**7), headers, chunks)
+    assert answer.status == status, answer.body
+    assert words in answer.error()
+    assert seen == []  # Starlette's parser never finished the form
+
+
+def test_fields_the_api_ignores_pass_when_they_are_harmless():
+    headers, body = multipart(field("colour", b"blue"), field("note", "naïve [[1]]".encode()),
+                              field("big", b"[" * 64 + b"]" * 64), field("digits", b"9" * 1000))
+    assert exchange(guard(max_upload_bytes=10**6), headers, [body]).status == 200
