@@ -18,6 +18,7 @@ from sam2_api.cache import EmbeddingCache
 from sam2_api.config import Settings
 from sam2_api.errors import ModelLoadError
 from sam2_api.guard import RequestGuard
+from sam2_api.http_metrics import label_metrics_by_route
 from sam2_api.model import load_sam2, packaged_weights, pick_device, resolve_weights
 from sam2_api.pipeline import Pipeline, Result
 from sam2_api.prompts import Prompt
@@ -159,3 +160,4 @@ SAM2Segment.add_asgi_middleware(
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
 )
+label_metrics_by_route()  # before BentoML builds the app: /metrics labelled by route, not raw path

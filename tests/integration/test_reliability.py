@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 
 import boto3
 import httpx
@@ -210,3 +212,27 @@ def test_slow_uploads_are_cut_with_408_while_other_requests_are_served(server, t
     assert [a.status for a in answers] == [408] * 4, answers
     assert all("slower than 8192 bytes/s (SAM2_MIN_UPLOAD_BYTES_PER_S)" in a.error() for a in answers)
     assert 5 <= elapsed < 8, f"slow uploads were cut after {elapsed:.1f} s"
+
+
+def test_metrics_do_not_grow_with_paths_that_nobody_serves(server):
+    def scrape() -> tuple[set[str], str]:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}, text
+
+    def unmatched_404s(text: str) -> float:
+        found = re.search(r'^bentoml_service_request_total\{[^}]*endpoint="unmatched"[^}]*http_response_code="404"'
+                          r'[^}]*\} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/no-such-page").status_code == 404  # the `unmatched` series exist from here on
+        series, text = scrape()
+        count = unmatched_404s(text)
+        for i in range(300):
+            assert client.get(f"/{uuid.uuid4().hex}/{i}.php").status_code == 404
+    after, text = scrape()
+    assert after == series  # the same series, none added
+    assert unmatched_404s(text) == count + 300
+    endpoints = set(re.findall(r'endpoint="([^"]*)"', text))
+    assert endpoints <= {"/segment", "/segment_objects", "/livez", "/healthz", "/readyz", "/metrics", "/", "/ui",
+                         "/static_content", "/docs.json", "/schema.json", "unmatched"}, endpoints
