@@ -12,13 +12,13 @@ caught: deployments that must rule it out should also block private ranges at th
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from urllib.parse import urlparse
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .addresses import is_public_address, parse_address
 from .errors import ForbiddenSource, ImageTooLarge, InvalidImageSource
 
 FETCH_TIMEOUT_SECONDS = 10
@@ -81,6 +81,6 @@ def _refuse_non_public(host: str, port: int) -> None:
     except socket.gaierror:
         raise InvalidImageSource(f"the host {host!r} does not resolve") from None
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
+        ip = parse_address(address)
+        if not is_public_address(ip):
             raise ForbiddenSource(f"refusing to fetch from {host} ({ip}): not a public address")

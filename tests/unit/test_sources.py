@@ -44,7 +44,9 @@ def test_refusals_say_why(s3, url, error, words):
         sources(s3).fetch(url)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.1.2.3", "192.168.0.7", "169.254.169.254", "[::1]"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.1.2.3", "192.168.0.7", "169.254.169.254", "[::1]",
+                                  "[::127.0.0.1]", "[::ffff:10.0.0.1]", "[64:ff9b::a9fe:a9fe]", "[2002:a00:1::1]",
+                                  "224.0.0.1"])
 def test_https_to_non_public_addresses_is_refused_before_connecting(s3, host):
     with pytest.raises(ForbiddenSource, match="not a public address"):
         sources(s3).fetch(f"https://{host}/cat.png")
