@@ -26,9 +26,13 @@ class UnsupportedImage(RequestError):
 
 
 class ImageTooLarge(RequestError):
-    """The image has more pixels than ``SAM2_MAX_IMAGE_PIXELS`` allows."""
+    """The image has more pixels than ``SAM2_MAX_IMAGE_PIXELS`` allows, or more bytes than an upload may."""
 
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+    @classmethod
+    def in_bytes(cls, max_bytes: int) -> "ImageTooLarge":
+        return cls(f"the image is over {max_bytes} bytes (SAM2_MAX_UPLOAD_BYTES)")
 
 
 class InvalidPrompt(RequestError):
