@@ -23,6 +23,9 @@ from .errors import BodyTooLarge, MalformedRequest
 
 MAX_PARTS = 64  # the API reads at most 8 fields; Starlette's own limit (1,000) is a 500
 MAX_FIELD_BYTES = 256 * 1024  # 32 objects of 64 points each take about 100 KB of JSON
+# Starlette holds every field in memory, and each is checked on the event loop (about 4 ms per
+# 256 KiB): the fields of one form together stay under this.
+MAX_FIELDS_TOTAL_BYTES = 1024 * 1024
 MAX_BOUNDARY_BYTES = 70  # RFC 2046
 MAX_JSON_DEPTH = 64  # our deepest field (`objects`) nests 4 deep; json's recursion limit is ~1,000
 MAX_NUMBER_DIGITS = 1000  # Python refuses to parse integers over 4,300 digits (a ValueError)
@@ -52,13 +55,15 @@ class FormInspector:
     """Feed it a multipart body chunk by chunk; it raises our errors for what BentoML cannot take.
 
     File parts of ``file_fields`` (the image) pass through unbuffered; every other part is held,
-    up to :data:`MAX_FIELD_BYTES`, until it ends, then checked as BentoML will decode it.
+    up to :data:`MAX_FIELD_BYTES` (:data:`MAX_FIELDS_TOTAL_BYTES` for all of them), until it
+    ends, then checked as BentoML will decode it.
     """
 
     def __init__(self, boundary: bytes, charset: str, file_fields: frozenset[str]) -> None:
         self._charset = charset
         self._file_fields = file_fields
         self._parts = 0
+        self._field_bytes = 0  # held so far, all fields together
         self._ended = False
         self._new_part()
         try:
@@ -139,6 +144,9 @@ class FormInspector:
             return
         if len(self._held) + (end - start) > MAX_FIELD_BYTES:
             raise BodyTooLarge(f"form field `{self._name}` is over {MAX_FIELD_BYTES} bytes")
+        self._field_bytes += end - start
+        if self._field_bytes > MAX_FIELDS_TOTAL_BYTES:
+            raise BodyTooLarge(f"the form's fields other than the image are over {MAX_FIELDS_TOTAL_BYTES} bytes together")
         self._held += data[start:end]
 
     def _on_part_end(self) -> None:

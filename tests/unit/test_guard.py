@@ -290,6 +290,8 @@ REFUSED_FORMS = {
     "1001 files": (multipart(*[file(f"f{i}", b"") for i in range(1001)]), 413, "more than 64 parts"),
     "a field over 256 KiB": (multipart(field("points", b"1" * (256 * 1024 + 1))), 413,
                              "form field `points` is over 262144 bytes"),
+    "fields over 1 MiB together": (multipart(*[field(f"f{i}", b"[1] " * 50_000) for i in range(6)]), 413,
+                                   "the form's fields other than the image are over 1048576 bytes together"),
     "a field nested 5000 deep": (multipart(field("points", b"[" * 5000 + b"]" * 5000)), 400,
                                  "form field `points` is nested more than 64 levels deep"),
     "a file part nested 5000 deep": (multipart(file("box", b"[" * 5000 + b"]" * 5000)), 400, "nested more than 64"),
