@@ -27,8 +27,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
-from python_multipart.multipart import parse_options_header
-
 from .config import BODY_TIMEOUT_S, MIN_UPLOAD_BYTES_PER_S
 from .errors import (
     BodyTimeout, BodyTooLarge, MalformedRequest, RequestError, Unauthorized, UnsupportedContentType,
@@ -127,12 +125,15 @@ class RequestGuard:
         if encodings and [e.strip().lower() for e in b",".join(encodings).split(b",")] != [b"chunked"]:
             raise MalformedRequest("the only Transfer-Encoding accepted is chunked")
 
-        media_type, _ = parse_options_header(b",".join(headers.get(b"content-type", [])))
+        # The body is classified exactly as BentoML picks its parser: by the first Content-Type,
+        # case-sensitively (a "Multipart/Form-Data" body goes to its JSON parser).
+        content_type = headers.get(b"content-type", [b""])[0]
+        media_type = content_type.decode("latin-1").split(";")[0].strip()
         limit, limit_name, inspector = self.max_upload_bytes, "SAM2_MAX_UPLOAD_BYTES", None
-        if media_type == b"multipart/form-data":
-            boundary, charset = boundary_of(headers[b"content-type"][0])
+        if media_type == "multipart/form-data":
+            boundary, charset = boundary_of(content_type)
             inspector = FormInspector(boundary, charset, self.file_fields)
-        elif media_type == b"application/x-www-form-urlencoded":
+        elif media_type == "application/x-www-form-urlencoded":
             # BentoML would read a text `image` of such a form as a URL to download; it cannot carry a file anyway.
             raise UnsupportedContentType("send the request as multipart/form-data (or JSON without an image)")
         elif MAX_JSON_BODY_BYTES < limit:  # anything else is read as JSON by BentoML

@@ -216,6 +216,18 @@ def test_json_bodies_are_limited_to_a_mebibyte_whatever_the_upload_limit():
     assert answer.status == 413 and seen == []
 
 
+def test_bodies_are_classified_as_bentoml_picks_its_parser():
+    limited = guard(max_upload_bytes=64 * 1024**2)
+    big = [b" " * 600_000, b" " * 600_000]
+    # BentoML matches the media type case-sensitively: this one goes to its JSON parser
+    answer = exchange(limited, [(b"content-type", b"Multipart/Form-Data; boundary=x")], big)
+    assert answer.status == 413 and answer.error().endswith("(for a JSON body)")
+    # the first Content-Type is the one BentoML and Starlette read
+    headers, body = multipart(field("points", b"[[1, 2]]"))
+    answer = exchange(limited, headers + [(b"content-type", b"application/json")], [body])
+    assert answer.status == 200 and seen == [{"fields": ["points"], "tenant": None}]
+
+
 def test_url_encoded_forms_are_415():
     answer = exchange(guard(), [(b"content-type", b"application/x-www-form-urlencoded")],
                       [b"image=http%3A%2F%2F10.0.0.1%2Fx.png"])
