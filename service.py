@@ -21,6 +21,7 @@ import sam2_api
 from sam2_api import errors
 from sam2_api.config import Settings
 from sam2_api.guard import RequestGuard
+from sam2_api.http_metrics import label_metrics_by_route
 from sam2_api.pipeline import ImageRequest, Result, build_pipeline
 from sam2_api.prompts import Prompt
 from sam2_api.protocol import ModelReply, RawImage
@@ -71,8 +72,8 @@ class SAM2Model:
         self.engine = build_engine(SETTINGS, packaged_weights(self.weights) if self.weights is not None else None)
 
     @bentoml.api
-    def segment(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply:
-        return self.engine.segment(key, prompts, image)
+    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply:
+        return self.engine.predict(key, prompts, image)
 
 
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
@@ -119,7 +120,7 @@ class SAM2API:
         with timer.stage("read"):
             upload = image.read_bytes() if image else None
         request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
-        tenant = ctx.request.scope.get("state", {}).get("tenant")
+        tenant = getattr(ctx.request.state, "tenant", None)  # set by RequestGuard when API keys are on
         try:
             result = self.pipeline.run(request, prompts, timer, tenant)
         finally:
@@ -144,8 +145,8 @@ class SAM2API:
         Give the image as `image` (a file), `image_url` (s3://… or https://…) or, for an image sent
         before, just its `image_id`. Errors, each with `{"error": "<what is wrong>"}`: 400 bad
         prompt, image or field; 401 missing/wrong API key (when keys are configured); 403 an
-        `image_url` this service may not read; 404 an unknown `image_id` sent alone; 413 upload or
-        image too large; 415 not an image; 429 too many requests in flight.
+        `image_url` this service may not read; 404 an unknown `image_id` sent alone; 408 body too
+        slow; 413 upload or image too large; 415 not an image; 429 too many requests in flight.
         """
         try:
             prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output)
@@ -184,4 +185,8 @@ SAM2API.add_asgi_middleware(
     paths={api.route for api in SAM2API.apis.values()},
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
+    body_timeout_s=SETTINGS.sam2_body_timeout_s,
+    min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
+    file_fields={name for api in SAM2API.apis.values() for name in api.input_spec.multipart_fields},
 )
+label_metrics_by_route()  # before BentoML builds the app: /metrics labelled by route, not raw path

@@ -26,6 +26,10 @@ MODEL_IDS = (
 # variables win over it. Relative to the working directory, which is the Bento's own when served.
 PACKAGED_ENV_FILE = "bento/packaged.env"
 
+# Defaults of the request-body bounds, also the defaults of guard.RequestGuard's arguments.
+BODY_TIMEOUT_S = 60.0
+MIN_UPLOAD_BYTES_PER_S = 8 * 1024
+
 
 class Settings(BaseSettings):
     """The service's configuration; field names are the environment variables, upper-cased."""
@@ -94,6 +98,17 @@ class Settings(BaseSettings):
     )
     sam2_max_upload_bytes: int = Field(
         64 * 1024**2, gt=0, description="Largest accepted request body, in bytes (413 beyond)."
+    )
+    # A body that trickles in holds one of BentoML's max_concurrency slots until it is complete;
+    # these two bound how long that can be (408 beyond).
+    sam2_body_timeout_s: float = Field(
+        BODY_TIMEOUT_S, gt=0, le=3600,
+        description="Longest time a request body may take to arrive, in seconds (408 beyond).",
+    )
+    sam2_min_upload_bytes_per_s: int = Field(
+        MIN_UPLOAD_BYTES_PER_S, ge=0,
+        description="Slowest accepted upload, in bytes per second on average after its first 5 s "
+        "(408 below); 0 = no minimum rate, only SAM2_BODY_TIMEOUT_S.",
     )
 
     # --- S3 ---

@@ -1,6 +1,6 @@
 """The model service's side of a request: cached embeddings, the device thread, packed masks.
 
-:meth:`Engine.segment` answers one call from the API service. With a cache key alone it serves
+:meth:`Engine.predict` answers one call from the API service. With a cache key alone it serves
 from the embedding cache or says ``needs_image``; with the decoded image too it encodes (once, even
 when calls race for the same new image) and caches. Prompts are checked against the image's size
 before any model work, then decoded on the device thread; masks leave as packed bits.
@@ -28,7 +28,7 @@ class Engine:
         self.device = device
         self.cache = cache
 
-    def segment(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply:
+    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply:
         """One mask per prompt for the image cached as ``key``, or given as ``image``."""
         timer = StageTimer()
         try:

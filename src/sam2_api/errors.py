@@ -26,9 +26,13 @@ class UnsupportedImage(RequestError):
 
 
 class ImageTooLarge(RequestError):
-    """The image has more pixels than ``SAM2_MAX_IMAGE_PIXELS`` allows."""
+    """The image has more pixels than ``SAM2_MAX_IMAGE_PIXELS`` allows, or more bytes than an upload may."""
 
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+    @classmethod
+    def in_bytes(cls, max_bytes: int) -> "ImageTooLarge":
+        return cls(f"the image is over {max_bytes} bytes (SAM2_MAX_UPLOAD_BYTES)")
 
 
 class InvalidPrompt(RequestError):
@@ -57,6 +61,34 @@ class ForbiddenSource(RequestError):
     """``image_url`` points where this service may not read: a bucket not allowed, a private address."""
 
     status = HTTPStatus.FORBIDDEN
+
+
+class Unauthorized(RequestError):
+    """API keys are configured and the request carries none of them."""
+
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class MalformedRequest(RequestError):
+    """The HTTP request itself is ambiguous or unreadable: framing, headers, the form's structure."""
+
+
+class BodyTooLarge(RequestError):
+    """The request body, or one form field of it, is larger than this service accepts."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class BodyTimeout(RequestError):
+    """The request body arrived too slowly, or not completely within the time allowed."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
+class UnsupportedContentType(RequestError):
+    """The request body is in a media type the API does not read."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
 def by_name(name: str) -> type[RequestError]:

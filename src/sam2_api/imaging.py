@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from .errors import ImageTooLarge, InvalidImage, RequestError, UnsupportedImage
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -40,7 +40,9 @@ def load_upright_rgb(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             _check_size(image.size, max_pixels, max_side)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            return _to_rgb_array(ImageOps.exif_transpose(image))
+    except (RequestError, MemoryError):
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"the image is too large: {exc}") from None
     except UnidentifiedImageError:
@@ -50,9 +52,11 @@ def load_upright_rgb(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
         raise UnsupportedImage(
             f"the file is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})"
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:
+        # On a hostile file Pillow's decoders raise whatever they trip over, not only OSError:
+        # struct.error and TypeError from EXIF, OverflowError from TIFF tiles, ValueError from
+        # a mode it cannot convert (tests/unit/test_imaging.py fuzzes them).
         raise InvalidImage(f"the image could not be decoded (truncated or corrupt?): {exc}") from None
-    return _to_rgb_array(image)
 
 
 _SIGNATURES = {

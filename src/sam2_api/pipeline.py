@@ -27,7 +27,7 @@ from .timing import StageTimer
 class Model(Protocol):
     """The model service as the API service sees it (``service.SAM2Model``, local or remote)."""
 
-    def segment(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply: ...
+    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Pipeline:
 
     def _call(self, key: str, prompts: list[Prompt], image: RawImage | None, timer: StageTimer) -> ModelReply:
         with timer.stage("model_call"):
-            reply = self.model.segment(key=key, prompts=prompts, image=image)
+            reply = self.model.predict(key=key, prompts=prompts, image=image)
         timer.merge(reply.seconds)
         return reply
 

@@ -1,51 +1,76 @@
 """Images that are already somewhere: ``s3://bucket/key`` (allowed buckets only) or ``https://``.
 
-S3 objects are read with the service's own credentials, and only from the buckets listed in
-``S3_INPUT_BUCKETS``. HTTPS URLs are fetched only from public addresses: the host name is resolved
-first and every address it resolves to must be globally routable (no private, loopback,
-link-local, reserved or multicast address), so that callers cannot make the service reach into
-its own network. Both are bounded by ``SAM2_MAX_UPLOAD_BYTES`` and a timeout. (BentoML's own
-guard for URL inputs patches only its async event loop, which these sync handlers do not use.
-A name that resolves differently between the check and the connection, DNS rebinding, is not
-caught: deployments that must rule it out should also block private ranges at the network.)
+:meth:`ImageSources.locate` checks an ``image_url`` at once — its length and characters, its
+scheme, an S3 bucket against ``S3_INPUT_BUCKETS``, a web URL's host name, port and, when the host
+is an IP address, that it is public — and returns a loader that reads the image only when called.
+A request whose image is already cached (``image_id``) thus still has its ``image_url`` checked,
+and pays for no transfer.
+
+S3 objects are read with the service's own credentials, and only from the allowed buckets.
+HTTPS URLs are fetched only from public addresses, to the very address that was checked, within
+one deadline (``webfetch.py``), so that callers cannot make the service reach into its own
+network. Both are bounded by ``SAM2_MAX_UPLOAD_BYTES``. (BentoML's own guard for URL inputs
+patches only its async event loop, which these sync handlers do not use.)
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import re
+from functools import partial
 from typing import Callable
-from urllib.parse import urlparse
 
-import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import ForbiddenSource, ImageTooLarge, InvalidImageSource
+from .webfetch import WebFetcher, parse_web_url
 
-FETCH_TIMEOUT_SECONDS = 10
+ImageLoader = Callable[[], bytes]  # reads the image when called; raises our RequestErrors
+
+MAX_URL_LENGTH = 2048
+MAX_S3_KEY_BYTES = 1024  # S3's own limit
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_FORMS = "image_url must be s3://bucket/key or https://host/path"
 
 
 class ImageSources:
-    def __init__(self, s3_client, input_buckets: frozenset[str], max_bytes: int) -> None:
+    def __init__(self, s3_client, input_buckets: frozenset[str], max_bytes: int,
+                 web: WebFetcher | None = None) -> None:
         self._s3 = s3_client
         self._buckets = input_buckets
         self._max_bytes = max_bytes
+        self._web = web or WebFetcher(max_bytes=max_bytes)
 
-    def locate(self, url: str) -> Callable[[], bytes]:
-        """Check ``url`` now; the returned loader fetches its bytes when called."""
-        parsed = urlparse(url)
-        if parsed.scheme == "s3" and parsed.netloc and parsed.path.strip("/"):
-            bucket, key = parsed.netloc, parsed.path.lstrip("/")
-            if bucket not in self._buckets or self._s3 is None:
-                raise ForbiddenSource(f"bucket {bucket!r} is not one this service reads from (S3_INPUT_BUCKETS)")
-            return lambda: self._from_s3(bucket, key)
-        if parsed.scheme == "https" and parsed.hostname:
-            return lambda: self._from_https(url, parsed.hostname, parsed.port or 443)
-        raise InvalidImageSource(f"image_url must be s3://bucket/key or https://host/path; got {url!r}")
+    def locate(self, url: str) -> ImageLoader:
+        """Check ``url`` now, without any network traffic; the returned loader reads the image."""
+        if len(url) > MAX_URL_LENGTH:
+            raise InvalidImageSource(f"image_url is {len(url)} characters long; the limit is {MAX_URL_LENGTH}")
+        if any(char.isspace() or not char.isprintable() for char in url):
+            # urllib would drop a tab or a newline silently and fetch another URL than the one shown
+            raise InvalidImageSource("image_url may not contain spaces or control characters")
+        scheme, separator, rest = url.partition("://")
+        if separator and scheme.lower() == "s3":
+            return self._locate_s3(rest)
+        if separator and scheme.lower() == "https":
+            address = parse_web_url(url)
+            self._web.check_host(address)
+            return partial(self._web.get, address)
+        raise InvalidImageSource(f"{_FORMS}; got {_shown(url)}")
 
     def fetch(self, url: str) -> bytes:
-        """The bytes at ``url``; our errors say what is wrong with it."""
+        """``locate(url)()``: for callers that always need the bytes (the pipeline should locate first)."""
         return self.locate(url)()
+
+    def _locate_s3(self, bucket_and_key: str) -> ImageLoader:
+        bucket, _, key = bucket_and_key.partition("/")
+        if not bucket or not key:
+            raise InvalidImageSource(f"{_FORMS}; got {_shown('s3://' + bucket_and_key)}")
+        if not _BUCKET_NAME.fullmatch(bucket):
+            raise InvalidImageSource(f"{_shown(bucket)} is not an S3 bucket name")
+        if len(key.encode()) > MAX_S3_KEY_BYTES:
+            raise InvalidImageSource(f"the S3 key of image_url is over {MAX_S3_KEY_BYTES} bytes")
+        if bucket not in self._buckets or self._s3 is None:
+            raise ForbiddenSource(f"bucket {bucket!r} is not one this service reads from (S3_INPUT_BUCKETS)")
+        return partial(self._from_s3, bucket, key)
 
     def _from_s3(self, bucket: str, key: str) -> bytes:
         try:
@@ -57,36 +82,11 @@ class ImageSources:
             raise InvalidImageSource(f"s3://{bucket}/{key} could not be read: {code}") from None
         except BotoCoreError as exc:
             raise InvalidImageSource(f"s3://{bucket}/{key} could not be read: {type(exc).__name__}") from None
-        self._check_length(obj.get("ContentLength"))
+        if (obj.get("ContentLength") or 0) > self._max_bytes:
+            raise ImageTooLarge.in_bytes(self._max_bytes)
         return obj["Body"].read()
 
-    def _from_https(self, url: str, host: str, port: int) -> bytes:
-        _refuse_non_public(host, port)
-        try:
-            with httpx.stream("GET", url, timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False) as response:
-                if response.status_code != 200:
-                    raise InvalidImageSource(f"{url} answered {response.status_code}")
-                length = response.headers.get("content-length")
-                self._check_length(int(length) if length and length.isdigit() else None)
-                data = bytearray()
-                for chunk in response.iter_bytes():
-                    data += chunk
-                    self._check_length(len(data))
-                return bytes(data)
-        except httpx.HTTPError as exc:
-            raise InvalidImageSource(f"{url} could not be fetched: {type(exc).__name__}") from None
 
-    def _check_length(self, length: int | None) -> None:
-        if length is not None and length > self._max_bytes:
-            raise ImageTooLarge(f"the image is over {self._max_bytes} bytes (SAM2_MAX_UPLOAD_BYTES)")
-
-
-def _refuse_non_public(host: str, port: int) -> None:
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
-    except socket.gaierror:
-        raise InvalidImageSource(f"the host {host!r} does not resolve") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise ForbiddenSource(f"refusing to fetch from {host} ({ip}): not a public address")
+def _shown(text: str, limit: int = 100) -> str:
+    """``text`` as a message may quote it: a 100 kB URL is not echoed back whole."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
+import threading
+import time
 import zlib
 
 import httpx
@@ -88,3 +91,65 @@ def test_refused_inputs_say_why(server, test_images, case, make, status, words):
 def test_unknown_fields_are_ignored(server, test_images):
     response = post(server, encoded(photo(test_images), "PNG"), points=[[225, 150]], colour="blue")
     assert response.status_code == 200 and response.json()["width"] == 451
+
+
+@pytest.fixture
+def listener():
+    """A loopback TCP port that records every connection made to it (none may be)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join(2)
+    server.close()
+
+
+def form_of(*parts: tuple[str, bytes, str | None]) -> list:
+    """httpx ``files`` for parts (name, content, filename or None for a text field)."""
+    return [(name, (filename, content, "application/octet-stream") if filename else (None, content))
+            for name, content, filename in parts]
+
+
+NEVER_500 = {
+    "1001 fields": (lambda d: form_of(*[(f"f{i}", b"1", None) for i in range(1001)]), 413, "more than 64 parts"),
+    "1001 files": (lambda d: form_of(*[(f"f{i}", b"", "x.txt") for i in range(1001)]), 413, "more than 64 parts"),
+    "a field over 1 MB": (lambda d: form_of(("points", b"1" * 1_100_000, None)), 413, "over 262144 bytes"),
+    "5000-deep JSON": (lambda d: form_of(("image", (d / "chelsea.png").read_bytes(), "c.png"),
+                                         ("points", b"[" * 5000 + b"]" * 5000, None)), 400, "nested more than 64"),
+    "a 5000-digit number": (lambda d: form_of(("image", (d / "chelsea.png").read_bytes(), "c.png"),
+                                              ("points", b"[[" + b"9" * 5000 + b", 1]]", None)), 400,
+                            "more than 1000 digits"),
+}
+
+
+@pytest.mark.parametrize("case", NEVER_500)
+def test_forms_bentoml_cannot_parse_are_a_4xx_not_a_500(server, test_images, case):
+    make, status, words = NEVER_500[case]
+    response = httpx.post(f"{server.url}/segment", files=make(test_images), timeout=60)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+
+
+def test_a_text_image_field_is_refused_and_never_downloaded(server, listener):
+    port, accepted = listener
+    url = f"http://127.0.0.1:{port}/x.png"
+    multipart = httpx.post(f"{server.url}/segment", files=form_of(("image", url.encode(), None)),
+                           data={"points": "[[1, 1]]"}, timeout=30)
+    assert multipart.status_code == 400
+    assert "`image` must be a file part" in multipart.json()["error"]
+    urlencoded = httpx.post(f"{server.url}/segment", data={"image": url, "points": "[[1, 1]]"}, timeout=30)
+    assert urlencoded.status_code == 415 and "multipart/form-data" in urlencoded.json()["error"]
+    time.sleep(0.5)
+    assert accepted == []  # BentoML's MultipartSerde.ensure_file would have fetched it

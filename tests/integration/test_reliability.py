@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 
 import boto3
 import httpx
@@ -11,6 +13,7 @@ import pytest
 from tests.conftest import REPO
 from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, SECRET_KEY, prepare_bucket
 from tests.integration.fault_proxy import FaultProxy
+from tests.integration.raw_http import RawRequest
 from sam2_api.loadcheck import load_cases, run_load, solo_masks
 from sam2_api.localdev import bento_server, moto_server
 from tests.integration.test_segment_api import post
@@ -41,6 +44,8 @@ def server_behind_proxy(proxy, s3, checkpoint, logs):
     served = bento_server("bentoml-proxied", logs, project=REPO, env={
         "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": BUCKET, "S3_ENDPOINT_URL": proxy.url,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        # Outages are logged once per API process; one process makes "once" exact here.
+        "SAM2_API_WORKERS": "1",
     })
     served.start("/readyz")
     yield served
@@ -150,3 +155,86 @@ def test_private_bucket_masks_come_back_through_presigned_urls(guarded_server, s
     plain = url.split("?")[0]
     assert httpx.get(plain, timeout=10).status_code == 403  # the bucket itself stays private
     assert SECRET_KEY not in url
+
+
+def test_chunked_uploads_are_accepted_and_counted_against_the_limit(guarded_server, test_images):
+    image = (test_images / "chelsea.png").read_bytes()
+
+    def chunks(data: bytes):
+        for start in range(0, len(data), 65536):
+            yield data[start:start + 65536]
+
+    files = {"image": ("c.png", image)}
+    request = httpx.Request("POST", f"{guarded_server.url}/segment", files=files, data={"points": "[[225, 150]]"},
+                            headers={"Authorization": f"Bearer {API_KEYS[0]}"})
+    form = request.read()
+    response = httpx.post(f"{guarded_server.url}/segment", content=chunks(form), timeout=120,
+                          headers={"Authorization": f"Bearer {API_KEYS[0]}", "Content-Type": request.headers["content-type"]})
+    assert response.status_code == 200, response.text  # sent chunked: no Content-Length at all
+
+    upload = RawRequest(guarded_server.url, "/segment", {
+        "Authorization": f"Bearer {API_KEYS[0]}", "Transfer-Encoding": "chunked",
+        "Content-Type": "multipart/form-data; boundary=b"})
+    upload.send_chunk(b'--b\r\nContent-Disposition: form-data; name="image"; filename="i.png"\r\n\r\n')
+    while not upload.answered() and upload.sent < 50_000_000:  # a body that would never end
+        upload.send_chunk(b"\0" * 65536)
+    answer = upload.response()
+    assert answer.status == 413, answer
+    assert answer.error() == "the upload is more than 2000000 bytes; the limit is 2000000 bytes (SAM2_MAX_UPLOAD_BYTES)"
+    assert answer.headers["connection"] == "close"
+
+
+def test_content_length_with_chunked_framing_is_refused_before_the_body(guarded_server):
+    # uvicorn reads such a body as chunked: the small Content-Length would have let 300 MiB through.
+    upload = RawRequest(guarded_server.url, "/segment", {
+        "Authorization": f"Bearer {API_KEYS[0]}", "Content-Length": "100", "Transfer-Encoding": "chunked"})
+    answer = upload.response(timeout=10)
+    assert answer.status == 400
+    assert answer.error() == "send Content-Length or Transfer-Encoding: chunked, not both"
+
+
+def test_slow_uploads_are_cut_with_408_while_other_requests_are_served(server, test_images):
+    """Trickling bodies (50 bytes/s) are cut at the default bound (8 KiB/s after a 5 s grace),
+    not after BentoML's 300 s timeout, and the replica serves others meanwhile."""
+    slow = [RawRequest(server.url, "/segment", {"Content-Length": "100000",
+                                                "Content-Type": "multipart/form-data; boundary=slow"})
+            for _ in range(4)]
+    for s in slow:
+        s.send(b'--slow\r\nContent-Disposition: form-data; name="image"; filename="i.png"\r\n\r\n')
+    started = time.monotonic()
+    served = post(server, (test_images / "coffee.png").read_bytes(), box=[150, 50, 450, 350])
+    assert served.status_code == 200
+    while any(not s.answered() for s in slow) and time.monotonic() - started < 20:
+        for s in slow:
+            if not s.answered():
+                s.send(b"\0" * 5)
+        time.sleep(0.1)
+    answers = [s.response(timeout=1) for s in slow]
+    elapsed = time.monotonic() - started
+    assert [a.status for a in answers] == [408] * 4, answers
+    assert all("slower than 8192 bytes/s (SAM2_MIN_UPLOAD_BYTES_PER_S)" in a.error() for a in answers)
+    assert 5 <= elapsed < 8, f"slow uploads were cut after {elapsed:.1f} s"
+
+
+def test_metrics_do_not_grow_with_paths_that_nobody_serves(server):
+    def scrape() -> tuple[set[str], str]:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}, text
+
+    def unmatched_404s(text: str) -> float:
+        found = re.search(r'^bentoml_service_request_total\{[^}]*endpoint="unmatched"[^}]*http_response_code="404"'
+                          r'[^}]*\} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/no-such-page").status_code == 404  # the `unmatched` series exist from here on
+        series, text = scrape()
+        count = unmatched_404s(text)
+        for i in range(300):
+            assert client.get(f"/{uuid.uuid4().hex}/{i}.php").status_code == 404
+    after, text = scrape()
+    assert after == series  # the same series, none added
+    assert unmatched_404s(text) == count + 300
+    endpoints = set(re.findall(r'endpoint="([^"]*)"', text))
+    assert endpoints <= {"/segment", "/segment_objects", "/predict", "/livez", "/healthz", "/readyz", "/metrics", "/", "/ui",
+                         "/static_content", "/docs.json", "/schema.json", "unmatched"}, endpoints

@@ -1,6 +1,9 @@
-"""Images by reference: allowed S3 buckets only, public HTTPS hosts only, bounded in size."""
+"""Images by reference: allowed S3 buckets only, public HTTPS hosts only, bounded in size; every URL
+checked when it is located, the image read only when its loader is called."""
 
 from __future__ import annotations
+
+import socket
 
 import boto3
 import pytest
@@ -44,7 +47,9 @@ def test_refusals_say_why(s3, url, error, words):
         sources(s3).fetch(url)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.1.2.3", "192.168.0.7", "169.254.169.254", "[::1]"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.1.2.3", "192.168.0.7", "169.254.169.254", "[::1]",
+                                  "[::127.0.0.1]", "[::ffff:10.0.0.1]", "[64:ff9b::a9fe:a9fe]", "[2002:a00:1::1]",
+                                  "224.0.0.1"])
 def test_https_to_non_public_addresses_is_refused_before_connecting(s3, host):
     with pytest.raises(ForbiddenSource, match="not a public address"):
         sources(s3).fetch(f"https://{host}/cat.png")
@@ -53,3 +58,49 @@ def test_https_to_non_public_addresses_is_refused_before_connecting(s3, host):
 def test_without_credentials_no_bucket_is_readable():
     with pytest.raises(ForbiddenSource):
         ImageSources(None, frozenset({"photos"}), max_bytes=1000).fetch("s3://photos/cat.png")
+
+
+@pytest.fixture
+def lookups(monkeypatch):
+    """Every name resolution attempted (none may be, while a URL is only located)."""
+    names = []
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        names.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return names
+
+
+@pytest.mark.parametrize("url, error, words", [
+    ("file:///etc/passwd", InvalidImageSource, "must be s3://bucket/key or https://host/path; got 'file:///etc/passwd'"),
+    ("https://exa\tmple.com/x.png", InvalidImageSource, "may not contain spaces or control characters"),
+    ("https://example.com/x.png\n", InvalidImageSource, "may not contain spaces or control characters"),
+    ("https://example.com/\u200bx.png", InvalidImageSource, "may not contain spaces or control characters"),
+    ("https://example.com:99999/x.png", InvalidImageSource, "port of image_url must be a number from 1 to 65535"),
+    ("https://example.com/" + "a" * 100_000, InvalidImageSource, "image_url is 100020 characters long; the limit is 2048"),
+    ("https://" + "a" * 300 + ".com/x.png", InvalidImageSource, "not a valid name"),
+    ("https://10.0.0.1/x.png", ForbiddenSource, r"refusing to fetch from 10.0.0.1 \(10.0.0.1\): not a public address"),
+    ("https://[::ffff:169.254.169.254]/x.png", ForbiddenSource, "not a public address"),
+    ("s3://secrets/cat.png", ForbiddenSource, "bucket 'secrets' is not one this service reads from"),
+    ("s3://Not_A_Bucket/cat.png", InvalidImageSource, "'Not_A_Bucket' is not an S3 bucket name"),
+    ("s3://photos/" + "k" * 1025, InvalidImageSource, "the S3 key of image_url is over 1024 bytes"),
+    ("s3:///cat.png", InvalidImageSource, "must be s3://bucket/key"),
+])
+def test_locating_checks_the_url_at_once_without_the_network(s3, lookups, url, error, words):
+    with pytest.raises(error, match=words):
+        sources(s3).locate(url)
+    assert lookups == []
+
+
+def test_the_loader_reads_only_when_called(s3, lookups):
+    load_s3 = sources(s3).locate("s3://photos/later.png")
+    load_web = sources(s3).locate("https://images.invalid/x.png")
+    assert lookups == []
+    s3.put_object(Bucket="photos", Key="later.png", Body=b"written after locate")
+    assert load_s3() == b"written after locate"
+    with pytest.raises(InvalidImageSource, match="the host 'images.invalid' does not resolve"):
+        load_web()
+    assert lookups == ["images.invalid"]
