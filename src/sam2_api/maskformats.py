@@ -1,0 +1,88 @@
+"""What a mask can be besides its PNG: its box and area, COCO RLE, polygons.
+
+Frame: pixels of the upright image, x to the right and y down, origin at the top-left corner.
+A box ``[x1, y1, x2, y2]`` covers the mask's pixels ``x1 ≤ x < x2``, ``y1 ≤ y < y2`` (the edges
+of its first and past its last pixels, the frame of a prompt box). Polygon vertices are the
+centres of the mask's boundary pixels, as OpenCV traces them (integer pixel indices).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import cv2
+import numpy as np
+from pycocotools import mask as coco_mask
+
+FORMATS = ("rle", "polygons")
+
+
+def bbox_and_area(mask: np.ndarray) -> tuple[list[int], int]:
+    """``[x1, y1, x2, y2]`` (x2, y2 exclusive; ``[0, 0, 0, 0]`` for an empty mask) and the pixel count."""
+    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    if not rows.any():
+        return [0, 0, 0, 0], 0
+    y1, y2 = np.flatnonzero(rows)[[0, -1]]
+    x1, x2 = np.flatnonzero(cols)[[0, -1]]
+    return [int(x1), int(y1), int(x2) + 1, int(y2) + 1], int(np.count_nonzero(mask))
+
+
+def coco_rle(mask: np.ndarray) -> dict:
+    """COCO's compressed RLE, as pycocotools writes it: ``{"size": [h, w], "counts": str}``."""
+    rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[dict]:
+    """Every part of the mask, with its holes: ``[{"exterior": [[x, y], ...], "holes": [[[x, y], ...],
+    ...]}, ...]``, largest part first. ``tolerance`` > 0 simplifies each ring (Douglas-Peucker) by
+    at most that many pixels; 0 keeps every corner of the boundary.
+
+    To rasterise them back (what :func:`rasterise` does): per part, largest first, fill the
+    exterior; clear each hole's inside; draw the hole's ring again (its vertices are object pixels).
+    """
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    links = hierarchy[0]  # per contour: next, previous, first child, parent
+
+    def ring(index: int) -> list[list[int]]:
+        contour = contours[index]
+        if tolerance > 0:
+            contour = cv2.approxPolyDP(contour, tolerance, True)
+        return contour.reshape(-1, 2).tolist()
+
+    parts = []
+    for index, (_, _, child, parent) in enumerate(links):
+        if parent != -1:
+            continue  # a hole: listed with its part below
+        holes = []
+        while child != -1:
+            holes.append(ring(child))
+            child = links[child][0]
+        parts.append((cv2.contourArea(contours[index]), {"exterior": ring(index), "holes": holes}))
+    parts.sort(key=lambda part: -part[0])
+    return [part for _, part in parts]
+
+
+def rasterise(parts: Iterable[dict], height: int, width: int) -> np.ndarray:
+    """The ``(H, W)`` bool mask of :func:`polygons`' output (for tests, and as the reference of how)."""
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    for part in parts:
+        cv2.fillPoly(canvas, [np.array(part["exterior"], dtype=np.int32).reshape(-1, 1, 2)], 1)
+        holes = [np.array(hole, dtype=np.int32).reshape(-1, 1, 2) for hole in part["holes"]]
+        if holes:
+            cv2.fillPoly(canvas, holes, 0)
+            cv2.polylines(canvas, holes, True, 1)
+    return canvas.astype(bool)
+
+
+def describe(mask: np.ndarray, formats: Iterable[str] = (), tolerance: float = 0.0) -> dict:
+    """``bbox`` and ``area`` always; ``rle`` and ``polygons`` when ``formats`` asks for them."""
+    box, area = bbox_and_area(mask)
+    out: dict = {"bbox": box, "area": area}
+    if "rle" in formats:
+        out["rle"] = coco_rle(mask)
+    if "polygons" in formats:
+        out["polygons"] = polygons(mask, tolerance)
+    return out
