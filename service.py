@@ -22,6 +22,7 @@ from sam2_api import errors
 from sam2_api.config import Settings
 from sam2_api.guard import RequestGuard
 from sam2_api.http_metrics import label_metrics_by_route
+from sam2_api.openapi import PublishedOpenAPI
 from sam2_api.pipeline import ImageRequest, Result, build_pipeline
 from sam2_api.prompts import Prompt
 from sam2_api.protocol import ModelReply, RawImage
@@ -77,8 +78,8 @@ class SAM2Model:
 
 
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
-# Optional in practice (default None), but annotated as plain Path: BentoML 1.4.40 cannot build
-# its input model for Optional[Path] (its file schema is unhashable inside a Union).
+# Optional in practice (absent: None, see ImageField), but annotated as plain Path: BentoML 1.4.40
+# cannot build its input model for Optional[Path] (its file schema is unhashable inside a Union).
 OptionalImage = Annotated[Path, ImageField]
 
 
@@ -132,7 +133,7 @@ class SAM2API:
     def segment(
         self,
         ctx: bentoml.Context,
-        image: OptionalImage = None,
+        image: OptionalImage,
         points: PointsField = None,
         labels: LabelsField = None,
         box: BoxField = None,
@@ -160,8 +161,8 @@ class SAM2API:
     def segment_objects(
         self,
         ctx: bentoml.Context,
+        image: OptionalImage,
         objects: ObjectsField = None,
-        image: OptionalImage = None,
         image_id: ImageIdField = None,
         image_url: ImageUrlField = None,
     ) -> ObjectsResponse:
@@ -189,4 +190,6 @@ SAM2API.add_asgi_middleware(
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields={name for api in SAM2API.apis.values() for name in api.input_spec.multipart_fields},
 )
+# The OpenAPI document at /docs.json: valid, and about this service (BentoML's own is neither).
+SAM2API.add_asgi_middleware(PublishedOpenAPI, spec=lambda: SAM2API.openapi_spec.asdict())
 label_metrics_by_route()  # before BentoML builds the app: /metrics labelled by route, not raw path

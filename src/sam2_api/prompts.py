@@ -23,8 +23,9 @@ Label = Literal[0, 1]
 
 
 class Prompt(BaseModel):
-    """One object's prompt, checked for shape; :meth:`check_fits` checks it against an image."""
+    """One object's prompt: clicks with their labels, a box, or both, in pixels of the upright image."""
 
+    # Validation checks the shape; check_fits checks the coordinates against an image's size.
     model_config = ConfigDict(frozen=True)
 
     points: list[Point] | None = Field(None, max_length=MAX_POINTS)

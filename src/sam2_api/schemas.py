@@ -29,7 +29,10 @@ def _documented(shape: Any, description: str, **extra: Any) -> Any:
 ImageField = Field(
     description="The image file (JPEG, PNG, WebP, BMP, TIFF or GIF; first frame only). "
     "EXIF orientation is applied before anything else, so coordinates refer to the upright image. "
-    "Leave it out when you send `image_url`, or `image_id` alone for an image sent before."
+    "Leave it out when you send `image_url`, or `image_id` alone for an image sent before.",
+    # Optional: absent means None. A factory rather than `= None`, which pydantic would try (and
+    # warn that it fails) to write into the JSON schema through BentoML's file serializer.
+    default_factory=lambda: None,
 )
 ImageIdField = _documented(
     str,

@@ -1,0 +1,120 @@
+"""The OpenAPI document users generate clients from: BentoML's, made valid and made ours.
+
+BentoML 1.4 declares OpenAPI 3.0.2 but writes 3.1 constructs (``type: "null"`` in ``anyOf``,
+``examples`` lists), types file fields ``"file"`` (neither version knows it), and describes the
+service with its own boilerplate and version "None". :func:`published_spec` turns its document into
+a valid OpenAPI 3.1 one about this service; :class:`PublishedOpenAPI` serves it at ``/docs.json``,
+where BentoML's own page at ``/`` (and any client generator) reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from typing import Any, Awaitable, Callable
+
+TITLE = "SAM 2 segmentation API"
+DESCRIPTION = """\
+Send an image and a click or a box; get back the URL of a PNG mask at the image's size, stored in
+S3. Runs Meta's SAM 2.1.
+
+* People: **[click to segment in the browser](ui/)** (`/ui`).
+* Programs: `POST /segment` (one object), `POST /segment_objects` (several, one encoder pass); as
+  `multipart/form-data` (the image as a file) or JSON (the image by `image_url`, or a cached
+  `image_id`).
+* Errors are `{"error": "<what is wrong>"}` with their HTTP status; see each route.
+* Health: `GET /livez`, `GET /readyz`; Prometheus metrics: `GET /metrics`.
+"""
+
+
+# Every status our routes answer besides 200, each with the body {"error": "..."}.
+ERRORS = {
+    "400": "Bad request: a malformed field, prompt, image or image_url (the message says which)",
+    "401": "API keys are configured and the request has none of them",
+    "403": "An image_url this service may not read",
+    "404": "An image_id sent alone that this server does not (or no longer) hold",
+    "408": "The request body arrived too slowly",
+    "413": "The upload, a form field or the image is too large",
+    "415": "The file is not an image in an accepted format, or the body's media type is not accepted",
+    "429": "Too many requests in flight on this replica; retry shortly",
+}
+
+
+def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's OpenAPI document as a valid OpenAPI 3.1 document about this service: its title,
+    description and version; form fields that carry JSON described as such, with the same fields
+    as an ``application/json`` body beside the form; our error bodies on every route."""
+    spec = _cleaned(json.loads(json.dumps(bentoml_spec)))
+    spec["openapi"] = "3.1.0"
+    spec["info"] = {"title": TITLE, "version": version("sam2-api"), "description": DESCRIPTION}
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = {"type": "object", "required": ["error"], "properties": {
+        "error": {"type": "string", "description": "What is wrong, in words."}}}
+    for item in spec["paths"].values():
+        for operation in item.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "multipart/form-data" in content:
+                _form_and_json(content)
+                operation["responses"] = {
+                    **{k: v for k, v in operation["responses"].items() if k.startswith("2")},
+                    **{status: {"description": text, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Error"}}}} for status, text in ERRORS.items()},
+                }
+    return spec
+
+
+def _form_and_json(content: dict[str, Any]) -> None:
+    """In a form every field is text: fields of JSON values become strings holding that JSON
+    (``contentMediaType``/``contentSchema``), so that generated clients send them as one JSON text
+    each; the same fields, as JSON values and without the files, also make an ``application/json``
+    body."""
+    form = content["multipart/form-data"]["schema"]
+    fields = form["properties"]
+    content["application/json"] = {"schema": {
+        **{key: value for key, value in form.items() if key not in ("properties", "required")},
+        "properties": {name: field for name, field in fields.items() if field.get("format") != "binary"},
+    }}
+    form["properties"] = {name: field if field.get("type") == "string" else _as_json_text(field)
+                          for name, field in fields.items()}
+
+
+def _as_json_text(field: dict[str, Any]) -> dict[str, Any]:
+    described = {key: field[key] for key in ("title", "description") if key in field}
+    value = {key: item for key, item in field.items() if key not in ("title", "description", "examples")}
+    text = {**described, "type": "string", "contentMediaType": "application/json", "contentSchema": value}
+    if "examples" in field:
+        text["examples"] = [json.dumps(example) for example in field["examples"]]
+    return text
+
+
+def _cleaned(node: Any) -> Any:
+    """``{"type": "file"}`` → a binary string, as OpenAPI writes an uploaded file; ``"default":
+    null`` dropped (an optional field's default is its absence, and null is not of its type)."""
+    if isinstance(node, dict):
+        node = {key: _cleaned(value) for key, value in node.items() if not (key == "default" and value is None)}
+        if node.get("type") == "file":
+            node.update(type="string", format="binary", contentMediaType="application/octet-stream")
+        return node
+    if isinstance(node, list):
+        return [_cleaned(item) for item in node]
+    return node
+
+
+class PublishedOpenAPI:
+    """ASGI middleware: ``GET /docs.json`` answers :func:`published_spec` of ``spec()``."""
+
+    PATH = "/docs.json"
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, spec: Callable[[], dict[str, Any]]) -> None:
+        self.app = app
+        self.spec = spec
+        self._body: bytes | None = None  # the document never changes while the server runs
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] not in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        if self._body is None:
+            self._body = json.dumps(published_spec(self.spec())).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode())]})
+        await send({"type": "http.response.body", "body": self._body if scope["method"] == "GET" else b""})

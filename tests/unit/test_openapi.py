@@ -1,0 +1,51 @@
+"""The OpenAPI document users generate clients from: valid OpenAPI 3.1, and about this service."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
+
+from sam2_api.openapi import ERRORS, TITLE, published_spec
+
+
+@pytest.fixture(scope="module")
+def bentoml_spec() -> dict:
+    import service  # the two services' definitions; nothing is served or loaded
+
+    return json.loads(json.dumps(service.SAM2API.openapi_spec.asdict()))  # as served: JSON
+
+
+def test_bentomls_own_document_is_invalid_as_declared_and_ours_is_valid(bentoml_spec):
+    assert bentoml_spec["openapi"] == "3.0.2" and list(OpenAPIV30SpecValidator(bentoml_spec).iter_errors())
+    spec = published_spec(bentoml_spec)
+    assert spec["openapi"] == "3.1.0"
+    assert [e.message for e in OpenAPIV31SpecValidator(spec).iter_errors()] == []
+    assert '"type": "file"' not in json.dumps(spec)
+
+
+def test_it_names_the_service_and_points_people_to_the_page(bentoml_spec):
+    from importlib.metadata import version
+
+    info = published_spec(bentoml_spec)["info"]
+    assert (info["title"], info["version"]) == (TITLE, version("sam2-api"))
+    assert "](ui/)" in info["description"] and "BentoML" not in info["description"]
+
+
+def test_form_fields_holding_json_say_so_and_the_json_body_has_the_same_fields(bentoml_spec):
+    body = published_spec(bentoml_spec)["paths"]["/segment"]["post"]["requestBody"]["content"]
+    form = body["multipart/form-data"]["schema"]["properties"]
+    assert form["image"]["format"] == "binary"
+    assert form["points"]["type"] == "string" and form["points"]["contentMediaType"] == "application/json"
+    assert form["points"]["contentSchema"]["type"] == "array" and form["points"]["examples"] == ["[[256, 200]]"]
+    as_json = body["application/json"]["schema"]["properties"]
+    assert set(as_json) == set(form) - {"image"} and as_json["points"]["type"] == "array"
+
+
+def test_every_error_status_is_documented_with_our_error_body(bentoml_spec):
+    spec = published_spec(bentoml_spec)
+    for route in ("/segment", "/segment_objects"):
+        responses = spec["paths"][route]["post"]["responses"]
+        assert set(responses) == {"200", *ERRORS}
+        assert responses["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
