@@ -54,17 +54,18 @@ class SAM2Model:
     weights = bentoml.models.BentoModel(BENTO_MODEL) if BENTO_MODEL else None
 
     @bentoml.on_deployment
-    def fetch_weights() -> None:
-        """Once, before any worker starts: download the weights if they come from Hugging Face, so
-        that the worker finds them cached and a failure stops the server with one line, not a
-        worker restarting forever."""
-        if BENTO_MODEL is None:
-            from sam2_api.model import resolve_weights  # torch: only where the model runs
+    def check_device_and_fetch_weights() -> None:
+        """Once, before any worker starts: check the GPU's driver, and download the weights if they
+        come from Hugging Face, so that the worker finds them cached; a failure of either stops the
+        server with one line, not a worker restarting forever."""
+        from sam2_api.model import pick_device, resolve_weights  # torch: only where the model runs
 
-            try:
+        try:
+            pick_device(SETTINGS.sam2_device)  # an NVIDIA driver too old for torch's CUDA: one line
+            if BENTO_MODEL is None:
                 resolve_weights(SETTINGS)
-            except errors.ModelLoadError as exc:
-                raise SystemExit(f"error: {exc}") from None
+        except errors.ModelLoadError as exc:
+            raise SystemExit(f"error: {exc}") from None
 
     def __init__(self) -> None:
         from sam2_api.engine import build_engine

@@ -9,6 +9,7 @@ Bento (the BentoML model store, written by :func:`store_weights`); or a Hugging 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,10 +122,45 @@ def packaged_weights(stored_model) -> WeightsSource:
     )
 
 
+# The oldest NVIDIA driver (Linux) that runs each CUDA major version torch may be built for
+# (NVIDIA's CUDA Toolkit release notes, "minor version compatibility").
+MIN_DRIVER = {12: (525, 60, 13), 13: (580, 65, 6)}
+DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
+
+
+def nvidia_driver_version(version_file: Path = DRIVER_VERSION_FILE) -> tuple[int, ...] | None:
+    """The host's NVIDIA kernel driver version (e.g. ``(570, 133, 20)``), or None without one."""
+    try:
+        text = version_file.read_text()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module(?: for \w+)?\s+(\d+(?:\.\d+)+)", text)
+    return tuple(int(part) for part in found.group(1).split(".")) if found else None
+
+
+def driver_problem(driver: tuple[int, ...] | None, cuda: str | None) -> str | None:
+    """Why torch's CUDA ``cuda`` (e.g. "13.0") cannot run on ``driver``, in one line; None if it can
+    (or when there is no NVIDIA driver, or torch is a CPU build)."""
+    if driver is None or cuda is None:
+        return None
+    needed = MIN_DRIVER.get(int(cuda.split(".")[0]))
+    if needed is None or driver >= needed:
+        return None
+    show = lambda version: ".".join(str(part) for part in version)
+    return (f"the NVIDIA driver here is {show(driver)}, but this image's torch {torch.__version__} is built for "
+            f"CUDA {cuda}, which needs driver {show(needed)} or newer (R{needed[0]}+): run it on a host with a "
+            "newer driver, or set SAM2_DEVICE=cpu")
+
+
 def pick_device(preference: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a startup error."""
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a startup error, and so is
+    an NVIDIA driver too old for torch's CUDA (with ``auto`` too: a GPU host must not fall back to
+    the CPU unnoticed)."""
     if preference == "cpu":
         return torch.device("cpu")
+    problem = driver_problem(nvidia_driver_version(), torch.version.cuda)
+    if problem is not None:
+        raise ModelLoadError(problem)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if preference == "cuda":

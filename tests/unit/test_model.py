@@ -107,3 +107,20 @@ def test_the_api_service_process_never_imports_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_an_nvidia_driver_too_old_for_torchs_cuda_is_named_in_one_line(tmp_path):
+    from sam2_api.model import driver_problem, nvidia_driver_version
+
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.133.20  Fri Feb 28 12:00:00 UTC 2025\n"
+                    "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+    assert nvidia_driver_version(proc) == (570, 133, 20)
+    assert nvidia_driver_version(tmp_path / "absent") is None  # no NVIDIA driver: nothing to check
+    problem = driver_problem((570, 133, 20), "13.0")
+    assert problem.startswith("the NVIDIA driver here is 570.133.20, but this image's torch ")
+    assert "built for CUDA 13.0, which needs driver 580.65.6 or newer (R580+)" in problem
+    assert "\n" not in problem
+    assert driver_problem((580, 95, 5), "13.0") is None
+    assert driver_problem((570, 133, 20), "12.8") is None  # CUDA 12 wheels run on R525+
+    assert driver_problem(None, "13.0") is None and driver_problem((470, 1), None) is None
