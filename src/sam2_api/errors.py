@@ -91,6 +91,12 @@ class UnsupportedContentType(RequestError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
+class ModelUnavailable(RequestError):
+    """The model service cannot be reached (restarting, scaled to zero, overloaded): retry."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 def by_name(name: str) -> type[RequestError]:
     """The :class:`RequestError` subclass called ``name`` (errors cross between services by name)."""
     found = {cls.__name__: cls for cls in _subclasses(RequestError)}.get(name)

@@ -11,17 +11,22 @@ processes, never in the process that drives the GPU.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import httpx
+
 from . import imaging
 from .config import Settings
-from .errors import InvalidImageSource, MissingImage, UnknownImageId
+from .errors import InvalidImageSource, MissingImage, ModelUnavailable, UnknownImageId
 from .prompts import Prompt
 from .protocol import ModelReply, RawImage
 from .sources import ImageSources
 from .storage import MaskStore, make_s3_client
 from .timing import StageTimer
+
+log = logging.getLogger(__name__)
 
 
 class Model(Protocol):
@@ -101,7 +106,13 @@ class Pipeline:
 
     def _call(self, key: str, prompts: list[Prompt], image: RawImage | None, timer: StageTimer) -> ModelReply:
         with timer.stage("model_call"):
-            reply = self.model.predict(key=key, prompts=prompts, image=image)
+            try:
+                reply = self.model.predict(key=key, prompts=prompts, image=image)
+            except Exception as exc:
+                if _unreachable(exc):
+                    log.warning("the model service is unreachable: %s", type(exc).__name__)
+                    raise ModelUnavailable("the model service is not reachable right now; retry shortly") from exc
+                raise
         timer.merge(reply.seconds)
         return reply
 
@@ -123,6 +134,17 @@ class Pipeline:
                                    "of an image sent before")
             data = fetch()  # no id: the key is the content's hash, so the content comes first
         return _Located("sha256:" + hashlib.sha256(data).hexdigest(), lambda: data)
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Whether the model service could not take the call (down, restarting, overloaded), as
+    BentoML's client reports it: a connection error, or the service's own 429/502/503/504."""
+    import aiohttp
+    from bentoml.exceptions import BentoMLException
+
+    if isinstance(exc, (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, BentoMLException) and int(getattr(exc, "error_code", 500)) in (429, 502, 503, 504)
 
 
 def _timed(load: Callable[[], bytes], timer: StageTimer, stage: str) -> Callable[[], bytes]:

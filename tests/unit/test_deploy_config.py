@@ -23,20 +23,41 @@ def test_manifests_validate_against_kubernetes_schemas(doc):
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-def test_deployment_requests_a_gpu_probes_health_and_takes_secrets_from_a_secret():
-    by_kind = {doc["kind"]: doc for doc in documents()}
-    pod = by_kind["Deployment"]["spec"]["template"]
-    container = pod["spec"]["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    assert container["envFrom"] == [{"secretRef": {"name": "sam2-s3"}}]
-    assert not any(env["name"].startswith("AWS_SECRET") for env in container.get("env", []))
-    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
-    hpa = by_kind["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"]["name"] == by_kind["Deployment"]["metadata"]["name"]
-    assert hpa["minReplicas"] >= 1 and hpa["maxReplicas"] > hpa["minReplicas"]
+def by_name(kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in documents() if doc["kind"] == kind}
+
+
+def test_two_deployments_one_per_service_only_the_model_on_a_gpu():
+    deployments = by_name("Deployment")
+    assert set(deployments) == {"sam2-model", "sam2-api"}
+    model = deployments["sam2-model"]["spec"]["template"]["spec"]["containers"][0]
+    api = deployments["sam2-api"]["spec"]["template"]["spec"]["containers"][0]
+    # args for the image's entrypoint, which runs BentoML's server of one service of the Bento
+    # (tests/integration/test_separate_services.py runs the same command)
+    assert model["args"][:3] == ["start-http-server", "--service-name", "SAM2Model"] and "command" not in model
+    assert api["args"][:3] == ["start-http-server", "--service-name", "SAM2API"] and "command" not in api
+    # the API reaches the model through the model's Service, on its port
+    model_service = by_name("Service")["sam2-model"]["spec"]
+    assert f"SAM2Model=http://sam2-model:{model_service['ports'][0]['port']}" in api["args"]
+    assert model_service["selector"] == deployments["sam2-model"]["spec"]["selector"]["matchLabels"]
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in api["resources"]["limits"]
+    # the public Service selects the API pods only
+    entry = by_name("Service")["sam2-segment"]["spec"]["selector"]
+    assert entry == deployments["sam2-api"]["spec"]["selector"]["matchLabels"]
+    for container in (model, api):
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert not any(env["name"].startswith("AWS_SECRET") for env in container.get("env", []))
+    assert model["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["envFrom"] == [{"secretRef": {"name": "sam2-s3"}}]  # S3 is the API side's
+    for pod in deployments.values():
+        assert pod["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    for name, hpa in by_name("HorizontalPodAutoscaler").items():
+        assert hpa["spec"]["scaleTargetRef"]["name"] == name in deployments
+        assert hpa["spec"]["minReplicas"] >= 1 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    assert set(by_name("PodDisruptionBudget")) == set(deployments)
+    assert "R580" in MANIFEST.read_text()  # the GPU nodes' minimum driver, stated
 
 
 def test_bentocloud_config_fits_bentomls_schema_and_keeps_secrets_out():
@@ -45,9 +66,12 @@ def test_bentocloud_config_fits_bentomls_schema_and_keeps_secrets_out():
 
     raw = yaml.safe_load((REPO / "deploy" / "bentocloud.yaml").read_text())
     config = bentoml_cattr.structure({k: v for k, v in raw.items() if k != "name"}, DeploymentConfigSchema)
-    service = config.services["SAM2Segment"]
-    assert service.scaling.min_replicas == 0 and service.scaling.max_replicas >= 2
-    assert service.config_overrides["traffic"]["concurrency"] > 0
+    assert set(config.services) == {"SAM2API", "SAM2Model"}
+    api, model = config.services["SAM2API"], config.services["SAM2Model"]
+    assert model.instance_type.startswith("gpu.") and api.instance_type.startswith("cpu.")
+    for service in (api, model):
+        assert service.scaling.max_replicas > service.scaling.min_replicas >= 0
+        assert service.config_overrides["traffic"]["concurrency"] > 0
     assert config.secrets == ["sam2-s3"]
     assert {env.name for env in config.envs} == {"AWS_REGION"}  # nothing secret in plain envs
 
