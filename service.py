@@ -10,6 +10,7 @@ Locally ``bentoml serve`` runs both; BentoCloud and Kubernetes scale them separa
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -119,13 +120,15 @@ class SAM2API:
 
     def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, prompts: list[Prompt]) -> Result:
         timer = StageTimer()
-        with timer.stage("read"):
-            upload = image.read_bytes() if image else None
-        request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
-        tenant = getattr(ctx.request.state, "tenant", None)  # set by RequestGuard when API keys are on
+        started = time.perf_counter()
         try:
+            with timer.stage("read"):
+                upload = image.read_bytes() if image else None
+            request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
+            tenant = getattr(ctx.request.state, "tenant", None)  # set by RequestGuard when API keys are on
             result = self.pipeline.run(request, prompts, timer, tenant)
         finally:
+            timer.add("total", time.perf_counter() - started)  # the whole handler: the server's time
             ctx.response.headers["Server-Timing"] = timer.server_timing()
         ctx.response.headers[CACHE_HEADER] = "hit" if result.cached else "miss"
         return result
