@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import time
 import uuid
 
@@ -16,8 +17,8 @@ from PIL import Image
 from tests.conftest import REPO
 from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, SECRET_KEY, prepare_bucket
 from tests.integration.fault_proxy import FaultProxy
-from tests.integration.raw_http import RawRequest
-from sam2_api.loadcheck import load_cases, run_load, solo_masks
+from sam2_api.rawhttp import RawRequest
+from sam2_api.loadcheck import HostileReport, load_cases, run_hostile, run_load, solo_masks
 from sam2_api.localdev import bento_server, moto_server
 from tests.integration.test_segment_api import post
 
@@ -284,3 +285,26 @@ def test_a_hanging_s3_holds_a_request_for_one_deadline_not_one_per_mask(server_b
     assert "uploads not done within the 10 s deadline (S3_UPLOAD_DEADLINE)" in server_behind_proxy.log()
     time.sleep(8)  # the uploads already started give up on botocore's own timeouts
     assert post(server_behind_proxy, image, points=[[100, 100]]).json()["mask_url"] is not None
+
+
+def test_normal_requests_are_served_beside_hostile_traffic(server, test_images):
+    """Slow bodies, thin images, ambiguous framing and random paths at the same time as real work:
+    no 5xx anywhere, every normal mask stored and equal to the one computed alone. (The p95 figure,
+    2x at most, is scripts/load_test.py --hostile's: timing is not asserted in tests.)"""
+    cases = load_cases(test_images)
+    expected = solo_masks(server.url, cases)
+    hostile = HostileReport()
+    stop = threading.Event()
+    threads = run_hostile(server.url, stop, hostile, clients=1)
+    try:
+        report = run_load(server.url, cases, expected, total=24, concurrency=4, seed=3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert report.statuses == {200: 24} and report.stored == 24
+    assert report.missing == [] and report.mismatched == []
+    statuses = lambda kind: {status for sent, status in hostile.statuses if sent == kind}
+    assert statuses("1x200000 image") == {413} and statuses("random path") == {404}
+    assert statuses("Content-Length + chunked") == {400} and statuses("slow body") == {408}
+    assert hostile.server_errors == 0
