@@ -107,16 +107,14 @@ class SAM2API:
 
     model = bentoml.depends(SAM2Model)
 
-    @bentoml.on_deployment
-    def say_where_to_go() -> None:
-        logging.getLogger("sam2_api").info(
-            "people: open /ui (click to segment); programs: POST /segment, documented at / (OpenAPI: /docs.json)"
-        )
-
     def __init__(self) -> None:
         self.pipeline = build_pipeline(SETTINGS, self.model)
-        if self.pipeline.store.disabled_reason and bentoml.server_context.worker_index in (None, 1):
-            logging.getLogger("sam2_api").warning(self.pipeline.store.disabled_reason)  # once, not per worker
+        if bentoml.server_context.worker_index in (None, 1):  # once, not per worker
+            log = logging.getLogger("sam2_api")
+            log.info("people: open /ui (click to segment); programs: POST /segment, documented at / "
+                     "(OpenAPI: /docs.json)")
+            if self.pipeline.store.disabled_reason:
+                log.warning(self.pipeline.store.disabled_reason)
 
     def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, prompts: list[Prompt]) -> Result:
         timer = StageTimer()
