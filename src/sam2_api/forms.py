@@ -133,9 +133,8 @@ class FormInspector:
         if self._name in self._file_fields:
             if not self._is_file:
                 # BentoML would download a text value of a file field as a URL, from inside our network.
-                raise MalformedRequest(
-                    f"`{self._name}` must be a file part (with a filename); to name an image by URL, send `image_url`"
-                )
+                hint = "; to name an image by URL, send `image_url`" if self._name == "image" else ""
+                raise MalformedRequest(f"`{self._name}` must be a file part (with a filename){hint}")
         else:
             self._held = bytearray()
 
