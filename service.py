@@ -26,10 +26,14 @@ from sam2_api.http_metrics import label_metrics_by_route
 from sam2_api.openapi import PublishedOpenAPI
 from sam2_api.pipeline import ImageRequest, Result, build_pipeline
 from sam2_api.prompts import Prompt
-from sam2_api.protocol import ModelReply, RawImage
+from sam2_api.protocol import LowResMask, ModelReply, RawImage
 from sam2_api.schemas import (
     BoxField, ImageField, ImageIdField, ImageUrlField, LabelsField, MultimaskField, ObjectMask, ObjectsField,
     ObjectsResponse, PointsField, SegmentResponse, parse_image_id, parse_image_url, parse_objects,
+)
+from sam2_api.schemas import (  # refinement, candidates, mask formats
+    CandidatesField, FormatsField, MaskInputField, PolygonToleranceField, PreviousMaskIdField, parse_formats,
+    parse_polygon_tolerance,
 )
 from sam2_api.timing import StageTimer
 
@@ -75,14 +79,16 @@ class SAM2Model:
         self.engine = build_engine(SETTINGS, packaged_weights(self.weights) if self.weights is not None else None)
 
     @bentoml.api
-    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply:
-        return self.engine.predict(key, prompts, image)
+    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
+                mask_inputs: list[LowResMask | None] | None = None) -> ModelReply:
+        return self.engine.predict(key, prompts, image, mask_inputs)
 
 
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
 # Optional in practice (absent: None, see ImageField), but annotated as plain Path: BentoML 1.4.40
 # cannot build its input model for Optional[Path] (its file schema is unhashable inside a Union).
 OptionalImage = Annotated[Path, ImageField]
+OptionalMaskInput = Annotated[Path, MaskInputField]
 
 
 def error_response(ctx: bentoml.Context, exc: errors.RequestError) -> JSONResponse:
@@ -116,15 +122,19 @@ class SAM2API:
             if self.pipeline.store.disabled_reason:
                 log.warning(self.pipeline.store.disabled_reason)
 
-    def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, prompts: list[Prompt]) -> Result:
+    def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, prompts: list[Prompt],
+             formats, polygon_tolerance, mask_input: Path | None = None) -> Result:
         timer = StageTimer()
         started = time.perf_counter()
         try:
             with timer.stage("read"):
                 upload = image.read_bytes() if image else None
+                mask_file = mask_input.read_bytes() if mask_input else None
             request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
+            formats, polygon_tolerance = parse_formats(formats), parse_polygon_tolerance(polygon_tolerance)
             tenant = getattr(ctx.request.state, "tenant", None)  # set by RequestGuard when API keys are on
-            result = self.pipeline.run(request, prompts, timer, tenant)
+            result = self.pipeline.run(request, prompts, timer, tenant, None if mask_file is None else [mask_file],
+                                       formats, polygon_tolerance)
         finally:
             timer.add("total", time.perf_counter() - started)  # the whole handler: the server's time
             ctx.response.headers["Server-Timing"] = timer.server_timing()
@@ -136,28 +146,36 @@ class SAM2API:
         self,
         ctx: bentoml.Context,
         image: OptionalImage,
+        mask_input: OptionalMaskInput,
         points: PointsField = None,
         labels: LabelsField = None,
         box: BoxField = None,
         multimask_output: MultimaskField = None,
         image_id: ImageIdField = None,
         image_url: ImageUrlField = None,
+        previous_mask_id: PreviousMaskIdField = None,
+        candidates: CandidatesField = None,
+        formats: FormatsField = None,
+        polygon_tolerance: PolygonToleranceField = None,
     ) -> SegmentResponse:
         """Segment one object from clicks and/or a box; the PNG mask goes to S3, its URL comes back.
 
         Give the image as `image` (a file), `image_url` (s3://… or https://…) or, for an image sent
-        before, just its `image_id`. Errors, each with `{"error": "<what is wrong>"}`: 400 bad
-        prompt, image or field; 401 missing/wrong API key (when keys are configured); 403 an
-        `image_url` this service may not read; 404 an unknown `image_id` sent alone; 408 body too
-        slow; 413 upload or image too large; 415 not an image; 429 too many requests in flight.
+        before, just its `image_id`. To refine the mask with another click, send all clicks so far
+        and the `mask_id` of the last answer as `previous_mask_id`. Errors, each with
+        `{"error": "<what is wrong>"}`: 400 bad prompt, image or field, or a `previous_mask_id` of
+        another image; 401 missing/wrong API key (when keys are configured); 403 an `image_url`
+        this service may not read; 404 an unknown `image_id` sent alone, or an unknown (evicted)
+        `previous_mask_id`; 408 body too slow; 413 upload or image too large; 415 not an image;
+        429 too many requests in flight.
         """
         try:
-            prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output)
-            result = self._run(ctx, image, image_id, image_url, [prompt])
+            prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output,
+                                  previous_mask_id=previous_mask_id, candidates=candidates)
+            result = self._run(ctx, image, image_id, image_url, [prompt], formats, polygon_tolerance, mask_input)
         except errors.RequestError as exc:
             return error_response(ctx, exc)
-        mask = result.masks[0]
-        return SegmentResponse(mask_url=mask.url, score=mask.score, width=result.width, height=result.height)
+        return SegmentResponse(**result.masks[0].response_fields(), width=result.width, height=result.height)
 
     @bentoml.api
     def segment_objects(
@@ -167,17 +185,19 @@ class SAM2API:
         objects: ObjectsField = None,
         image_id: ImageIdField = None,
         image_url: ImageUrlField = None,
+        formats: FormatsField = None,
+        polygon_tolerance: PolygonToleranceField = None,
     ) -> ObjectsResponse:
         """Segment several objects in one image, one prompt each: one encoder pass, one mask each.
 
-        `objects` is a list of prompts with the fields of /segment; the response lists the masks
-        in the same order. Errors as for /segment.
+        `objects` is a list of prompts with the fields of /segment (`previous_mask_id` and
+        `candidates` included); the response lists the masks in the same order. Errors as for /segment.
         """
         try:
-            result = self._run(ctx, image, image_id, image_url, parse_objects(objects))
+            result = self._run(ctx, image, image_id, image_url, parse_objects(objects), formats, polygon_tolerance)
         except errors.RequestError as exc:
             return error_response(ctx, exc)
-        return ObjectsResponse(objects=[ObjectMask(mask_url=m.url, score=m.score) for m in result.masks],
+        return ObjectsResponse(objects=[ObjectMask(**m.response_fields()) for m in result.masks],
                                width=result.width, height=result.height)
 
 

@@ -49,6 +49,8 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     """1-6 byte-level edits, most within the first 600 bytes (where the headers are)."""
     data = bytearray(data)
     for _ in range(rng.randint(1, 6)):
+        if not data:  # deleted down to nothing: nothing left to edit
+            break
         at = rng.randrange(min(len(data), 600)) if rng.random() < 0.7 else rng.randrange(len(data))
         edit = rng.random()
         if edit < 0.45:

@@ -2,6 +2,8 @@
 
     sam2-api segment photo.jpg --point 320,200 --point 40,40,0 --overlay overlay.png
     sam2-api segment s3://my-photos/cat.png --box 10,20,200,220 --url http://gpu-box:3000
+    sam2-api segment photo.jpg --point 320,200 --candidates --format rle --format polygons
+    sam2-api segment photo.jpg --point 320,200 --point 400,210 --previous-mask-id m_… [--mask-input start.png]
     sam2-api batch requests.jsonl --output results.jsonl --concurrency 4 [--resume]
 
 --url, --api-key and --timeout go before or after the command; --url and --api-key default to
@@ -56,13 +58,16 @@ class Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
-    def segment(self, image: str, fields: dict) -> httpx.Response:
+    def segment(self, image: str, fields: dict, mask_input: Path | None = None) -> httpx.Response:
+        """POST /segment: ``image`` a path or a URL, ``fields`` the JSON fields, ``mask_input`` a mask file."""
         form = {name: json.dumps(value) for name, value in fields.items() if value is not None}
         if image.startswith(REFERENCE_SCHEMES):
             form["image_url"] = json.dumps(image)
             files = {"none": ("", b"")}  # keeps the request multipart
         else:
             files = {"image": (Path(image).name, Path(image).read_bytes())}
+        if mask_input is not None:
+            files["mask_input"] = (mask_input.name, mask_input.read_bytes())
         return self.http.post("/segment", data=form, files=files)
 
 
@@ -151,9 +156,10 @@ def parse_box(text: str) -> list[float]:
 def command_segment(args: argparse.Namespace) -> int:
     points = [p for p, _ in args.point] or None
     labels = [label for _, label in args.point] or None
-    response = Client(args.url, args.api_key, args.timeout).segment(
-        args.image, {"points": points, "labels": labels, "box": args.box, "multimask_output": args.multimask}
-    )
+    fields = {"points": points, "labels": labels, "box": args.box, "multimask_output": args.multimask,
+              "candidates": args.candidates or None, "previous_mask_id": args.previous_mask_id,
+              "formats": sorted(set(args.format)) or None, "polygon_tolerance": args.polygon_tolerance}
+    response = Client(args.url, args.api_key, args.timeout).segment(args.image, fields, args.mask_input)
     try:
         body = response.json()
     except ValueError:
@@ -329,6 +335,16 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
                      help="a click in pixels of the upright image; LABEL 1 = object (default), 0 = background")
     one.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2")
     one.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None)
+    one.add_argument("--candidates", action="store_true",
+                     help="also list SAM 2's three candidate masks, best first, each with its URL, score and mask_id")
+    one.add_argument("--format", action="append", default=[], choices=("rle", "polygons"),
+                     help="also return the mask as COCO RLE or as polygons (repeat for both)")
+    one.add_argument("--polygon-tolerance", type=float, metavar="PIXELS",
+                     help="simplify polygons by up to this many pixels (default 0: the exact pixel boundary)")
+    one.add_argument("--previous-mask-id", metavar="MASK_ID",
+                     help="refine an earlier answer: its mask_id (send every click so far again)")
+    one.add_argument("--mask-input", type=Path, metavar="FILE",
+                     help="start from this mask (a PNG of any size: 0 = background, anything else = object)")
     one.add_argument("--overlay", type=Path, help="write the image with the mask and the prompt drawn over it here")
     one.set_defaults(run=command_segment)
 

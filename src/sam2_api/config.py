@@ -29,6 +29,9 @@ PACKAGED_ENV_FILE = "bento/packaged.env"
 # Defaults of the request-body bounds, also the defaults of guard.RequestGuard's arguments.
 BODY_TIMEOUT_S = 60.0
 MIN_UPLOAD_BYTES_PER_S = 8 * 1024
+# Defaults of the refinement settings, also those of engine.Engine's arguments.
+MASK_CACHE_MAX_BYTES = 256 * 1024**2  # 1,024 masks' logits of 256 KiB
+MASK_INPUT_LOGIT = 10.0  # what SAM 2's video predictor makes of a mask it is handed
 
 
 class Settings(BaseSettings):
@@ -73,6 +76,16 @@ class Settings(BaseSettings):
         None, ge=0,
         description="Memory bound of the embedding cache; default 4 GiB on CUDA, 1 GiB on CPU "
         "(hiera models: about 16 MiB per image).",
+    )
+    sam2_mask_cache_max_bytes: int = Field(
+        MASK_CACHE_MAX_BYTES, ge=0,
+        description="Memory bound of the low-resolution logits kept for previous_mask_id (256 KiB per "
+        "returned mask, on the model's device); 0 keeps none, so every previous_mask_id is unknown.",
+    )
+    sam2_mask_input_logit: float = Field(
+        MASK_INPUT_LOGIT, gt=0, le=32,
+        description="The logit a mask_input file's object (+) and background (−) become in SAM 2's "
+        "mask prompt (docs/REFINEMENT.md measures it).",
     )
     sam2_encoder_batch: int = Field(
         1, ge=1, le=64,

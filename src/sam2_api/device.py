@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -50,9 +51,11 @@ class DeviceThread:
         """The embedding of an ``(H, W, 3)`` uint8 RGB image."""
         return self._submit(_Job(run=None, image=image, timer=timer))
 
-    def decode(self, embedding: Embedding, prompts: list[Prompt], timer: StageTimer) -> list[Mask]:
-        """One bit-packed mask per prompt (see :meth:`Segmenter.decode_many`)."""
-        return self.call(lambda: self.segmenter.decode_many(embedding, prompts), "decoder", timer)
+    def decode(self, embedding: Embedding, prompts: list[Prompt], timer: StageTimer,
+               mask_inputs: Sequence[Any] | None = None) -> list[Mask]:
+        """One bit-packed mask per prompt, each with its mask input if any (see
+        :meth:`Segmenter.decode_many`)."""
+        return self.call(lambda: self.segmenter.decode_many(embedding, prompts, mask_inputs), "decoder", timer)
 
     def call(self, run: Callable[[], Any], stage: str, timer: StageTimer | None = None) -> Any:
         """``run()`` on the device thread; its time is recorded as ``stage``."""

@@ -3,47 +3,76 @@
 :meth:`Engine.predict` answers one call from the API service. With a cache key alone it serves
 from the embedding cache or says ``needs_image``; with the decoded image too it encodes (once, even
 when calls race for the same new image) and caches. Prompts are checked against the image's size
-before any model work, then decoded on the device thread; masks leave as packed bits.
+before any model work, then decoded on the device thread; masks leave as packed bits, each with
+the ``mask_id`` of its low-resolution logits, which stay here for the next click to refine.
 """
 
 from __future__ import annotations
 
 import logging
 
-from . import errors
+from . import errors, maskinput
 from .cache import EmbeddingCache
-from .config import Settings
+from .config import MASK_CACHE_MAX_BYTES, MASK_INPUT_LOGIT, Settings
 from .device import DeviceThread
+from .logitcache import LogitCache
 from .model import WeightsSource, load_sam2, pick_device, resolve_weights
 from .prompts import Prompt
-from .protocol import Failure, MaskBits, ModelReply, RawImage
-from .segmenter import Embedding, Segmenter
+from .protocol import Failure, LowResMask, MaskBits, ModelReply, RawImage
+from .segmenter import Embedding, Mask, Segmenter
 from .timing import StageTimer
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, device: DeviceThread, cache: EmbeddingCache) -> None:
+    def __init__(self, device: DeviceThread, cache: EmbeddingCache, logits: LogitCache | None = None,
+                 mask_input_logit: float = MASK_INPUT_LOGIT) -> None:
         self.device = device
         self.cache = cache
+        self.logits = logits if logits is not None else LogitCache(MASK_CACHE_MAX_BYTES)
+        self.mask_input_logit = mask_input_logit
 
-    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply:
-        """One mask per prompt for the image cached as ``key``, or given as ``image``."""
+    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
+                mask_inputs: list[LowResMask | None] | None = None) -> ModelReply:
+        """The best mask per prompt for the image cached as ``key``, or given as ``image``.
+
+        A prompt's ``previous_mask_id`` (logits kept here) or else its entry in ``mask_inputs`` (a
+        mask file) becomes its ``mask_input`` (the API service refuses requests with both).
+        """
         timer = StageTimer()
         try:
+            previous = self._mask_inputs(key, prompts, mask_inputs)  # an unknown id fails before any encoding
             embedding, cached = self._embedding(key, image, prompts, timer)
             if embedding is None:
                 return ModelReply(needs_image=True)
             height, width = embedding.orig_hw
             _check_fits(prompts, width, height)
-            masks = self.device.decode(embedding, prompts, timer)
+            masks = self.device.decode(embedding, prompts, timer, previous)
         except errors.RequestError as exc:
             return ModelReply(failure=Failure.of(exc), seconds=timer.seconds)
         return ModelReply(
-            masks=[MaskBits(bits=m.bits, score=m.score) for m in masks],
+            masks=[self._reply(key, mask) for mask in masks],
             width=width, height=height, cached=cached, seconds=timer.seconds,
         )
+
+    def _mask_inputs(self, key: str, prompts: list[Prompt], files: list[LowResMask | None] | None) -> list:
+        files = files if files is not None else [None] * len(prompts)
+        if len(files) != len(prompts):
+            raise ValueError(f"{len(files)} mask inputs for {len(prompts)} prompts")  # a caller's bug, not a request's
+        inputs = []
+        for prompt, file in zip(prompts, files):
+            if prompt.previous_mask_id is not None:
+                inputs.append(self.logits.get(prompt.previous_mask_id, key))
+            elif file is not None:
+                inputs.append(maskinput.logits(file, self.mask_input_logit))
+            else:
+                inputs.append(None)
+        return inputs
+
+    def _reply(self, key: str, mask: Mask) -> MaskBits:
+        return MaskBits(bits=mask.bits, score=mask.score, mask_id=self.logits.put(key, mask.logits),
+                        others=[self._reply(key, other) for other in mask.others])
 
     def _embedding(self, key: str, image: RawImage | None, prompts: list[Prompt],
                    timer: StageTimer) -> tuple[Embedding | None, bool]:
@@ -59,9 +88,10 @@ def _check_fits(prompts: list[Prompt], width: int, height: int) -> None:
 
 
 def build_engine(settings: Settings, packaged: WeightsSource | None = None) -> Engine:
-    """The model on its device, warmed up on the device thread, with an empty embedding cache."""
+    """The model on its device, warmed up on the device thread, with empty caches."""
     device = pick_device(settings.sam2_device)
     model = load_sam2(resolve_weights(settings, packaged, download=False), device, settings.sam2_compile)
     thread = DeviceThread(Segmenter(model), settings.sam2_encoder_batch, settings.sam2_encoder_batch_wait_ms / 1000)
     thread.warm_up()
-    return Engine(thread, EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)))
+    return Engine(thread, EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)),
+                  LogitCache(settings.sam2_mask_cache_max_bytes), settings.sam2_mask_input_logit)

@@ -49,6 +49,20 @@ class UnknownImageId(RequestError):
     status = HTTPStatus.NOT_FOUND
 
 
+class UnknownMaskId(RequestError):
+    """A ``previous_mask_id`` this replica does not hold: never issued, evicted, or another caller's."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
+class MaskIdOfAnotherImage(RequestError):
+    """A ``previous_mask_id`` of the same caller, but issued for another image."""
+
+
+class InvalidMaskInput(RequestError):
+    """The ``mask_input`` file is not a mask this service can read (wrong mode, corrupt)."""
+
+
 class MissingImage(RequestError):
     """Neither an image, an ``image_url`` nor an ``image_id`` was sent."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +22,7 @@ _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 # request for the CPU; bytes on S3 are cheap. (1-bit PNGs would be faster still, but the API
 # promises 8-bit 0/255 masks, which every image library reads the same way.)
 PNG_COMPRESS_LEVEL = 1
+T = TypeVar("T")
 
 
 def load_upright_rgb(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
@@ -31,6 +33,12 @@ def load_upright_rgb(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
     ``max_pixels`` pixels or ``max_side`` pixels on a side are refused from their header, before
     any pixel is decoded.
     """
+    return decode_upright(data, max_pixels, max_side, _to_rgb_array)
+
+
+def decode_upright(data: bytes, max_pixels: int, max_side: int, convert: Callable[[Image.Image], T]) -> T:
+    """``convert`` of the decoded first frame, EXIF orientation applied, with every failure of
+    Pillow's (and of ``convert``) answered as our request errors; the size bounds as above."""
     if not data:
         raise InvalidImage("the image file is empty")
     try:
@@ -40,7 +48,7 @@ def load_upright_rgb(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             _check_size(image.size, max_pixels, max_side)
             image.load()
-            return _to_rgb_array(ImageOps.exif_transpose(image))
+            return convert(ImageOps.exif_transpose(image))
     except (RequestError, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

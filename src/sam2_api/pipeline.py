@@ -6,22 +6,26 @@ key alone first. Only when it does not hold that embedding is the image decoded 
 bytes, or ``image_url`` fetched now) and sent along; that second call always succeeds, whatever
 the cache evicted in between. Decoding, PNG encoding and uploads run here, in the API service's
 processes, never in the process that drives the GPU.
+
+Every mask comes back with the ``mask_id`` of its logits in the model service (for the next
+click's ``previous_mask_id``), its box and area, and the ``formats`` asked for (COCO RLE,
+polygons), computed here from its bits; with ``candidates``, SAM 2's other masks too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import httpx
 
-from . import imaging
+from . import imaging, maskformats, maskinput
 from .config import Settings
-from .errors import InvalidImageSource, MissingImage, ModelUnavailable, UnknownImageId
+from .errors import InvalidField, InvalidImageSource, MissingImage, ModelUnavailable, UnknownImageId
 from .prompts import Prompt
-from .protocol import ModelReply, RawImage
+from .protocol import LowResMask, MaskBits, ModelReply, RawImage, scoped_key
 from .sources import ImageSources
 from .storage import MaskStore, make_s3_client
 from .timing import StageTimer
@@ -32,7 +36,8 @@ log = logging.getLogger(__name__)
 class Model(Protocol):
     """The model service as the API service sees it (``service.SAM2Model``, local or remote)."""
 
-    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply: ...
+    def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
+                mask_inputs: list[LowResMask | None] | None = None) -> ModelReply: ...
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,22 @@ class ImageRequest:
 
 @dataclass(frozen=True)
 class StoredMask:
+    """One mask as the response shows it: ``details`` holds ``bbox`` and ``area``, and ``rle`` and
+    ``polygons`` when asked for (:func:`sam2_api.maskformats.describe`); ``candidates``, when its
+    prompt asked for them, SAM 2's masks for it best first (this one first)."""
+
     url: str | None
     score: float
+    mask_id: str = ""
+    details: dict = field(default_factory=dict)
+    candidates: list["StoredMask"] = field(default_factory=list)
+
+    def response_fields(self) -> dict:
+        """This mask as the response shows it (:class:`sam2_api.schemas.Mask`), candidates included."""
+        fields = {"mask_url": self.url, "score": self.score, "mask_id": self.mask_id, **self.details}
+        if self.candidates:
+            fields["candidates"] = [candidate.response_fields() for candidate in self.candidates]
+        return fields
 
 
 @dataclass(frozen=True)
@@ -74,11 +93,18 @@ class Pipeline:
         self.max_image_pixels = max_image_pixels
         self.max_image_side = max_image_side
 
-    def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None) -> Result:
-        """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the cache."""
+    def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None,
+            mask_files: list[bytes | None] | None = None, formats: frozenset[str] = frozenset(),
+            polygon_tolerance: float = 0.0) -> Result:
+        """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the caches.
+
+        ``mask_files[i]``: prompt i's ``mask_input`` file, if any. ``formats`` and
+        ``polygon_tolerance``: as :func:`sam2_api.maskformats.describe` takes them.
+        """
+        mask_inputs = self._mask_inputs(prompts, mask_files, timer)
         located = self._locate(image, timer)
-        key = f"{tenant}/{located.key}" if tenant else located.key
-        reply = self._call(key, prompts, None, timer)
+        key = scoped_key(tenant, located.key)
+        reply = self._call(key, prompts, None, mask_inputs, timer)
         if reply.needs_image:
             if located.load is None:
                 raise UnknownImageId(
@@ -88,7 +114,7 @@ class Pipeline:
             data = located.load()
             with timer.stage("image_decode"):
                 pixels = imaging.load_upright_rgb(data, self.max_image_pixels, self.max_image_side)
-            reply = self._call(key, prompts, RawImage(pixels=pixels), timer)
+            reply = self._call(key, prompts, RawImage(pixels=pixels), mask_inputs, timer)
         if reply.failure is not None:
             raise reply.failure.error()
         height, width = reply.height, reply.width
@@ -99,15 +125,46 @@ class Pipeline:
                     return imaging.mask_png(bits, height, width)
             return make
 
+        # Each prompt's masks, best first: the best alone, or SAM 2's candidates.
+        groups = [[best, *best.others] for best in reply.masks]
+        every = [mask for group in groups for mask in group]
         with timer.stage("store"):
-            urls = self.store.put_many([png(mask.bits) for mask in reply.masks])
-        masks = [StoredMask(url, mask.score) for url, mask in zip(urls, reply.masks)]
+            urls = iter(self.store.put_many([png(mask.bits) for mask in every]))
+        with timer.stage("formats"):
+            stored = [[self._stored(mask, next(urls), height, width, formats, polygon_tolerance) for mask in group]
+                      for group in groups]
+        masks = [replace(group[0], candidates=group if prompt.candidates else [])
+                 for prompt, group in zip(prompts, stored)]
         return Result(masks, width, height, reply.cached)
 
-    def _call(self, key: str, prompts: list[Prompt], image: RawImage | None, timer: StageTimer) -> ModelReply:
+    @staticmethod
+    def _stored(mask: MaskBits, url: str | None, height: int, width: int, formats: frozenset[str],
+                polygon_tolerance: float) -> StoredMask:
+        pixels = imaging.unpack_mask(mask.bits, height, width)
+        return StoredMask(url, mask.score, mask.mask_id, maskformats.describe(pixels, formats, polygon_tolerance))
+
+    def _mask_inputs(self, prompts: list[Prompt], files: list[bytes | None] | None,
+                     timer: StageTimer) -> list[LowResMask | None] | None:
+        """The ``mask_input`` files in SAM 2's low-resolution frame, before anything else is done."""
+        if files is None or all(file is None for file in files):
+            return None
+        inputs = []
+        for prompt, file in zip(prompts, files, strict=True):
+            if file is not None and prompt.previous_mask_id is not None:
+                raise InvalidField("send `previous_mask_id` or `mask_input`, not both: the first names the "
+                                   "logits of an earlier answer, the second is a mask file")
+            if file is None:
+                inputs.append(None)
+                continue
+            with timer.stage("mask_input"):
+                inputs.append(maskinput.low_res_mask(file, self.max_image_pixels, self.max_image_side))
+        return inputs
+
+    def _call(self, key: str, prompts: list[Prompt], image: RawImage | None,
+              mask_inputs: list[LowResMask | None] | None, timer: StageTimer) -> ModelReply:
         with timer.stage("model_call"):
             try:
-                reply = self.model.predict(key=key, prompts=prompts, image=image)
+                reply = self.model.predict(key=key, prompts=prompts, image=image, mask_inputs=mask_inputs)
             except Exception as exc:
                 if _unreachable(exc):
                     log.warning("the model service is unreachable: %s", type(exc).__name__)

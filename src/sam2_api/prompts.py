@@ -1,4 +1,5 @@
-"""What the caller asks SAM 2 to segment: points with labels, a box, or both.
+"""What the caller asks SAM 2 to segment: points with labels, a box, or both; optionally the mask
+of an earlier answer to refine (``previous_mask_id``), and whether to return every candidate.
 
 Frame and unit: pixels of the upright image (EXIF orientation applied), x to the right and y
 down, origin at the image's top-left corner; the image covers ``0 ≤ x ≤ W`` and ``0 ≤ y ≤ H``.
@@ -12,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidPrompt
+from .logitcache import MASK_ID_PATTERN
 
 MAX_POINTS = 64
 
@@ -32,6 +34,8 @@ class Prompt(BaseModel):
     labels: list[Label] | None = None
     box: Box | None = None
     multimask_output: bool | None = None
+    previous_mask_id: str | None = Field(None, pattern=f"^{MASK_ID_PATTERN}$")
+    candidates: bool | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Prompt":
@@ -48,6 +52,9 @@ class Prompt(BaseModel):
             x1, y1, x2, y2 = self.box
             if not (x2 > x1 and y2 > y1):
                 raise ValueError(f"`box` must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1; got {self.box}")
+        if self.candidates and self.multimask_output is False:
+            raise ValueError("`candidates` are SAM 2's three masks of multimask output: leave out "
+                             "`multimask_output`, or set it true")
         return self
 
     @classmethod
@@ -72,10 +79,11 @@ class Prompt(BaseModel):
 
     @property
     def wants_multimask(self) -> bool:
-        """SAM 2's advice: ask for three masks for one lone click, one mask otherwise."""
+        """SAM 2's advice: ask for three masks for one lone click, one mask otherwise; always three
+        when the caller wants the candidates."""
         if self.multimask_output is not None:
             return self.multimask_output
-        return self.box is None and len(self.points or ()) == 1
+        return bool(self.candidates) or (self.box is None and len(self.points or ()) == 1)
 
     def point_arrays(self) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         """``(N, 2)`` float32 (x, y) pixels and ``(N,)`` int32 labels (1 = object, default)."""
@@ -95,6 +103,8 @@ FIELD_HINTS = {
     "labels": "`labels` must be a list with one 0 (background) or 1 (object) per point, e.g. [1, 0]",
     "box": "`box` must be [x1, y1, x2, y2] in pixels, e.g. [100, 80, 400, 420]",
     "multimask_output": "`multimask_output` must be true or false",
+    "previous_mask_id": "`previous_mask_id` must be the `mask_id` of an earlier response, as it was returned",
+    "candidates": "`candidates` must be true or false",
 }
 
 

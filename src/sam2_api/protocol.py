@@ -5,6 +5,9 @@ cache, encoder, decoder) with a cache key, the prompts and, only when the model 
 hold that key's embedding, the decoded image. Locally the two are processes on one machine
 talking over a Unix socket; deployed, separate deployments scaled on their own. BentoML pickles
 these values between them (protocol 5), so bytes cross without any text encoding.
+
+Cache keys: ``id:<image_id>`` or ``sha256:<hex>`` of the image, prefixed with ``<tenant>/`` when
+API keys are on (:func:`scoped_key`); image ids and hashes hold no ``/``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from . import errors
 
@@ -42,12 +45,38 @@ class RawImage(BaseModel):
         return self.pixels.shape[1]
 
 
+def scoped_key(tenant: str | None, image_key: str) -> str:
+    """The cache key of ``image_key`` for the caller ``tenant`` (None: API keys are off)."""
+    return f"{tenant}/{image_key}" if tenant else image_key
+
+
+def tenant_of(key: str) -> str | None:
+    """The tenant a :func:`scoped_key` was made for."""
+    tenant, _, _ = key.rpartition("/")
+    return tenant or None
+
+
+MASK_INPUT_SIDE = 256  # SAM 2's mask_input: 4× its 64×64 image embedding, for every model size
+
+
+class LowResMask(BaseModel):
+    """A mask sent as a file (``mask_input``), in SAM 2's low-resolution mask frame: the image
+    stretched to ``256 × 256`` cells, ``coverage`` holding per cell (row-major, one byte each) the
+    fraction of it that the mask covers × 255 (:mod:`sam2_api.maskinput`)."""
+
+    coverage: bytes = Field(min_length=MASK_INPUT_SIDE**2, max_length=MASK_INPUT_SIDE**2)
+
+
 class MaskBits(BaseModel):
     """One mask at the image's size: ``np.packbits`` of its row-major ``(H, W)`` pixels (True =
-    object), and SAM 2's predicted IoU of it."""
+    object), SAM 2's predicted IoU of it, and the ``mask_id`` naming its low-resolution logits in
+    the model service (:mod:`sam2_api.logitcache`). When its prompt asked for ``candidates``,
+    ``others`` holds SAM 2's other masks for that prompt, by descending score."""
 
     bits: bytes
     score: float
+    mask_id: str = ""
+    others: list["MaskBits"] = []
 
 
 class Failure(BaseModel):
@@ -66,7 +95,7 @@ class Failure(BaseModel):
 
 
 class ModelReply(BaseModel):
-    """The model service's answer: masks in the order of the prompts, or ``needs_image`` when the
+    """The model service's answer: the best mask of each prompt, in the order of the prompts, or ``needs_image`` when the
     key's embedding is not cached and no image came with the call, or a request error."""
 
     needs_image: bool = False

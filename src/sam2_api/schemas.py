@@ -2,18 +2,21 @@
 
 The request fields are documented with the JSON schema of what they must hold (that is what the
 OpenAPI page and generated clients show) but accepted as sent and validated by our own code
-(:class:`sam2_api.prompts.Prompt`, :func:`parse_objects`, :func:`parse_image_id`), so that a
-malformed field gets one message in words, the same on every route, instead of pydantic's report.
+(:class:`sam2_api.prompts.Prompt`, :func:`parse_objects`, :func:`parse_image_id`,
+:func:`parse_formats`), so that a malformed field gets one message in words, the same on every
+route, instead of pydantic's report.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, WithJsonSchema
 
 from .errors import InvalidField, InvalidPrompt
+from .maskformats import FORMATS
 from .prompts import MAX_POINTS, Box, Label, Point, Prompt
 
 MAX_OBJECTS = 32
@@ -66,10 +69,42 @@ MultimaskField = _documented(
     "Ask SAM 2 for three candidates and return the best-scoring one. Default: true for a single point "
     "without a box, false otherwise.",
 )
+PreviousMaskIdField = _documented(
+    str,
+    "Refine an earlier answer: the `mask_id` it returned. Its low-resolution logits become SAM 2's "
+    "`mask_input`, as in SAM's own interactive loop: send every click so far, plus this id. Works with "
+    "the same image (the same `image_id`, or the same bytes) and API key only; the server keeps these for a "
+    "while (404 once evicted: send the clicks again without it).",
+    examples=["m_2Qh3m0kS8b1tW9xYzAbCdE"],
+)
+CandidatesField = _documented(
+    bool,
+    "Return all three of SAM 2's candidate masks under `candidates`, best first, each with its URL, score "
+    "and `mask_id` (the top-level fields stay those of the best). Turns `multimask_output` on.",
+)
+MaskInputField = Field(
+    description="A mask to start from, as a file (PNG; any size: it is stretched to the image): single-channel, "
+    "0 = background, anything else = object. It becomes SAM 2's `mask_input` (README: how). Not with "
+    "`previous_mask_id`.",
+    default_factory=lambda: None,  # optional, as ImageField
+)
+FormatsField = _documented(
+    list[Literal[FORMATS]],
+    'Also return each mask as "rle" (COCO RLE: {"size": [h, w], "counts": str}, as pycocotools writes it) '
+    'and/or "polygons" (each part of the mask with its holes, in pixels of the upright image). `bbox` and '
+    "`area` always come back.",
+    examples=[["rle", "polygons"]],
+)
+PolygonToleranceField = _documented(
+    {"type": "number", "minimum": 0},
+    "How far, in pixels, simplified polygons may stray from the mask's boundary (Douglas-Peucker). "
+    "Default 0: every corner of the pixel boundary.",
+    examples=[1.5],
+)
 ObjectsField = _documented(
     {"type": "array", "items": Prompt.model_json_schema(), "minItems": 1, "maxItems": MAX_OBJECTS},
     f"One prompt per object (1 to {MAX_OBJECTS}), each with the fields of /segment: points, labels, box, "
-    "multimask_output.",
+    "multimask_output, previous_mask_id, candidates.",
     examples=[[{"box": [10, 20, 200, 220]}, {"points": [[300, 150]], "labels": [1]}]],
 )
 
@@ -86,6 +121,27 @@ def parse_image_url(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise InvalidField(f"`image_url` must be a string: s3://bucket/key or https://host/path; got {_shown(value)}")
+
+
+def parse_formats(value: Any) -> frozenset[str]:
+    """``formats``: a list of :data:`sam2_api.maskformats.FORMATS` names (or one name, or names
+    separated by commas, as a form field is easily typed); none by default."""
+    if value is None:
+        return frozenset()
+    names = value.split(",") if isinstance(value, str) else value
+    if isinstance(names, list) and all(isinstance(name, str) and name.strip() in FORMATS for name in names):
+        return frozenset(name.strip() for name in names)
+    choices = " and/or ".join(f'"{name}"' for name in FORMATS)
+    raise InvalidField(f'`formats` must be a list of {choices}, e.g. ["rle"]; got {_shown(value)}')
+
+
+def parse_polygon_tolerance(value: Any) -> float:
+    """``polygon_tolerance``: pixels, a finite number ≥ 0; 0 by default (exact boundaries)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise InvalidField(f"`polygon_tolerance` must be a number of pixels ≥ 0, e.g. 1.5; got {_shown(value)}")
 
 
 def parse_objects(value: Any) -> list[Prompt]:
@@ -111,21 +167,63 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class SegmentResponse(BaseModel):
-    """Where the mask went, how sure the model is, and the size the mask has."""
+def _unless_asked(description: str) -> Any:
+    """A field left out of the response unless the request asked for it."""
+    return Field(None, description=description, exclude_if=lambda value: value is None)
+
+
+class Mask(BaseModel):
+    """One mask: where its PNG went, how sure the model is, how to refine it, and what it covers.
+
+    Frames: pixels of the upright image, x to the right and y down from its top-left corner.
+    """
 
     mask_url: str | None = Field(
         description="URL of the PNG mask (single-channel 8-bit, 0 = background, 255 = object, "
         "width × height pixels); null when S3 is not configured or the upload failed."
     )
-    score: float = Field(description="SAM 2's predicted IoU of the returned mask, 0–1.")
+    score: float = Field(description="SAM 2's predicted IoU of this mask, 0–1.")
+    mask_id: str = Field(
+        description="Names this mask's low-resolution logits on the server: send it as `previous_mask_id` "
+        "with the next click to refine this mask."
+    )
+    bbox: list[int] = Field(
+        description="[x1, y1, x2, y2]: the mask's pixels lie in x1 ≤ x < x2, y1 ≤ y < y2; [0, 0, 0, 0] "
+        "when it is empty."
+    )
+    area: int = Field(description="The mask's pixel count.")
+    rle: dict | None = _unless_asked(
+        'With formats ["rle"]: COCO RLE as pycocotools writes it, {"size": [height, width], "counts": str} '
+        "(column-major runs: pycocotools.mask.decode reads it)."
+    )
+    polygons: list[dict] | None = _unless_asked(
+        'With formats ["polygons"]: each part of the mask, largest first, as {"exterior": [[x, y], ...], '
+        '"holes": [[[x, y], ...], ...]}; vertices are the centres of boundary pixels (fill the exterior, '
+        "clear each hole's inside, keep the hole's ring: the mask's pixels again)."
+    )
+
+
+class Candidate(Mask):
+    """One of SAM 2's candidate masks for a prompt."""
+
+
+class SegmentResponse(Mask):
+    """The best mask (where it went, how sure the model is, how to refine it, what it covers) and
+    the size it has; with `candidates`, all three."""
+
     width: int = Field(description="Width of the upright image and of the mask, in pixels.")
     height: int = Field(description="Height of the upright image and of the mask, in pixels.")
+    candidates: list[Candidate] | None = _unless_asked(
+        "With `candidates`: SAM 2's three masks, best first (the first is the one above)."
+    )
 
 
-class ObjectMask(BaseModel):
-    mask_url: str | None = Field(description="URL of this object's PNG mask, or null (as in /segment).")
-    score: float = Field(description="SAM 2's predicted IoU of this mask, 0–1.")
+class ObjectMask(Mask):
+    """This object's best mask, as in /segment."""
+
+    candidates: list[Candidate] | None = _unless_asked(
+        "With this object's `candidates`: SAM 2's three masks, best first (the first is the one above)."
+    )
 
 
 class ObjectsResponse(BaseModel):

@@ -8,7 +8,9 @@ caller passes back in; the masks are pixel-identical to the predictor's (tests a
 Everything runs on the model's device: the uint8 image goes there as it is and is resized and
 normalised there (on the CPU these are the very operations ``SAM2Transforms`` runs, bit for bit),
 and each returned mask is upsampled, thresholded and bit-packed there, so only ``H·W/8`` bytes per
-mask come back. :class:`Segmenter` holds no lock: :class:`sam2_api.device.DeviceThread` is the
+mask come back. Each returned mask keeps its ``256×256`` low-resolution logits (on the device), as
+``SAM2ImagePredictor.predict`` returns them, to be fed back as the next click's ``mask_input``.
+:class:`Segmenter` holds no lock: :class:`sam2_api.device.DeviceThread` is the
 one thread that calls it.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +31,12 @@ from .imaging import pack_mask, unpack_mask
 from .prompts import Prompt
 
 MASK_THRESHOLD = 0.0  # logits above this are object, as in SAM2ImagePredictor
+LOGIT_BOUND = 32.0  # SAM2ImagePredictor clamps the low-res logits it returns to ±32
+DECODER_BATCH = 8  # prompts per decoder call; bounds its memory for requests with many objects
 
 # Images arrive as read-only arrays (they sit where the request landed) and are only ever read;
 # torch warns about read-only memory on every from_numpy.
 warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-DECODER_BATCH = 8  # prompts per decoder call; bounds its memory for requests with many objects
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # pack_mask's order: the first pixel is the high bit
 
 
@@ -56,11 +60,18 @@ class Embedding:
 @dataclass(frozen=True)
 class Mask:
     """One returned mask at the image's size, as the bits of its ``(H, W)`` pixels (True = object;
-    :func:`sam2_api.imaging.pack_mask`'s layout), and its predicted IoU."""
+    :func:`sam2_api.imaging.pack_mask`'s layout), and its predicted IoU.
+
+    ``logits``: its ``256×256`` float32 low-resolution logits on the device, clamped to ±32, exactly
+    the ``low_res_masks`` row that ``SAM2ImagePredictor.predict`` returns for it. ``others``: when
+    the prompt asked for ``candidates``, SAM 2's other masks for it, by descending score.
+    """
 
     bits: bytes
     score: float
     hw: tuple[int, int]
+    logits: torch.Tensor | None = None
+    others: tuple["Mask", ...] = ()
 
     def pixels(self) -> np.ndarray:
         return unpack_mask(self.bits, *self.hw)
@@ -135,20 +146,27 @@ class Segmenter:
         return self.decode_many(embedding, [prompt])[0]
 
     @torch.inference_mode()
-    def decode_many(self, embedding: Embedding, prompts: list[Prompt]) -> list[Mask]:
+    def decode_many(self, embedding: Embedding, prompts: list[Prompt],
+                    mask_inputs: Sequence[torch.Tensor | np.ndarray | None] | None = None) -> list[Mask]:
         """One mask per prompt (one object each), in order, from as few decoder calls as possible.
 
-        Prompts of the same shape (point count, box or not, multimask or not) share batched decoder
-        calls of up to ``DECODER_BATCH``, as ``SAM2ImagePredictor.predict`` does with batched
-        prompts; the masks are identical to the predictor's for the same batches. A batch of one is
-        exactly the single-prompt computation.
+        ``mask_inputs[i]``, when given, is prompt i's ``mask_input``: ``256×256`` logits in the
+        model's input frame, as ``SAM2ImagePredictor.predict`` takes it (a previous mask's
+        :attr:`Mask.logits`, or :func:`sam2_api.maskinput.logits` of a mask file).
+
+        Prompts of the same shape (point count, box or not, multimask or not, mask input or not)
+        share batched decoder calls of up to ``DECODER_BATCH``, as ``SAM2ImagePredictor.predict``
+        does with batched prompts; the masks are identical to the predictor's for the same batches.
+        A batch of one is exactly the single-prompt computation.
         """
-        groups: dict[tuple[int, bool, bool], list[int]] = {}
+        mask_inputs = list(mask_inputs) if mask_inputs is not None else [None] * len(prompts)
+        groups: dict[tuple[int, bool, bool, bool], list[int]] = {}
         for index, prompt in enumerate(prompts):
-            shape = (len(prompt.points or ()), prompt.box is not None, prompt.wants_multimask)
+            shape = (len(prompt.points or ()), prompt.box is not None, prompt.wants_multimask,
+                     mask_inputs[index] is not None)
             groups.setdefault(shape, []).append(index)
         masks: list[Mask | None] = [None] * len(prompts)
-        for (_, _, multimask), same_shape in groups.items():
+        for (_, _, multimask, masked), same_shape in groups.items():
             # At most DECODER_BATCH at a time: the decoder's activations grow with the batch
             # (about 22 MB a prompt), not with the image.
             for start in range(0, len(same_shape), DECODER_BATCH):
@@ -156,16 +174,27 @@ class Segmenter:
                 tensors = [self._prompt_tensors(embedding, prompts[i]) for i in indices]
                 coords = torch.cat([c for c, _ in tensors])
                 labels = torch.cat([l for _, l in tensors])
-                for index, mask in zip(indices, self._decode_batch(embedding, coords, labels, multimask)):
+                dense = torch.cat([self._mask_tensor(mask_inputs[i]) for i in indices]) if masked else None
+                candidates = [bool(prompts[i].candidates) for i in indices]
+                for index, mask in zip(indices, self._decode_batch(embedding, coords, labels, dense, multimask,
+                                                                   candidates)):
                     masks[index] = mask
         return masks
 
+    def _mask_tensor(self, logits: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """A ``256×256`` mask input as the ``1×1×256×256`` float tensor the prompt encoder takes
+        (``SAM2ImagePredictor._prep_prompts``' conversion)."""
+        side = self.model.sam_prompt_encoder.mask_input_size
+        return torch.as_tensor(logits, dtype=torch.float, device=self.device).reshape(1, 1, *side)
+
     def _decode_batch(
-        self, embedding: Embedding, coords: torch.Tensor, labels: torch.Tensor, multimask: bool
+        self, embedding: Embedding, coords: torch.Tensor, labels: torch.Tensor, mask_input: torch.Tensor | None,
+        multimask: bool, candidates: list[bool],
     ) -> list[Mask]:
-        """``coords`` ``B×N×2`` in the model's input frame, ``labels`` ``B×N``; the best mask of each row."""
+        """``coords`` ``B×N×2`` in the model's input frame, ``labels`` ``B×N``, ``mask_input``
+        ``B×1×256×256`` or None; the best mask of each row, with the others where ``candidates[row]``."""
         with self.autocast():
-            sparse, dense = self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            sparse, dense = self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
             low_res, iou = self.model.sam_mask_decoder(
                 image_embeddings=embedding.image_embed,
                 image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
@@ -176,14 +205,20 @@ class Segmenter:
                 high_res_features=list(embedding.high_res_feats),
             )[:2]
         scores = iou.float().cpu().numpy()
-        best = scores.argmax(axis=1)
+
         # One mask at a time: a full-size float copy of every mask at once would cost 4 bytes per
         # pixel per object (gigabytes for many objects on a large image).
-        return [
-            Mask(self._full_size_bits(low_res[row, choice], embedding.orig_hw), float(scores[row, choice]),
-                 embedding.orig_hw)
-            for row, choice in enumerate(best)
-        ]
+        def mask(row: int, choice: int) -> Mask:
+            return Mask(self._full_size_bits(low_res[row, choice], embedding.orig_hw), float(scores[row, choice]),
+                        embedding.orig_hw, low_res[row, choice].float().clamp(-LOGIT_BOUND, LOGIT_BOUND))
+
+        masks = []
+        for row, wanted in enumerate(candidates):
+            # Stable: of equal scores the first wins, as argmax picks it.
+            order = np.argsort(-scores[row], kind="stable") if wanted else [scores[row].argmax()]
+            best, *others = (mask(row, int(choice)) for choice in order)
+            masks.append(Mask(best.bits, best.score, best.hw, best.logits, tuple(others)))
+        return masks
 
     def _full_size_bits(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> bytes:
         """A ``256×256`` logit map → the bit-packed ``orig_hw`` mask, exactly as
@@ -206,7 +241,8 @@ class Segmenter:
         embedding = self.encode(np.zeros((64, 64, 3), dtype=np.uint8))
         for prompt in (Prompt(points=[[32.0, 32.0]]), Prompt(box=[8.0, 8.0, 40.0, 40.0]),
                        Prompt(points=[[32.0, 32.0], [8.0, 8.0]], labels=[1, 0])):
-            self.decode(embedding, prompt)
+            mask = self.decode(embedding, prompt)
+        self.decode_many(embedding, [Prompt(points=[[32.0, 32.0], [8.0, 8.0]])], [mask.logits])  # a refining click
 
     def _prompt_tensors(self, embedding: Embedding, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
         """Box corners (labels 2, 3) then points, in the model's 1024-pixel input frame."""

@@ -57,6 +57,32 @@ def test_segment_prints_the_result_and_draws_the_overlay(server, reference_mask,
     assert changed[expected & ~clicks].mean() > 0.99  # (a pixel already of the mask's colour would not change)
 
 
+def test_segment_refines_lists_candidates_and_returns_rle_and_polygons(server, test_images, tmp_path):
+    from pycocotools import mask as coco_mask
+
+    from sam2_api.maskformats import rasterise
+
+    image = str(test_images / "chelsea.png")
+    first = sam2_api("--url", server.url, "segment", image, "--point", "225,150", "--candidates")
+    assert first.returncode == 0, first.stderr
+    body = json.loads(first.stdout)
+    assert len(body["candidates"]) == 3 and body["candidates"][0]["mask_id"] == body["mask_id"]
+    second = sam2_api("--url", server.url, "segment", image, "--point", "225,150", "--point", "50,50,0",
+                      "--previous-mask-id", body["mask_id"], "--format", "rle", "--format", "polygons")
+    assert second.returncode == 0, second.stderr
+    refined = json.loads(second.stdout)
+    png = fetch_mask(refined["mask_url"]) == 255
+    rle = refined["rle"]
+    assert np.array_equal(coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}) == 1, png)
+    assert np.array_equal(rasterise(refined["polygons"], *png.shape), png)
+
+    Image.fromarray(png).save(tmp_path / "start.png")  # a mask file, as another tool would hand it over
+    third = sam2_api("--url", server.url, "segment", image, "--point", "300,100", "--mask-input", str(tmp_path / "start.png"))
+    assert third.returncode == 0, third.stderr
+    stale = sam2_api("--url", server.url, "segment", image, "--point", "1,1", "--previous-mask-id", "m_" + "Q" * 22)
+    assert stale.returncode == 1 and "is not known here" in json.loads(stale.stdout)["error"]
+
+
 def test_segment_refuses_a_request_without_prompt():
     result = sam2_api("segment", "whatever.png")
     assert result.returncode == 2 and "give at least one --point or a --box" in result.stderr

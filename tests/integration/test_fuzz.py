@@ -22,7 +22,7 @@ from tests.mutations import image_seeds, mutate
 CASES = 150
 BUDGET_S = 90
 FIELDS = ["points", "labels", "box", "multimask_output", "image_id", "image_url", "objects", "image", "colour", "",
-          "points[]", "ïmage", "x" * 200]
+          "points[]", "ïmage", "x" * 200, "previous_mask_id", "candidates", "mask_input", "formats", "polygon_tolerance"]
 VALUES = [
     b"", b"null", b"[]", b"{}", b"[[1, 2]]", b"[[20, 15]]", b"[[1e308, 1e308]]", b"[[NaN, 1]]", b"[[-1, -1]]",
     b"[1, 0]", b"[1]", b"[2]", b"[0, 0, 10, 10]", b"[10, 10, 0, 0]", b"true", b'"maybe"', b'"abc"', b"1e999",
@@ -70,6 +70,10 @@ def plausible_fields(rng: random.Random, route: str) -> dict[str, bytes]:
             fields["box"] = [fields["box"][0], fields["box"][2], fields["box"][1], fields["box"][3]]
         if rng.random() < 0.3:
             fields["multimask_output"] = rng.random() < 0.5
+        if rng.random() < 0.1:
+            fields["candidates"] = True
+        if rng.random() < 0.1:
+            fields["previous_mask_id"] = "m_" + "".join(rng.choice("AZaz09-_") for _ in range(22))
         return fields
 
     if route == "/segment_objects":
@@ -78,6 +82,10 @@ def plausible_fields(rng: random.Random, route: str) -> dict[str, bytes]:
         fields = prompt()
     if rng.random() < 0.2:
         fields["image_id"] = rng.choice(["fuzz-1", "fuzz-2", "fuzz-3"])
+    if rng.random() < 0.2:
+        fields["formats"] = rng.sample(["rle", "polygons"], rng.randint(1, 2))
+        if rng.random() < 0.5:
+            fields["polygon_tolerance"] = rng.choice([0, 1.5])
     return {name: json.dumps(value).encode() for name, value in fields.items()}
 
 

@@ -145,6 +145,17 @@ def test_api_keys_guard_the_api_but_not_health_or_metrics(guarded_server, test_i
         assert key not in guarded_server.log()
 
 
+def test_a_mask_id_is_the_callers_own_another_key_gets_a_404_as_for_an_unknown_one(guarded_server, test_images):
+    image = (test_images / "chelsea.png").read_bytes()
+    mask_id = authorized(guarded_server, API_KEYS[0], image, points=[[225, 150]]).json()["mask_id"]
+    refine = {"points": [[225, 150], [300, 100]], "previous_mask_id": mask_id}
+    foreign = authorized(guarded_server, API_KEYS[1], image, **refine)
+    unknown = authorized(guarded_server, API_KEYS[1], image, **{**refine, "previous_mask_id": "m_" + "Q" * 22})
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json()["error"].replace(mask_id, "ID") == unknown.json()["error"].replace("m_" + "Q" * 22, "ID")
+    assert authorized(guarded_server, API_KEYS[0], image, **refine).status_code == 200
+
+
 def test_uploads_over_the_limit_get_413(guarded_server):
     response = authorized(guarded_server, API_KEYS[0], b"\0" * 2_100_000, points=[[1, 1]])
     assert response.status_code == 413

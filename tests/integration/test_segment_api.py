@@ -61,7 +61,7 @@ def test_served_mask_is_exactly_sam2_image_predictors(server, s3, reference_mask
     body = response.json()
     image = upright_rgb(path)
     height, width = image.shape[:2]
-    assert set(body) == {"mask_url", "score", "width", "height"}
+    assert set(body) == {"mask_url", "score", "width", "height", "mask_id", "bbox", "area"}
     assert (body["width"], body["height"]) == (width, height)
 
     key = KEY.search(body["mask_url"]).group(1)

@@ -4,6 +4,7 @@ it draws (read back from screenshots of the canvas), the requests it sends, the 
 from __future__ import annotations
 
 import io
+import json
 import math
 import shutil
 from pathlib import Path
@@ -114,7 +115,28 @@ def test_click_draws_a_coloured_mask_under_the_markers_links_it_and_clear_resets
     assert np.array_equal(canvas_pixels(page), original)
 
 
-def test_background_clicks_and_a_box_are_sent_and_drawn_over_the_mask(server, page, reference_mask, test_images):
+def chained_mask(sam2_model, image: np.ndarray, steps: list[dict]) -> np.ndarray:
+    """What the page asks for: each prompt (points, labels, box) refining the previous answer, the
+    first with SAM 2's multimask advice; SAM2ImagePredictor's mask after the last step."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(sam2_model)
+    predictor.set_image(image)
+    previous = None
+    for step in steps:
+        points, box = step.get("points"), step.get("box")
+        masks, scores, logits = predictor.predict(
+            point_coords=None if points is None else np.asarray(points, dtype=np.float32),
+            point_labels=None if points is None else np.asarray(step.get("labels", [1] * len(points))),
+            box=None if box is None else np.asarray(box, dtype=np.float32),
+            mask_input=None if previous is None else previous[None],
+            multimask_output=box is None and len(points) == 1)
+        best = int(np.argmax(scores))
+        previous = logits[best]
+    return masks[best] > 0
+
+
+def test_background_clicks_and_a_box_are_sent_and_drawn_over_the_mask(server, page, sam2_model, test_images):
     image = test_images / "coffee.png"  # 600x400
     box = open_image(page, server, image)
     segment_by(page, lambda: page.mouse.click(box["x"] + 300.5, box["y"] + 200.5))
@@ -129,16 +151,18 @@ def test_background_clicks_and_a_box_are_sent_and_drawn_over_the_mask(server, pa
 
     body = segment_by(page, drag)
     assert page.evaluate("state.box") == [150, 100, 450, 350]
-    expected, _ = reference_mask(upright_rgb(image), points=[[300, 200], [50, 50]], labels=[1, 0],
-                                 box=[150, 100, 450, 350])
+    expected = chained_mask(sam2_model, upright_rgb(image), [
+        {"points": [[300, 200]]}, {"points": [[300, 200], [50, 50]], "labels": [1, 0]},
+        {"points": [[300, 200], [50, 50]], "labels": [1, 0], "box": [150, 100, 450, 350]}])
     assert np.array_equal(fetch_mask(body["mask_url"]) == 255, expected)
     shown = canvas_pixels(page)
     assert np.abs(shown[50, 50] - BACKGROUND).max() <= 2 and np.abs(shown[200, 300] - OBJECT).max() <= 2
     for x, y in [(300, 100), (300, 349), (150, 200), (449, 200)]:  # the box's edges, inside its stroke
         assert np.abs(shown[y, x] - BOX).max() <= 2, (x, y, shown[y, x])
 
-    segment_by(page, lambda: page.keyboard.press("Backspace"))  # undo the background click: the box stays
-    assert page.evaluate("[state.points, state.box]") == [[[300, 200]], [150, 100, 450, 350]]
+    page.keyboard.press("Backspace")  # undo the box: back to the two clicks and their mask, no request
+    assert page.evaluate("[state.points, state.box]") == [[[300, 200], [50, 50]], None]
+    assert page.get_attribute("#mask-link", "href") == page.evaluate("state.history[1].choices[0].result.mask_url")
 
 
 def test_a_tall_image_fits_the_window_and_clicks_land_on_its_pixels(server, page, reference_mask, test_images,
@@ -186,3 +210,84 @@ def test_a_file_that_is_not_an_image_is_named_in_the_status_line(server, page):
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('notes.txt')")
     assert page.text_content("#status") == "notes.txt: this browser cannot show it as an image."
     assert page.is_hidden("#stage")
+
+
+# Records the text fields of every form the page sends (Chromium does not hand a form holding a
+# file to Playwright's request events).
+RECORD_FORMS = """
+window.sentForms = [];
+const originalFetch = window.fetch;
+window.fetch = (url, options) => {
+  if (options && options.body instanceof FormData) {
+    window.sentForms.push(Object.fromEntries([...options.body.entries()].filter(([, v]) => typeof v === "string")));
+  }
+  return originalFetch(url, options);
+};
+"""
+
+
+def test_clicks_refine_the_mask_shown_candidates_are_picked_and_undo_goes_back(
+        server, page, sam2_model, test_images, tmp_path):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    image = test_images / "chelsea.png"
+    predictor = SAM2ImagePredictor(sam2_model)
+    predictor.set_image(upright_rgb(image))
+    page.add_init_script(RECORD_FORMS)
+    box = open_image(page, server, image)
+
+    first = segment_by(page, lambda: page.mouse.click(box["x"] + 225.5, box["y"] + 150.5))
+    sent = page.evaluate("window.sentForms")
+    assert len(sent) == 1 and "previous_mask_id" not in sent[0]
+    assert (sent[0]["candidates"], sent[0]["formats"], sent[0]["points"]) == ("true", '["polygons"]', "[[225,150]]")
+    page.wait_for_selector("#candidates:not(.empty) button >> nth=2")
+    assert page.locator("#candidates button").count() == 3
+    assert page.locator("#candidates span").all_text_contents() == [f"{c['score']:.3f}" for c in first["candidates"]]
+    masks, scores, logits = predictor.predict(point_coords=np.asarray([[225.0, 150.0]]), point_labels=np.asarray([1]))
+    order = np.argsort(-scores, kind="stable")
+
+    # Pick the second candidate: it is shown, and the next click refines it.
+    page.locator("#candidates button").nth(1).click()
+    second_candidate = first["candidates"][1]
+    assert page.get_attribute("#mask-link", "href") == second_candidate["mask_url"]
+    assert page.text_content("#score") == f"{second_candidate['score']:.3f}"
+    second = segment_by(page, lambda: page.mouse.click(box["x"] + 50.5, box["y"] + 50.5, button="right"))
+    sent = page.evaluate("window.sentForms")
+    assert len(sent) == 2 and sent[1]["previous_mask_id"] == second_candidate["mask_id"] and "candidates" not in sent[1]
+    assert page.locator("#candidates.empty").count() == 1  # two clicks: one mask, no thumbnails
+    expected, _, _ = predictor.predict(point_coords=np.asarray([[225.0, 150.0], [50.0, 50.0]]),
+                                       point_labels=np.asarray([1, 0]), mask_input=logits[order[1]][None],
+                                       multimask_output=False)
+    assert np.array_equal(fetch_mask(second["mask_url"]) == 255, expected[0] > 0)
+
+    # The polygons of the mask shown, as a JSON download.
+    with page.expect_download() as download:
+        page.click("#polygons-link")
+    assert json.loads(Path(download.value.path()).read_text()) == second["polygons"]
+
+    # Undo: back to the second candidate of the first click, thumbnails and all, without a request.
+    page.keyboard.press("Control+z")
+    assert page.evaluate("[state.points, state.labels]") == [[[225, 150]], [1]]
+    assert page.get_attribute("#mask-link", "href") == second_candidate["mask_url"]
+    assert page.locator("#candidates button.chosen span").text_content() == f"{second_candidate['score']:.3f}"
+    assert np.array_equal(fetch_mask(second_candidate["mask_url"]) == 255, masks[order[1]] > 0)
+    page.keyboard.press("Control+z")
+    assert page.evaluate("[state.points, state.mask, state.history.length]") == [[], None, 0]
+    assert len(page.evaluate("window.sentForms")) == 2 and page.is_disabled("#undo")
+
+
+def test_a_mask_the_server_no_longer_holds_is_answered_by_the_clicks_alone(server, page, reference_mask, test_images):
+    image = test_images / "coffee.png"
+    page.add_init_script(RECORD_FORMS)
+    box = open_image(page, server, image)
+    segment_by(page, lambda: page.mouse.click(box["x"] + 300.5, box["y"] + 200.5))
+    page.evaluate("state.result.mask_id = 'm_' + 'Q'.repeat(22)")  # as if evicted since
+    with page.expect_response(lambda r: r.url.endswith("/segment") and r.status == 200) as answer:
+        page.mouse.click(box["x"] + 200.5, box["y"] + 150.5)
+    body = answer.value.json()
+    page.wait_for_function("url => document.getElementById('mask-link').href === url", arg=body["mask_url"])
+    sent = page.evaluate("window.sentForms")
+    assert [form.get("previous_mask_id") for form in sent] == [None, "m_" + "Q" * 22, None]
+    expected, _ = reference_mask(upright_rgb(image), points=[[300, 200], [200, 150]])
+    assert np.array_equal(fetch_mask(body["mask_url"]) == 255, expected)
+    assert page.text_content("#status") == "600×400, image cached."

@@ -105,3 +105,20 @@ def test_bad_command_lines_exit_2_saying_why(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_args(argv, environ={})
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_refinement_options_become_the_request_fields():
+    args = parse_args(["segment", "x.png", "--point", "1,2", "--candidates", "--format", "rle", "--format", "polygons",
+                       "--format", "rle", "--polygon-tolerance", "1.5", "--previous-mask-id", "m_id",
+                       "--mask-input", "start.png"], environ={})
+    assert (args.candidates, args.format, args.polygon_tolerance, args.previous_mask_id, str(args.mask_input)) == (
+        True, ["rle", "polygons", "rle"], 1.5, "m_id", "start.png")
+    plain = parse_args(["segment", "x.png", "--point", "1,2"], environ={})
+    assert (plain.candidates, plain.format, plain.polygon_tolerance, plain.previous_mask_id, plain.mask_input) == (
+        False, [], None, None, None)
+
+
+def test_an_unknown_format_exits_2_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["segment", "x.png", "--point", "1,2", "--format", "geojson"], environ={})
+    assert exit_.value.code == 2 and "choose from 'rle', 'polygons'" in capsys.readouterr().err

@@ -17,8 +17,15 @@ def bentoml_spec() -> dict:
     return json.loads(json.dumps(service.SAM2API.openapi_spec.asdict()))  # as served: JSON
 
 
+def invalid_as_openapi_3_0(spec: dict) -> bool:
+    try:
+        return bool(list(OpenAPIV30SpecValidator(spec).iter_errors()))
+    except Exception:  # the validator itself trips over 3.1 constructs ("type": "null")
+        return True
+
+
 def test_bentomls_own_document_is_invalid_as_declared_and_ours_is_valid(bentoml_spec):
-    assert bentoml_spec["openapi"] == "3.0.2" and list(OpenAPIV30SpecValidator(bentoml_spec).iter_errors())
+    assert bentoml_spec["openapi"] == "3.0.2" and invalid_as_openapi_3_0(bentoml_spec)
     spec = published_spec(bentoml_spec)
     assert spec["openapi"] == "3.1.0"
     assert [e.message for e in OpenAPIV31SpecValidator(spec).iter_errors()] == []
@@ -40,7 +47,7 @@ def test_form_fields_holding_json_say_so_and_the_json_body_has_the_same_fields(b
     assert form["points"]["type"] == "string" and form["points"]["contentMediaType"] == "application/json"
     assert form["points"]["contentSchema"]["type"] == "array" and form["points"]["examples"] == ["[[256, 200]]"]
     as_json = body["application/json"]["schema"]["properties"]
-    assert set(as_json) == set(form) - {"image"} and as_json["points"]["type"] == "array"
+    assert set(as_json) == set(form) - {"image", "mask_input"} and as_json["points"]["type"] == "array"  # no files
 
 
 def test_every_error_status_is_documented_with_our_error_body(bentoml_spec):

@@ -129,3 +129,116 @@ def test_request_errors_keep_their_kind_across_the_model_call(s3, device, test_i
         flow.run(ImageRequest(upload=cat, url="s3://photos/cat.png"), [Prompt(points=[[1, 1]])], StageTimer())
     with pytest.raises(MissingImage, match="`image_url`"):
         flow.run(ImageRequest(), [Prompt(points=[[1, 1]])], StageTimer())
+
+
+# ---- Refinement, candidates and formats ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def predictor(sam2_model):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    return SAM2ImagePredictor(sam2_model)
+
+
+def test_each_click_refines_the_previous_answer_exactly_as_the_predictor_does(s3, device, predictor, test_images):
+    """Three clicks on the cat, each request sending every click so far and the last mask_id."""
+    flow = pipeline(device)
+    image = upright_rgb(test_images / "chelsea.png")
+    predictor.set_image(image)
+    data = (test_images / "chelsea.png").read_bytes()
+    points, labels = [[225, 150], [300, 100], [50, 50]], [1, 1, 0]
+    mask_id, previous = None, None
+    for count in range(1, 4):
+        result = flow.run(ImageRequest(upload=data),
+                          [Prompt(points=points[:count], labels=labels[:count], previous_mask_id=mask_id)], StageTimer())
+        masks, scores, logits = predictor.predict(
+            point_coords=np.asarray(points[:count], dtype=np.float32), point_labels=np.asarray(labels[:count]),
+            mask_input=None if previous is None else previous[None], multimask_output=count == 1)
+        best = int(np.argmax(scores))
+        served = stored_mask(s3, result.masks[0].url)
+        assert np.array_equal(served, masks[best] > 0), f"click {count}"
+        assert result.masks[0].score == pytest.approx(float(scores[best]), abs=1e-6)
+        mask_id, previous = result.masks[0].mask_id, logits[best]
+
+
+def test_formats_give_back_the_pngs_pixels_and_candidates_the_predictors_three(s3, device, predictor, test_images):
+    from pycocotools import mask as coco_mask
+
+    from sam2_api.maskformats import rasterise
+
+    flow = pipeline(device)
+    result = flow.run(ImageRequest(upload=(test_images / "chelsea.png").read_bytes()),
+                      [Prompt(points=[[225, 150]], candidates=True)], StageTimer(),
+                      formats=frozenset({"rle", "polygons"}))
+    predictor.set_image(upright_rgb(test_images / "chelsea.png"))
+    masks, scores, _ = predictor.predict(point_coords=np.asarray([[225.0, 150.0]]), point_labels=np.asarray([1]))
+    best = result.masks[0]
+    assert [c.mask_id for c in best.candidates][0] == best.mask_id and best.candidates[0].url == best.url
+    assert len({c.mask_id for c in best.candidates}) == 3
+    for candidate, index in zip(best.candidates, np.argsort(-scores, kind="stable")):
+        pixels = stored_mask(s3, candidate.url)
+        assert np.array_equal(pixels, masks[index] > 0) and candidate.score == pytest.approx(float(scores[index]), abs=1e-6)
+        details = candidate.details
+        rle = details["rle"]
+        assert np.array_equal(coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}) == 1, pixels)
+        assert np.array_equal(rasterise(details["polygons"], *pixels.shape), pixels)
+        rows, cols = np.nonzero(pixels)
+        assert details["bbox"] == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+        assert details["area"] == pixels.sum()
+    assert len(best.response_fields()["candidates"]) == 3
+
+
+def test_a_mask_id_of_another_image_or_caller_or_unknown_is_refused_before_any_work(s3, device, test_images):
+    from sam2_api.errors import InvalidField, MaskIdOfAnotherImage, UnknownMaskId
+
+    flow = pipeline(device)
+    cat, cup = (test_images / "chelsea.png").read_bytes(), (test_images / "coffee.png").read_bytes()
+    mask_id = flow.run(ImageRequest(upload=cat), [Prompt(points=[[225, 150]])], StageTimer(), tenant="a").masks[0].mask_id
+    again = [Prompt(points=[[225, 150], [300, 100]], previous_mask_id=mask_id)]
+    timer = StageTimer()
+    with pytest.raises(MaskIdOfAnotherImage, match="belongs to a mask of another image"):
+        flow.run(ImageRequest(upload=cup), again, timer, tenant="a")
+    assert "encoder" not in timer.seconds and "image_decode" not in timer.seconds  # the cup was never decoded
+    with pytest.raises(UnknownMaskId, match="is not known here"):
+        flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant="b")
+    with pytest.raises(UnknownMaskId):
+        flow.run(ImageRequest(upload=cat), [Prompt(points=[[1, 1]], previous_mask_id="m_" + "A" * 22)], StageTimer(),
+                 tenant="a")
+    with pytest.raises(InvalidField, match="not both"):
+        flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant="a", mask_files=[b"any"])
+    assert flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant="a").cached
+
+
+def test_a_mask_file_is_used_as_the_mask_input(s3, device, predictor, test_images):
+    from sam2_api.maskinput import logits, low_res_mask
+
+    flow = pipeline(device)
+    image = upright_rgb(test_images / "chelsea.png")
+    start = np.zeros(image.shape[:2], dtype=np.uint8)
+    start[60:240, 120:330] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(start).save(buffer, format="PNG")
+    prompt = Prompt(points=[[225, 150], [60, 40]], labels=[1, 0])
+    result = flow.run(ImageRequest(upload=(test_images / "chelsea.png").read_bytes()), [prompt], StageTimer(),
+                      mask_files=[buffer.getvalue()])
+    predictor.set_image(image)
+    mask_input = logits(low_res_mask(buffer.getvalue(), 10**8, 16384), 10.0)  # the engine's default amplitude
+    masks, scores, _ = predictor.predict(point_coords=np.asarray(prompt.points, dtype=np.float32),
+                                         point_labels=np.asarray([1, 0]), mask_input=mask_input[None],
+                                         multimask_output=False)
+    assert np.array_equal(stored_mask(s3, result.masks[0].url), masks[0] > 0)
+    without, _, _ = predictor.predict(point_coords=np.asarray(prompt.points, dtype=np.float32),
+                                      point_labels=np.asarray([1, 0]), multimask_output=False)
+    assert not np.array_equal(without[0] > 0, masks[0] > 0)  # the file made a difference
+
+
+def test_without_s3_formats_still_come_back(device, test_images, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    s3 = make_s3_client(REGION)
+    flow = Pipeline(Engine(device, EmbeddingCache(8, 2**30)), MaskStore(s3, None, region=REGION),
+                    ImageSources(s3, frozenset(), 10**7), max_image_pixels=50_000_000, max_image_side=16384)
+    result = flow.run(ImageRequest(upload=(test_images / "chelsea.png").read_bytes()), [Prompt(box=[20, 20, 300, 280])],
+                      StageTimer(), formats=frozenset({"rle"}))
+    mask = result.masks[0]
+    assert mask.url is None and mask.details["rle"]["size"] == [300, 451] and mask.mask_id.startswith("m_")

@@ -32,6 +32,12 @@ from sam2_api.prompts import MAX_POINTS, Prompt
         ({"box": [10, 30, 20, 20]}, "x2 > x1 and y2 > y1"),
         ({"box": [1, 2, 3]}, r"box"),
         ({"points": "here"}, r"points"),
+        ({"points": [[1, 2]], "previous_mask_id": "abc"},
+         r"`previous_mask_id` must be the `mask_id` of an earlier response, as it was returned"),
+        ({"points": [[1, 2]], "previous_mask_id": 12}, r"`previous_mask_id` must be the `mask_id`"),
+        ({"points": [[1, 2]], "candidates": "all"}, "`candidates` must be true or false"),
+        ({"points": [[1, 2]], "candidates": True, "multimask_output": False},
+         "`candidates` are SAM 2's three masks of multimask output"),
     ],
 )
 def test_malformed_prompts_say_what_is_wrong(fields, words):
@@ -81,3 +87,10 @@ def test_arrays_for_the_model():
     assert prompt.box_array().tolist() == [0, 0, 5, 6]
     assert Prompt.parse(points=[[1, 2]]).point_arrays()[1].tolist() == [1]
     assert Prompt.parse(box=[0, 0, 5, 6]).point_arrays() == (None, None)
+
+
+def test_candidates_turn_multimask_on_and_a_mask_id_passes_as_sent():
+    assert Prompt(points=[[1, 2], [3, 4]], candidates=True).wants_multimask
+    assert not Prompt(points=[[1, 2], [3, 4]]).wants_multimask
+    mask_id = "m_AbCdEfGhIjKlMnOpQrSt-_"
+    assert Prompt.parse(points=[[1, 2]], previous_mask_id=mask_id).previous_mask_id == mask_id

@@ -64,3 +64,80 @@ def test_device_packing_equals_pack_mask(segmenter):
         weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8)
         packed = (rows.view(height, -1, 8) * weights).sum(dim=2, dtype=torch.uint8)
         assert packed.numpy().tobytes() == pack_mask(mask.numpy())
+
+
+# A user's session: clicks added one by one, each sent with the previous answer's logits.
+SESSIONS = {
+    "astronaut.png": ([[200, 150], [260, 260], [100, 300]], [1, 1, 0]),
+    "coffee.png": ([[300, 200], [50, 50], [200, 150]], [1, 0, 1]),
+    "rocket.jpg": ([[320, 200], [330, 100], [100, 50]], [1, 1, 0]),
+}
+
+
+@pytest.fixture(scope="module")
+def predictor(sam2_model):
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    return SAM2ImagePredictor(sam2_model)
+
+
+@pytest.mark.parametrize("name", SESSIONS)
+def test_chained_clicks_equal_the_predictor_fed_its_previous_logits(segmenter, predictor, test_images, name):
+    """Click 1 as SAM 2 advises (three candidates, the best kept); each further click with all the
+    clicks so far and the previous answer's low-res logits as mask_input, as in Meta's notebook."""
+    image = upright_rgb(test_images / name)
+    points, labels = SESSIONS[name]
+    embedding = segmenter.encode(image)
+    predictor.set_image(image)
+    previous_ours = previous_theirs = None
+    for count in range(1, len(points) + 1):
+        prompt = Prompt(points=points[:count], labels=labels[:count])
+        masks, scores, logits = predictor.predict(
+            point_coords=np.asarray(points[:count], dtype=np.float32), point_labels=np.asarray(labels[:count]),
+            mask_input=None if previous_theirs is None else previous_theirs[None], multimask_output=count == 1,
+        )
+        best = int(np.argmax(scores))
+        mask = segmenter.decode_many(embedding, [prompt], [previous_ours])[0]
+        expected = masks[best] > 0
+        assert 0 < expected.sum() < expected.size, f"click {count}: a degenerate mask proves nothing"
+        assert np.array_equal(mask.pixels(), expected), f"click {count}"
+        assert mask.score == pytest.approx(float(scores[best]), abs=1e-6)
+        assert mask.logits.dtype == torch.float32 and torch.equal(mask.logits, torch.from_numpy(logits[best]))
+        if count > 1:  # the mask input changed the answer: the test would see it ignored
+            alone = segmenter.decode(embedding, prompt)
+            assert not np.array_equal(alone.pixels(), expected)
+        previous_ours, previous_theirs = mask.logits, logits[best]
+
+
+def test_candidates_are_the_predictors_three_masks_best_first(segmenter, predictor, test_images):
+    image = upright_rgb(test_images / "chelsea.png")
+    embedding = segmenter.encode(image)
+    predictor.set_image(image)
+    masks, scores, logits = predictor.predict(point_coords=np.asarray([[225.0, 150.0]]), point_labels=np.asarray([1]),
+                                              multimask_output=True)
+    best = segmenter.decode(embedding, Prompt(points=[[225, 150]], candidates=True))
+    got = [best, *best.others]
+    order = np.argsort(-scores, kind="stable")
+    assert len(got) == 3 and order[0] == np.argmax(scores)
+    for mask, index in zip(got, order):
+        assert np.array_equal(mask.pixels(), masks[index] > 0)
+        assert mask.score == pytest.approx(float(scores[index]), abs=1e-6)
+        assert torch.equal(mask.logits, torch.from_numpy(logits[index]))
+    assert len({m.bits for m in got}) == 3  # three different masks
+    assert segmenter.decode(embedding, Prompt(points=[[225, 150]])).others == ()
+
+
+def test_batched_prompts_with_mask_inputs_equal_each_alone(segmenter, test_images):
+    """/segment_objects decodes prompts of one shape together, mask inputs too."""
+    image = upright_rgb(test_images / "coffee.png")
+    embedding = segmenter.encode(image)
+    first = [segmenter.decode(embedding, Prompt(points=[point])) for point in ([300, 200], [100, 300])]
+    prompts = [Prompt(points=[[300, 200], [310, 150]]), Prompt(points=[[100, 300], [120, 320]]),
+               Prompt(points=[[500, 100], [520, 120]])]
+    inputs = [first[0].logits, first[1].logits, None]
+    together = segmenter.decode_many(embedding, prompts, inputs)
+    for prompt, mask_input, mask in zip(prompts, inputs, together):
+        alone = segmenter.decode_many(embedding, [prompt], [mask_input])[0]
+        assert alone.bits == mask.bits and alone.score == mask.score
+        # The batched matrix products round a few logits differently in their last bits.
+        assert torch.allclose(alone.logits, mask.logits, rtol=0, atol=1e-5)

@@ -1,8 +1,12 @@
 // Click-to-segment. The canvas holds the image at its own pixel size and CSS scales it to fit the
 // window, so points and boxes are kept in pixels of the upright image, the frame of POST /segment.
 // render() draws one scene ({image, mask, points, labels, box}) onto any 2D context: the page
-// draws the current prompt with it; other views (candidate thumbnails, chained clicks) can draw
-// scenes of their own.
+// draws the current prompt with it, and each candidate thumbnail its own.
+//
+// Clicks refine: each request sends every click so far and the `mask_id` of the mask shown, as
+// `previous_mask_id`, so that SAM 2 starts from that mask (a 404, when the server no longer holds
+// it, is answered by sending the clicks alone). Every answer is a step in `state.history`; undo
+// goes back one step, to the mask shown before, without asking the server again.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -19,8 +23,10 @@ const LOOK = {
 const state = {
   file: null, image: null,            // the chosen file, and its upright image (an ImageBitmap)
   points: [], labels: [], box: null,  // the prompt, in pixels of the upright image
-  result: null,                       // the latest answer of /segment: {mask_url, score, width, height}
+  result: null,                       // the mask shown: an answer of /segment ({mask_url, score, mask_id, polygons,
+                                      // ...}), or one of its candidates
   mask: null,                         // its mask: an <img>, white on black, the image's size
+  history: [],                        // per answered prompt: {points, labels, box, choices: [{result, mask}], chosen}
   sent: 0,                            // number of the latest request; answers to older ones are dropped
   down: null, drag: null,             // a mouse press in progress, and the box it drags
 };
@@ -60,13 +66,14 @@ function tint(shape, width, height, rgb, k) {
   };
 }
 
-const maskLayerCache = new WeakMap();
+const maskLayerCache = new WeakMap();  // mask -> Map(outline width -> layers): the page and the thumbnails
 
 // The mask as two layers to composite over the image: the fill, and over it an opaque outline
 // `outline` image pixels wide along the inside of the mask's edge.
 function maskLayers(mask, outline) {
+  if (!maskLayerCache.has(mask)) maskLayerCache.set(mask, new Map());
   const cached = maskLayerCache.get(mask);
-  if (cached?.outline === outline) return cached.layers;
+  if (cached.has(outline)) return cached.get(outline);
   const { naturalWidth: width, naturalHeight: height } = mask;
   const ring = paint(width, height, ["source-over", mask], ["difference", erode(mask, width, height, outline)]);
   const fill = tint(mask, width, height, LOOK.mask, LOOK.maskKeep), line = tint(ring, width, height, LOOK.mask, 0);
@@ -74,7 +81,7 @@ function maskLayers(mask, outline) {
     ["multiply", paint(width, height, ["source-over", fill.keep], ["multiply", line.keep])],
     ["lighter", paint(width, height, ["source-over", fill.add], ["multiply", line.keep], ["lighter", line.add])],
   ];
-  maskLayerCache.set(mask, { outline, layers });
+  cached.set(outline, layers);
   return layers;
 }
 
@@ -116,14 +123,49 @@ function draw() {
   if (!state.image) return;
   const { image, mask, points, labels } = state;
   render(ctx, { image, mask, points, labels, box: state.drag || state.box }, screenScale());
-  $("undo").disabled = points.length === 0;
+  $("undo").disabled = state.history.length === 0;
   $("clear").disabled = points.length === 0 && !state.box;
+}
+
+// SAM 2's candidates of the last step, as thumbnails; a click on one makes it the mask shown (and
+// the one the next click refines). The column keeps its room when empty, so the image never moves.
+function drawCandidates() {
+  const step = state.history[state.history.length - 1];
+  const strip = $("candidates");
+  strip.replaceChildren();
+  strip.classList.toggle("empty", !(step && step.choices.length > 1));
+  if (!step || step.choices.length < 2) return;
+  step.choices.forEach(({ result, mask }, index) => {
+    const button = document.createElement("button");
+    button.className = index === step.chosen ? "chosen" : "";
+    button.title = `candidate ${index + 1}: score ${result.score.toFixed(3)}`;
+    const thumb = document.createElement("canvas");
+    const scale = Math.min(THUMB_WIDTH / canvas.width, 1);
+    Object.assign(thumb, { width: Math.round(canvas.width * scale), height: Math.round(canvas.height * scale) });
+    const g = thumb.getContext("2d");
+    g.scale(scale, scale);
+    render(g, { image: state.image, mask, points: step.points, labels: step.labels, box: step.box }, scale);
+    const caption = document.createElement("span");
+    caption.textContent = result.score.toFixed(3);
+    button.append(thumb, caption);
+    button.addEventListener("click", () => choose(index));
+    strip.append(button);
+  });
+}
+
+const THUMB_WIDTH = 128;  // CSS pixels
+
+function choose(index) {
+  const step = state.history[state.history.length - 1];
+  step.chosen = index;
+  showResult(step.choices[index].result, step.choices[index].mask);
+  drawCandidates();
 }
 
 // The whole image in the room left below the controls, never enlarged.
 function fit() {
   if (!state.image) return;
-  const room = $("stage");
+  const room = $("view");
   const scale = Math.min(1, room.clientWidth / canvas.width, room.clientHeight / canvas.height);
   canvas.style.width = `${canvas.width * scale}px`;
   canvas.style.height = `${canvas.height * scale}px`;
@@ -135,6 +177,8 @@ function setStatus(text) { $("status").textContent = text; }
 
 function readyText() { return `${state.file.name}: ${canvas.width}×${canvas.height}. Click the object.`; }
 
+let polygonsURL = null;  // the Blob behind the "polygons JSON" link
+
 function showResult(result, mask) {
   Object.assign(state, { result, mask });
   $("result").hidden = !result;
@@ -142,11 +186,16 @@ function showResult(result, mask) {
     $("score").textContent = result.score.toFixed(3);
     $("mask-part").hidden = !result.mask_url;
     if (result.mask_url) $("mask-link").href = result.mask_url;
+    if (polygonsURL) URL.revokeObjectURL(polygonsURL);
+    polygonsURL = URL.createObjectURL(new Blob([JSON.stringify(result.polygons)], { type: "application/json" }));
+    $("polygons-link").href = polygonsURL;
   }
   draw();
 }
 
-function promptForm() {
+// The current prompt; `previousMaskId`: the mask it refines. A lone click also asks for SAM 2's
+// three candidates (it gets three masks anyway); every answer brings its polygons, for download.
+function promptForm(previousMaskId) {
   const form = new FormData();
   form.append("image", state.file);
   if (state.points.length) {
@@ -154,7 +203,20 @@ function promptForm() {
     form.append("labels", JSON.stringify(state.labels));
   }
   if (state.box) form.append("box", JSON.stringify(state.box));
+  if (previousMaskId) form.append("previous_mask_id", previousMaskId);
+  if (state.points.length === 1 && !state.box) form.append("candidates", "true");
+  form.append("formats", JSON.stringify(["polygons"]));
   return form;
+}
+
+// Back to the prompt and the mask of the last step (none: an empty prompt, no mask).
+function showLastStep() {
+  const step = state.history[state.history.length - 1];
+  Object.assign(state, step ? { points: [...step.points], labels: [...step.labels], box: step.box }
+                            : { points: [], labels: [], box: null });
+  if (step) showResult(step.choices[step.chosen].result, step.choices[step.chosen].mask);
+  else showResult(null, null);
+  drawCandidates();
 }
 
 function loadImage(url) {
@@ -166,42 +228,57 @@ function loadImage(url) {
   });
 }
 
+async function loadMask(url) {
+  if (!url) return null;
+  const mask = await loadImage(url);
+  if (mask.naturalWidth !== canvas.width || mask.naturalHeight !== canvas.height) {
+    const sizes = `${mask.naturalWidth}×${mask.naturalHeight}, the image ${canvas.width}×${canvas.height}`;
+    throw new Error(`the mask is ${sizes}`);
+  }
+  return mask;
+}
+
+// Sends the prompt shown, refining the mask shown; the answer becomes a new step. On an error the
+// prompt goes back to the last step's, so that what is drawn is always what the server answered.
 async function segment() {
   const sent = ++state.sent;
   if (!state.points.length && !state.box) { showResult(null, null); setStatus(readyText()); return; }
   const headers = {};
   const key = sessionStorage.getItem("sam2-api-key");
   if (key) headers.Authorization = `Bearer ${key}`;
+  const previous = state.result?.mask_id;
+  const post = (previousMaskId) => fetch("../segment", { method: "POST", body: promptForm(previousMaskId), headers });
   setStatus("Segmenting…");
   try {
-    const response = await fetch("../segment", { method: "POST", body: promptForm(), headers });
+    let response = await post(previous);
+    if (response.status === 404 && previous) response = await post(null);  // that mask is gone: the clicks alone
     const body = await response.json().catch(() => ({ error: response.statusText }));
     if (sent !== state.sent) return;
-    if (response.status === 401) {
-      showResult(null, null);
-      $("key-label").hidden = false;
-      $("api-key").focus();
-      setStatus("This server needs an API key: enter it above, then click again.");
-      return;
-    }
     if (!response.ok) {
-      showResult(null, null);
-      setStatus(`Error ${response.status}: ${body.error || JSON.stringify(body)}`);
+      showLastStep();
+      if (response.status === 401) {
+        $("key-label").hidden = false;
+        $("api-key").focus();
+        setStatus("This server needs an API key: enter it above, then click again.");
+      } else {
+        setStatus(`Error ${response.status}: ${body.error || JSON.stringify(body)}`);
+      }
       return;
     }
-    const mask = body.mask_url ? await loadImage(body.mask_url) : null;
+    const answers = body.candidates || [body];
+    const masks = await Promise.all(answers.map((answer) => loadMask(answer.mask_url)));
     if (sent !== state.sent) return;
-    if (mask && (mask.naturalWidth !== canvas.width || mask.naturalHeight !== canvas.height)) {
-      const sizes = `${mask.naturalWidth}×${mask.naturalHeight}, the image ${canvas.width}×${canvas.height}`;
-      throw new Error(`the mask is ${sizes}`);
-    }
-    showResult(body, mask);
+    const { points, labels, box } = state;
+    state.history.push({ points: [...points], labels: [...labels], box,
+                         choices: answers.map((result, i) => ({ result, mask: masks[i] })), chosen: 0 });
+    showResult(body, masks[0]);
+    drawCandidates();
     const encoder = response.headers.get("X-Embedding-Cache") === "hit" ? "cached" : "encoded";
-    setStatus(mask ? `${body.width}×${body.height}, image ${encoder}.`
-                   : "No mask_url: S3 is not configured on the server.");
+    setStatus(masks[0] ? `${body.width}×${body.height}, image ${encoder}.`
+                       : "No mask_url: S3 is not configured on the server.");
   } catch (error) {
     if (sent !== state.sent) return;
-    showResult(null, null);
+    showLastStep();
     setStatus(`Request failed: ${error.message}`);
   }
 }
@@ -226,12 +303,13 @@ $("file").addEventListener("change", async () => {
     setStatus(`${file.name}: this browser cannot show it as an image.`);
     return;
   }
-  Object.assign(state, { file, image, points: [], labels: [], box: null, drag: null, down: null });
+  Object.assign(state, { file, image, points: [], labels: [], box: null, drag: null, down: null, history: [] });
   canvas.width = image.width;
   canvas.height = image.height;
   $("stage").hidden = false;
   fit();
   showResult(null, null);
+  drawCandidates();
   setStatus(readyText());
 });
 
@@ -267,17 +345,19 @@ canvas.addEventListener("mouseup", () => {
   segment();
 });
 
+// One step back: the prompt and the mask shown before the last answer (no request).
 function undo() {
-  if (!state.points.length) return;
-  state.points.pop();
-  state.labels.pop();
-  draw();
-  segment();
+  if (!state.history.length) return;
+  state.sent++;  // an answer on its way belongs to the step undone
+  state.history.pop();
+  showLastStep();
+  setStatus(state.history.length ? "Back to the previous mask." : readyText());
 }
 
 $("undo").addEventListener("click", undo);
 $("clear").addEventListener("click", () => {
-  Object.assign(state, { points: [], labels: [], box: null });
+  Object.assign(state, { points: [], labels: [], box: null, history: [] });
+  drawCandidates();
   segment();  // no prompt: drops any answer on its way, removes the mask, resets the status line
 });
 document.addEventListener("keydown", (event) => {
