@@ -186,6 +186,12 @@ def test_s3_outage_gives_null_url_within_the_bound_then_recovers(server, s3, s3_
         prepare_bucket(s3)  # moto keeps buckets in memory only
     response = post(server, image, box=[100, 50, 300, 250])
     assert response.json()["mask_url"] is not None  # no restart needed
+    # The API process that saw the failure says so when its uploads work again; with several API
+    # processes the next requests may land on another one first.
+    for _ in range(30):
+        if "mask uploads work again after 1 failed" in server.log():
+            break
+        assert post(server, image, box=[100, 50, 300, 250]).json()["mask_url"] is not None
     assert "mask uploads work again after 1 failed" in server.log()
 
 
