@@ -20,6 +20,7 @@ from pycocotools import mask as coco_mask
 
 from sam2_api import video
 from tests.clips import encode, moving_shapes
+from tests.conftest import REPO
 from tests.integration.conftest import BUCKET, PHOTOS, PREFIX, SECRETS
 from tests.integration.test_segment_api import fetch_mask
 
@@ -205,3 +206,24 @@ def test_two_tasks_at_once_queue_and_both_finish(server, s3):
     for task_id, frames in ((first, [0, 1, 2]), (second, [1])):
         manifest = httpx.get(result(server, task_id).json()["manifest_url"], timeout=10).json()
         assert [frame["frame_index"] for frame in manifest["frames"]] == frames
+
+
+def test_the_command_line_tracks_shows_progress_and_downloads_the_results(server, s3, tmp_path):
+    import subprocess
+
+    from tests.integration.test_cli import SAM2_API
+    from sam2_api.localdev import clean_env
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(encode(moving_shapes(3)))
+    done = subprocess.run([*SAM2_API, "track", str(clip), "--object", "0:20,32", "--object",
+                           "0:box=76,16,104,44", "--max-frames", "2", "--rle", "--output-dir", str(tmp_path / "out"),
+                           "--url", server.url], cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert (body["frames"], body["objects"], body["first_frame"], body["last_frame"]) == (2, 2, 0, 1)
+    assert re.search(r"2/2 \[", done.stderr) and "task " in done.stderr  # the progress bar, the task id
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [f["frame_index"] for f in manifest["frames"]] == [0, 1] and "rle" in manifest["frames"][0]["objects"][0]
+    with av.open(str(tmp_path / "out" / "preview.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 2
