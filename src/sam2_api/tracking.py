@@ -67,6 +67,7 @@ STALL_S = 120.0  # a job whose stream nobody has read for this long is abandoned
 QUEUE_HEARTBEAT_S = 1.0
 DECODE_REPORT_EVERY = 30  # frames between TrackDecoding records
 REAPER_INTERVAL_S = 5.0
+MAX_WAITING_JOBS = 8  # beyond the one tracking: a waiting job's stream holds a model-service thread
 
 
 class _Closed(Exception):
@@ -305,6 +306,7 @@ class _Job:
         self.closed: str | None = None  # why: "canceled", "abandoned", "finished"
         self.busy = False
         self.last_read = time.monotonic()
+        self.counted: str | None = None  # its state in the sam2_video_jobs gauge
 
     def close(self, reason: str) -> None:
         if self.closed is None:
@@ -374,7 +376,7 @@ class Tracker:
         self._model_lock = threading.Lock()
         self._turns = _Turns()
         self._jobs: dict[str, _Job] = {}
-        self._jobs_lock = threading.Lock()
+        self._jobs_lock = threading.Lock()  # also guards the jobs' gauge states
         threading.Thread(target=self._reap, name="sam2-track-reaper", daemon=True).start()
 
     @property
@@ -402,20 +404,21 @@ class Tracker:
         with self._jobs_lock:
             if spec.job_id in self._jobs:
                 raise ValueError(f"job {spec.job_id} is already running")
+            waiting = len(self._jobs)
             self._jobs[spec.job_id] = job
+            self._count(job, "queued")
         self._turns.join(job)
-        metrics.VIDEO_JOBS.labels(state="queued").inc()
         timer = StageTimer()
-        running = False
         try:
+            if waiting > MAX_WAITING_JOBS:  # each holds one of the service's threads while it waits
+                raise errors.ModelUnavailable(f"{waiting} clips are already being tracked or waiting here; retry later")
             with timer.stage("track_queue"):
                 while position := self._turns.wait(job, QUEUE_HEARTBEAT_S):
                     with job.step():
                         pass
                     yield write_record(TrackQueued(position=position))
-            metrics.VIDEO_JOBS.labels(state="queued").dec()
-            metrics.VIDEO_JOBS.labels(state="running").inc()
-            running = True
+            with self._jobs_lock:
+                self._count(job, "running")
             with job.step():
                 pass
             yield from self._run(job, data, spec, timer)
@@ -425,10 +428,7 @@ class Tracker:
         except _Closed as closed:
             log.info("tracking job %s ended: %s", job.id, closed)
         finally:
-            metrics.VIDEO_JOBS.labels(state="running" if running else "queued").dec()
             self._end(job, "finished")
-            with self._jobs_lock:
-                self._jobs.pop(job.id, None)
 
     def _run(self, job: _Job, data: bytes, spec: TrackSpec, timer: StageTimer) -> Iterator[bytes]:
         model = self.model
@@ -489,10 +489,27 @@ class Tracker:
             return work(session)
 
     def _end(self, job: _Job, reason: str) -> None:
+        """Close ``job`` and forget it (from any thread; again is harmless): its memory is freed
+        now, its stream ends at its next record, the next job in line starts."""
         job.close(reason)
+        with self._jobs_lock:
+            if self._jobs.get(job.id) is job:
+                del self._jobs[job.id]
+            self._count(job, None)
         self._turns.leave(job)
         if self.device.segmenter.device.type == "cuda":
             torch.cuda.empty_cache()  # the job's frames and state go back to the device, not to our cache
+
+    @staticmethod
+    def _count(job: _Job, state: str | None) -> None:
+        """Move ``job`` to ``state`` in the sam2_video_jobs gauge (None: out of it); under the jobs' lock."""
+        if state is not None and job.closed is not None:
+            return  # ended meanwhile: it stays out
+        if job.counted is not None:
+            metrics.VIDEO_JOBS.labels(state=job.counted).dec()
+        if state is not None:
+            metrics.VIDEO_JOBS.labels(state=state).inc()
+        job.counted = state
 
     def _reap(self) -> None:
         """End jobs whose stream nobody reads any more, or that outlived their deadline."""

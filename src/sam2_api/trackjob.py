@@ -205,6 +205,16 @@ class TrackJobs:
         return tracked
 
     def _preview(self, task_id: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str | None:
+        """The preview's URL; None when it could not be made or stored (the masks are what counts)."""
+        try:
+            return self._make_preview(task_id, data, tracked, path, watch)
+        except errors.TrackingCanceled:
+            raise
+        except Exception:
+            log.exception("task %s: the preview could not be made", task_id)
+            return None
+
+    def _make_preview(self, task_id: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str:
         started = tracked.started
         low, high = sorted((started.first_frame, started.last_frame))
         writer = video.PreviewWriter(path, started.width, started.height, started.fps)
