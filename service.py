@@ -83,12 +83,12 @@ class SAM2Model:
         from sam2_api.engine import build_engine
         from sam2_api.model import packaged_weights
 
-        self.engine = build_engine(SETTINGS, packaged_weights(self.weights) if self.weights is not None else None)
-        # --- video: SAM 2's video predictor, built on first use, on the engine's weights and device thread
+        packaged = packaged_weights(self.weights) if self.weights is not None else None
+        self.engine = build_engine(SETTINGS, packaged)
+        # Video: SAM 2's video predictor, built on first use, on the engine's weights and device thread.
         from sam2_api.model import resolve_weights
         from sam2_api.tracking import build_tracker
 
-        packaged = packaged_weights(self.weights) if self.weights is not None else None
         self.tracker = build_tracker(SETTINGS, self.engine.device, resolve_weights(SETTINGS, packaged, download=False).config)
 
     @bentoml.api
@@ -211,7 +211,6 @@ class SAM2API:
             return error_response(ctx, exc)
         return ObjectsResponse(objects=[ObjectMask(mask_url=m.url, score=m.score) for m in result.masks],
                                width=result.width, height=result.height)
-
 
     @bentoml.task
     def track(

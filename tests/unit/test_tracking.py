@@ -260,9 +260,33 @@ def test_prompts_outside_the_clip_or_the_range_fail(tracker, clip, prompts, fiel
     (b"not a video at all", errors.UnsupportedVideo),
     (b"", errors.InvalidVideo),
 ])
-def test_bad_clips_fail_with_their_status(tracker, data, kind):
+def test_bad_clips_fail_with_their_status_and_leave_nothing_behind(tracker, data, kind):
     found = records(tracker.stream(data, spec([on(0, 0, points=[[1, 1]])])))
     assert isinstance(found[-1], Failure) and found[-1].kind == kind.__name__
+    assert tracker._jobs == {} and running_jobs() == 0
+
+
+def test_a_rotated_clip_is_tracked_upright(tracker):
+    clip = encode(moving_shapes(2), rotation=90)  # shown as 96 wide, 128 high
+    found = records(tracker.stream(clip, spec([on(0, 0, points=[[32, 100]])], max_frames=1)))
+    started = next(r for r in found if isinstance(r, TrackStarted))
+    assert (started.width, started.height) == (96, 128)
+    assert tracked(found)[0][0].shape == (128, 96)
+    found = records(tracker.stream(clip, spec([on(0, 0, points=[[100, 32]])], max_frames=1)))
+    assert isinstance(found[-1], Failure) and "outside the 96x128 image" in found[-1].message
+
+
+def test_beyond_the_waiting_room_a_clip_is_turned_away(tracker, clip):
+    from sam2_api.tracking import MAX_WAITING_JOBS
+
+    streams = [tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id=f"w{i}"))
+               for i in range(MAX_WAITING_JOBS + 2)]
+    firsts = [RecordReader().feed(next(stream)) for stream in streams]  # the first holds the tracker
+    assert all(isinstance(found[0], TrackQueued) for found in firsts[1:-1])
+    assert isinstance(firsts[-1][0], Failure) and firsts[-1][0].kind == "ModelUnavailable"
+    for stream in streams:
+        stream.close()
+    assert tracker._jobs == {} and running_jobs() == 0
 
 
 def running_jobs() -> float:
