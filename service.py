@@ -10,6 +10,7 @@ Locally ``bentoml serve`` runs both; BentoCloud and Kubernetes scale them separa
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Generator
@@ -138,27 +139,30 @@ class SAM2API:
     model = bentoml.depends(SAM2Model)
 
     @bentoml.on_deployment
-    def say_where_to_go() -> None:
-        logging.getLogger("sam2_api").info(
-            "people: open /ui (click to segment); programs: POST /segment, documented at / (OpenAPI: /docs.json)"
-        )
-        TaskBoard.reset(TASK_BOARD)  # a fresh board, as BentoML starts a fresh task store
+    def reset_task_board() -> None:
+        TaskBoard.reset(TASK_BOARD)  # once, before any worker: a fresh board, as BentoML starts a fresh task store
 
     def __init__(self) -> None:
         self.pipeline = build_pipeline(SETTINGS, self.model)
-        if self.pipeline.store.disabled_reason and bentoml.server_context.worker_index in (None, 1):
-            logging.getLogger("sam2_api").warning(self.pipeline.store.disabled_reason)  # once, not per worker
+        if bentoml.server_context.worker_index in (None, 1):  # once, not per worker
+            log = logging.getLogger("sam2_api")
+            log.info("people: open /ui (click to segment); programs: POST /segment, documented at / "
+                     "(OpenAPI: /docs.json)")
+            if self.pipeline.store.disabled_reason:
+                log.warning(self.pipeline.store.disabled_reason)
         self.tracks = build_track_jobs(SETTINGS, self.model, self.pipeline.store, TASK_BOARD)
 
     def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, prompts: list[Prompt]) -> Result:
         timer = StageTimer()
-        with timer.stage("read"):
-            upload = image.read_bytes() if image else None
-        request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
-        tenant = getattr(ctx.request.state, "tenant", None)  # set by RequestGuard when API keys are on
+        started = time.perf_counter()
         try:
+            with timer.stage("read"):
+                upload = image.read_bytes() if image else None
+            request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
+            tenant = getattr(ctx.request.state, "tenant", None)  # set by RequestGuard when API keys are on
             result = self.pipeline.run(request, prompts, timer, tenant)
         finally:
+            timer.add("total", time.perf_counter() - started)  # the whole handler: the server's time
             ctx.response.headers["Server-Timing"] = timer.server_timing()
         ctx.response.headers[CACHE_HEADER] = "hit" if result.cached else "miss"
         return result

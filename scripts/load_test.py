@@ -1,8 +1,12 @@
 """Load test on loopback: N requests at concurrency C over the test images, against a real server
 and a local S3 server. Checks zero 5xx, every mask stored and byte-identical to the same request
 sent alone, no key reused, and the server's memory. Bounded: it stops after N requests.
+With --hostile, the same load runs a second time beside hostile traffic (bodies trickled at
+50 bytes/s, 1x200000 images, Content-Length with chunked, random paths), and the normal requests'
+p95 is compared with the first run's.
 
     .venv/bin/python scripts/load_test.py --requests 500 --concurrency 8
+    .venv/bin/python scripts/load_test.py --requests 200 --concurrency 8 --hostile
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import boto3
 import psutil
 
-from sam2_api.loadcheck import load_cases, run_load, solo_masks
+from sam2_api.loadcheck import HostileReport, load_cases, run_hostile, run_load, solo_masks
 from sam2_api.localdev import bento_server, moto_server, prepare_mask_bucket
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +38,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path,
                         default=REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt")
     parser.add_argument("--images", type=Path, default=REPO / "tests" / "data")
+    parser.add_argument("--hostile", action="store_true", help="run the load again beside hostile traffic")
     args = parser.parse_args()
+    hostile = HostileReport()
 
     with tempfile.TemporaryDirectory() as logs:
         s3_server = moto_server(Path(logs))
@@ -53,6 +60,13 @@ def main() -> None:
             rss_before = tree_rss(server.proc.pid)
             report = run_load(server.url, cases, expected, args.requests, args.concurrency, seed=1)
             rss_after = tree_rss(server.proc.pid)
+            if args.hostile:
+                stop = threading.Event()
+                threads = run_hostile(server.url, stop, hostile)
+                under_attack = run_load(server.url, cases, expected, args.requests, args.concurrency, seed=2)
+                stop.set()
+                for thread in threads:
+                    thread.join(timeout=90)
         finally:
             server.stop()
             s3_server.stop()
@@ -67,6 +81,15 @@ def main() -> None:
     print(f"server RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB ({growth * 100:+.1f} %)")
     ok = (report.server_errors == 0 and report.stored == report.requests and not report.missing
           and not report.mismatched and report.duplicate_keys == 0 and growth < 0.05)
+    if args.hostile:
+        ratio = under_attack.percentile(95) / report.percentile(95)
+        print(f"beside hostile traffic: statuses {dict(under_attack.statuses)}; p50 "
+              f"{under_attack.percentile(50):.3f} s, p95 {under_attack.percentile(95):.3f} s = {ratio:.2f}x the p95 "
+              f"without it; masks differing: {len(under_attack.mismatched)}, missing: {len(under_attack.missing)}")
+        print("hostile requests: " + ", ".join(f"{kind} -> {status}: {count}"
+                                               for (kind, status), count in sorted(hostile.statuses.items())))
+        ok = (ok and under_attack.server_errors == 0 and hostile.server_errors == 0 and ratio <= 2
+              and under_attack.stored == under_attack.requests and not under_attack.mismatched)
     print("PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 

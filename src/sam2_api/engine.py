@@ -50,7 +50,7 @@ class Engine:
         if image is None:
             return self.cache.get(key), True
         _check_fits(prompts, image.width, image.height)  # before the encoder, not after
-        return self.cache.get_or_compute(key, lambda: self.device.encode(image.array(), timer))
+        return self.cache.get_or_compute(key, lambda: self.device.encode(image.pixels, timer))
 
 
 def _check_fits(prompts: list[Prompt], width: int, height: int) -> None:

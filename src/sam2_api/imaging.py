@@ -95,7 +95,8 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.array(image, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+    # Pillow's own bytes, not a second copy: the array is read-only, and nothing writes to it.
+    return np.asarray(image, dtype=np.uint8)
 
 
 def pack_mask(mask: np.ndarray) -> bytes:

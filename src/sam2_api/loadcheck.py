@@ -10,6 +10,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -108,3 +109,75 @@ def run_load(url: str, cases: list[Case], expected: dict[str, bytes], total: int
     report.wall_seconds = time.perf_counter() - started
     report.duplicate_keys = len(urls) - len(set(urls))
     return report
+
+
+# --- hostile traffic beside the normal load --------------------------------------------------
+
+@dataclass
+class HostileReport:
+    statuses: Counter = field(default_factory=Counter)  # by kind and status: ("slow body", 408)
+
+    @property
+    def server_errors(self) -> int:
+        return sum(count for (_, status), count in self.statuses.items() if status >= 500)
+
+
+def run_hostile(url: str, stop: threading.Event, report: HostileReport, clients: int = 2) -> list[threading.Thread]:
+    """Start ``clients`` threads of each hostile kind against ``url`` until ``stop`` is set: bodies
+    trickled at 50 bytes/s, 1x200000 images, ambiguous framing (Content-Length with chunked), and
+    random paths nobody serves. Each records the status it got."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from .rawhttp import RawRequest
+
+    thin = BytesIO()
+    Image.new("L", (1, 200_000)).save(thin, format="PNG")
+    thin_image = thin.getvalue()
+    boundary = "hostile"
+    form_head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+    def record(kind: str, status: int) -> None:
+        report.statuses[(kind, status)] += 1
+
+    def slow_body() -> None:
+        request = RawRequest(url, "/segment", {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                               "Content-Length": str(10**6)})
+        request.send(form_head)
+        while not stop.is_set() and not request.answered():
+            try:
+                request.send(b"x" * 50)
+            except OSError:
+                break
+            time.sleep(1)
+        record("slow body", request.response().status)
+
+    def thin_images(http: httpx.Client) -> None:
+        response = http.post(f"{url}/segment", files={"image": ("thin.png", thin_image)}, data={"points": "[[0, 0]]"})
+        record("1x200000 image", response.status_code)
+
+    def ambiguous_framing() -> None:
+        request = RawRequest(url, "/segment", {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                               "Content-Length": "100", "Transfer-Encoding": "chunked"})
+        request.send_chunk(form_head)
+        record("Content-Length + chunked", request.response().status)
+
+    def random_paths(http: httpx.Client) -> None:
+        record("random path", http.get(f"{url}/{uuid.uuid4().hex}/{uuid.uuid4().hex}.php").status_code)
+
+    def loop(kind) -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    kind(http) if kind in (thin_images, random_paths) else kind()
+                except (OSError, httpx.HTTPError):
+                    record(kind.__name__, 0)  # a connection the server closed: no status
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=loop, args=(kind,), daemon=True)
+               for kind in (slow_body, thin_images, ambiguous_framing, random_paths) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    return threads

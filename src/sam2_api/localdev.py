@@ -77,7 +77,8 @@ def moto_server(log_dir: Path, name: str = "moto", **env: str) -> Process:
     """moto's S3 server on a free loopback port (``env``: e.g. INITIAL_NO_AUTH_ACTION_COUNT,
     after which moto checks credentials as AWS does)."""
     port = free_port()
-    return Process(name, [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+    # `python -m`, not the console scripts: they need not be on PATH (a --target install has none)
+    return Process(name, [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                    clean_env(**env), log_dir, f"http://127.0.0.1:{port}")
 
 
@@ -86,7 +87,7 @@ def bento_server(name: str, log_dir: Path, env: dict[str, str], project: Path, t
     ``env`` names one: servers sharing one also share (and wipe) BentoML's Prometheus files."""
     port = free_port()
     home = log_dir / f"{name}-bentoml-home"
-    argv = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     return Process(name, argv, clean_env(**{"BENTOML_HOME": str(home), **env}), log_dir, f"http://127.0.0.1:{port}",
                    cwd=project)
 

@@ -11,7 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 STAGE_SECONDS = Histogram(
     "sam2_stage_seconds",
     "Time per request stage: body, fetch, image_decode, model_call (each call to the model service, "
-    "from the API side), queue (waiting for the device), encoder, decoder, png, upload",
+    "from the API side), queue (waiting for the device), encoder, decoder, png, store, total",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
 )

@@ -88,7 +88,7 @@ class Pipeline:
             data = located.load()
             with timer.stage("image_decode"):
                 pixels = imaging.load_upright_rgb(data, self.max_image_pixels, self.max_image_side)
-            reply = self._call(key, prompts, RawImage.of(pixels), timer)
+            reply = self._call(key, prompts, RawImage(pixels=pixels), timer)
         if reply.failure is not None:
             raise reply.failure.error()
         height, width = reply.height, reply.width

@@ -11,30 +11,38 @@ from __future__ import annotations
 
 import pickle
 import struct
+from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from . import errors
 from .prompts import Prompt
 
 
 class RawImage(BaseModel):
-    """An upright ``height × width`` RGB image: ``pixels`` holds its uint8 values, row-major,
-    3 bytes a pixel (the decoded upload, EXIF orientation applied)."""
+    """An upright ``H × W`` RGB image as ``(H, W, 3)`` uint8 pixels (the decoded upload, EXIF
+    orientation applied). Pickle protocol 5 carries an array's memory out of band: no copy is made
+    to send it, and the receiving side reads it where the request body landed (read-only)."""
 
-    pixels: bytes
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
+    pixels: Annotated[np.ndarray, WithJsonSchema({"type": "string", "format": "binary"})]
+
+    @field_validator("pixels")
     @classmethod
-    def of(cls, image: np.ndarray) -> "RawImage":
-        height, width = image.shape[:2]
-        return cls(pixels=image.tobytes(), height=height, width=width)
+    def _rgb(cls, pixels: np.ndarray) -> np.ndarray:
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
+            raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}")
+        return pixels
 
-    def array(self) -> np.ndarray:
-        """The ``(H, W, 3)`` uint8 array; writable (torch refuses to share read-only memory)."""
-        return np.frombuffer(bytearray(self.pixels), dtype=np.uint8).reshape(self.height, self.width, 3)
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
 
 
 class MaskBits(BaseModel):

@@ -28,6 +28,11 @@ from .imaging import pack_mask, unpack_mask
 from .prompts import Prompt
 
 MASK_THRESHOLD = 0.0  # logits above this are object, as in SAM2ImagePredictor
+
+# Images arrive as read-only arrays (they sit where the request landed) and are only ever read;
+# torch warns about read-only memory on every from_numpy.
+warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+DECODER_BATCH = 8  # prompts per decoder call; bounds its memory for requests with many objects
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # pack_mask's order: the first pixel is the high bit
 
 
@@ -88,11 +93,14 @@ class Segmenter:
 
     def model_input(self, image: np.ndarray) -> torch.Tensor:
         """``(H, W, 3)`` uint8 RGB → ``3×S×S`` normalised float on the device: ``SAM2Transforms``'
-        ToTensor, Resize and Normalize, applied after the uint8 pixels (not a float copy) crossed."""
-        pixels = torch.from_numpy(image).to(self.device, non_blocking=True)
-        # contiguous before the float conversion, as ToTensor does: the resize's result depends on
-        # the memory layout of its input.
-        return self._transforms.transforms(pixels.permute(2, 0, 1).contiguous().float().div(255))
+        ToTensor, Resize and Normalize, applied after the uint8 pixels (not a float copy) crossed.
+        One full-size float copy (12 bytes a pixel), converted and divided in place."""
+        pixels = torch.from_numpy(image).to(self.device, non_blocking=True)  # read-only: only read
+        height, width = image.shape[:2]
+        # A contiguous CHW float, as ToTensor makes: the resize's result depends on the memory
+        # layout of its input. copy_ converts while it transposes, with no uint8 CHW copy between.
+        chw = torch.empty((3, height, width), dtype=torch.float32, device=self.device)
+        return self._transforms.transforms(chw.copy_(pixels.permute(2, 0, 1)).div_(255))
 
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> Embedding:
@@ -130,21 +138,26 @@ class Segmenter:
     def decode_many(self, embedding: Embedding, prompts: list[Prompt]) -> list[Mask]:
         """One mask per prompt (one object each), in order, from as few decoder calls as possible.
 
-        Prompts of the same shape (point count, box or not, multimask or not) share one batched
-        decoder call, as ``SAM2ImagePredictor.predict`` does with batched prompts; its masks are
-        identical to those. A batch of one is exactly the single-prompt computation.
+        Prompts of the same shape (point count, box or not, multimask or not) share batched decoder
+        calls of up to ``DECODER_BATCH``, as ``SAM2ImagePredictor.predict`` does with batched
+        prompts; the masks are identical to the predictor's for the same batches. A batch of one is
+        exactly the single-prompt computation.
         """
         groups: dict[tuple[int, bool, bool], list[int]] = {}
         for index, prompt in enumerate(prompts):
             shape = (len(prompt.points or ()), prompt.box is not None, prompt.wants_multimask)
             groups.setdefault(shape, []).append(index)
         masks: list[Mask | None] = [None] * len(prompts)
-        for (_, _, multimask), indices in groups.items():
-            tensors = [self._prompt_tensors(embedding, prompts[i]) for i in indices]
-            coords = torch.cat([c for c, _ in tensors])
-            labels = torch.cat([l for _, l in tensors])
-            for index, mask in zip(indices, self._decode_batch(embedding, coords, labels, multimask)):
-                masks[index] = mask
+        for (_, _, multimask), same_shape in groups.items():
+            # At most DECODER_BATCH at a time: the decoder's activations grow with the batch
+            # (about 22 MB a prompt), not with the image.
+            for start in range(0, len(same_shape), DECODER_BATCH):
+                indices = same_shape[start : start + DECODER_BATCH]
+                tensors = [self._prompt_tensors(embedding, prompts[i]) for i in indices]
+                coords = torch.cat([c for c, _ in tensors])
+                labels = torch.cat([l for _, l in tensors])
+                for index, mask in zip(indices, self._decode_batch(embedding, coords, labels, multimask)):
+                    masks[index] = mask
         return masks
 
     def _decode_batch(

@@ -79,7 +79,7 @@ class MaskStore:
 
     def __init__(self, client, bucket: str | None, *, region: str, endpoint_url: str | None = None,
                  prefix: str = "sam2-api-masks/", acl: str | None = None, presign_expires: int | None = None,
-                 deadline: float = 10.0, parallel: int = 8) -> None:
+                 deadline: float = 10.0, parallel: int = 4) -> None:
         """``client``: a boto3 S3 client (:func:`make_s3_client`) or None when there are no
         credentials; ``presign_expires``: seconds, for presigned URLs instead of plain ones;
         ``deadline``: seconds that :meth:`put_many` waits for one request's uploads, all together."""
@@ -99,7 +99,8 @@ class MaskStore:
         elif client is None:
             self.disabled_reason = "no AWS credentials found: masks will not be stored (mask_url: null)"
         else:
-            # Uploads wait on the network; bounded, so that a hanging S3 holds threads, not memory.
+            # Uploads wait on the network; bounded, so that a hanging S3 holds threads, not memory,
+            # and so that at most `parallel` full-size 8-bit masks are being encoded at a time.
             self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="s3-upload")
         self.enabled = self.disabled_reason is None
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import re
+import threading
 import time
 import uuid
 
 import boto3
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO
 from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, SECRET_KEY, prepare_bucket
 from tests.integration.fault_proxy import FaultProxy
-from tests.integration.raw_http import RawRequest
-from sam2_api.loadcheck import load_cases, run_load, solo_masks
+from sam2_api.rawhttp import RawRequest
+from sam2_api.loadcheck import HostileReport, load_cases, run_hostile, run_load, solo_masks
 from sam2_api.localdev import bento_server, moto_server
 from tests.integration.test_segment_api import post
 
@@ -241,3 +245,69 @@ def test_metrics_do_not_grow_with_paths_that_nobody_serves(server):
                          # the track task's routes on SAM2API, and SAM2Model's two tracking calls
                          "/track", "/track/submit", "/track/status", "/track/get", "/track/cancel", "/track/retry",
                          "/cancel_track"}, endpoints
+
+
+def test_api_keys_scope_the_embedding_cache(guarded_server, test_images):
+    """Two keys, one id, the same bytes: neither key sees, or learns about, the other's images."""
+    first, second = API_KEYS
+    pixels = np.array(Image.open(test_images / "chelsea.png").convert("RGB"))
+    pixels[0, 0, 0] ^= 1 + uuid.uuid4().int % 254  # bytes no other test sent
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    cat, cup = buffer.getvalue(), (test_images / "coffee.png").read_bytes()
+
+    image_id = f"everyone-calls-it-this-{uuid.uuid4().hex[:8]}"
+    mine = authorized(guarded_server, first, cat, image_id=image_id, points=[[225, 150]])
+    assert mine.status_code == 200 and mine.headers["x-embedding-cache"] == "miss"
+    theirs = authorized(guarded_server, second, None, image_id=image_id, points=[[225, 150]])
+    assert theirs.status_code == 404  # the second key cannot use the first key's image_id
+    own = authorized(guarded_server, second, cup, image_id=image_id, points=[[225, 150]])
+    assert (own.status_code, own.json()["width"]) == (200, 600)  # its own image under that id, not the cat
+
+    assert authorized(guarded_server, first, cat, points=[[100, 100]]).headers["x-embedding-cache"] == "miss"
+    same_bytes = authorized(guarded_server, second, cat, points=[[100, 100]])
+    assert same_bytes.headers["x-embedding-cache"] == "miss"  # no hint that the first key sent these bytes
+    assert authorized(guarded_server, first, cat, points=[[100, 100]]).headers["x-embedding-cache"] == "hit"
+
+
+def test_a_hanging_s3_holds_a_request_for_one_deadline_not_one_per_mask(server_behind_proxy, proxy, test_images):
+    """32 objects against an S3 that never answers: before, each upload waited in turn (179 s)."""
+    image = (test_images / "coffee.png").read_bytes()
+    objects = [{"box": [10 + i, 10, 300 + i, 300]} for i in range(32)]
+    post(server_behind_proxy, image, route="/segment_objects", objects=objects[:1])  # the embedding is cached
+    proxy.mode = "hang"
+    try:
+        started = time.monotonic()
+        response = post(server_behind_proxy, image, route="/segment_objects", objects=objects)
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.mode = "pass"
+    assert response.status_code == 200
+    assert [obj["mask_url"] for obj in response.json()["objects"]] == [None] * 32
+    assert elapsed < 10 + 8, f"32 hanging uploads held the request {elapsed:.1f} s"  # S3_UPLOAD_DEADLINE + decode
+    assert "uploads not done within the 10 s deadline (S3_UPLOAD_DEADLINE)" in server_behind_proxy.log()
+    time.sleep(8)  # the uploads already started give up on botocore's own timeouts
+    assert post(server_behind_proxy, image, points=[[100, 100]]).json()["mask_url"] is not None
+
+
+def test_normal_requests_are_served_beside_hostile_traffic(server, test_images):
+    """Slow bodies, thin images, ambiguous framing and random paths at the same time as real work:
+    no 5xx anywhere, every normal mask stored and equal to the one computed alone. (The p95 figure,
+    2x at most, is scripts/load_test.py --hostile's: timing is not asserted in tests.)"""
+    cases = load_cases(test_images)
+    expected = solo_masks(server.url, cases)
+    hostile = HostileReport()
+    stop = threading.Event()
+    threads = run_hostile(server.url, stop, hostile, clients=1)
+    try:
+        report = run_load(server.url, cases, expected, total=24, concurrency=4, seed=3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert report.statuses == {200: 24} and report.stored == 24
+    assert report.missing == [] and report.mismatched == []
+    statuses = lambda kind: {status for sent, status in hostile.statuses if sent == kind}
+    assert statuses("1x200000 image") == {413} and statuses("random path") == {404}
+    assert statuses("Content-Length + chunked") == {400} and statuses("slow body") == {408}
+    assert hostile.server_errors == 0

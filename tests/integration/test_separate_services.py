@@ -3,10 +3,12 @@ over HTTP. `start-http-server` is what the container's entrypoint runs for the m
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
-from sam2_api.localdev import BIN, Process, clean_env, free_port
+from sam2_api.localdev import Process, clean_env, free_port
 from tests.conftest import REPO, upright_rgb
 from tests.integration.conftest import ACCESS_KEY, BUCKET, SECRET_KEY
 from tests.integration.test_segment_api import fetch_mask, post
@@ -14,7 +16,7 @@ from tests.integration.test_segment_api import fetch_mask, post
 
 def start_http_server(name: str, logs, env: dict[str, str], *args: str) -> Process:
     port = free_port()
-    argv = [str(BIN / "python"), "-m", "bentoml_cli._internal.start", "start-http-server", "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server", "--host", "127.0.0.1",
             "--port", str(port), *args, "."]
     home = logs / f"{name}-bentoml-home"
     return Process(name, argv, clean_env(BENTOML_HOME=str(home), **env), logs, f"http://127.0.0.1:{port}", cwd=REPO)

@@ -34,7 +34,8 @@ def test_repeat_image_skips_the_encoder_and_gives_identical_masks(server, refere
     assert [r.headers[CACHE_HEADER] for r in (first, again, other)] == ["miss", "hit", "hit"]
     # Where the time went, by stage: the encoder and the image decode only for the new image.
     stages = lambda r: {part.split(";")[0].strip(): float(part.split("dur=")[1]) for part in r.headers["server-timing"].split(",")}
-    assert {"read", "model_call", "image_decode", "queue", "encoder", "decoder", "png", "store"} <= set(stages(first))
+    assert {"read", "model_call", "image_decode", "queue", "encoder", "decoder", "png", "store", "total"} <= set(stages(first))
+    assert stages(first)["total"] >= stages(first)["model_call"] + stages(first)["store"] - 1  # ms, rounded
     assert {"encoder", "image_decode"}.isdisjoint(stages(again)) and stages(again)["decoder"] > 0
     assert np.array_equal(fetch_mask(first.json()["mask_url"]), fetch_mask(again.json()["mask_url"]))
     assert first.json()["score"] == again.json()["score"]

@@ -78,8 +78,10 @@ def test_animated_gif_uses_first_frame():
     assert load_upright_rgb(data, LIMIT, SIDE).min() == 255
 
 
-def test_returned_array_is_writable():
-    assert load_upright_rgb(encode(Image.new("RGB", (4, 4)), "PNG"), LIMIT, SIDE).flags.writeable
+def test_returned_array_is_pillows_pixels_without_another_copy():
+    pixels = load_upright_rgb(encode(Image.new("RGB", (4, 4), (1, 2, 3)), "PNG"), LIMIT, SIDE)
+    assert (pixels.dtype, pixels.shape, pixels.flags.c_contiguous) == (np.uint8, (4, 4, 3), True)
+    assert not pixels.flags.writeable and pixels[3, 3].tolist() == [1, 2, 3]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,6 @@
-"""HTTP/1.1 written by hand on a socket: the exact headers, and the body at the pace a test chooses.
+"""HTTP/1.1 written by hand on a socket: the exact headers, and the body at the pace a caller chooses.
+
+For the hostile requests of the tests and of ``sam2_api.loadcheck``.
 
 httpx (like any good client) will not send both Content-Length and Transfer-Encoding, trickle a
 body, or keep writing after the server has answered; attacks do all three.
