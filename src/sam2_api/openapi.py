@@ -77,8 +77,8 @@ def _task_routes(spec: dict[str, Any]) -> None:
     status = spec.get("components", {}).get("schemas", {}).get("TaskStatusResponse")
     if status is not None:
         status.setdefault("properties", {})["progress"] = {"type": "object", "description": (
-            "How far a tracking task is: `phase` (queued, decoding, tracking, storing, completed, failed, "
-            "canceled), `frames_done` of `frames_total`, and `queue_position` while queued."), "properties": {
+            "How far a tracking task is: `phase` (queued, decoding, tracking, storing, canceling, completed, "
+            "failed, canceled), `frames_done` of `frames_total`, and `queue_position` while queued."), "properties": {
             "phase": {"type": "string"}, "frames_done": {"type": ["integer", "null"]},
             "frames_total": {"type": ["integer", "null"]}, "queue_position": {"type": ["integer", "null"]}}}
 

@@ -6,8 +6,8 @@ task canceled (and answers 400, "not supported in local development server") whi
 on. :class:`TaskBoard` is a second SQLite table beside BentoML's: the task writes its phase and
 frames done there, any worker reads them. :class:`TaskProgress` wraps BentoML's ``/status`` and
 ``/cancel`` routes of the task: ``/status`` gains a ``progress`` object (and says ``pending``
-while the task waits for the tracker, ``canceled`` once canceled), and ``/cancel`` records the
-request, which the task sees within half a second and passes on to the model service.
+while the task waits for the tracker, ``canceled`` once a cancel has stopped it), and ``/cancel``
+records the request, which the task sees within half a second and passes on to the model service.
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ class TaskBoard:
 
 
 def public_progress(row: dict[str, Any]) -> dict[str, Any]:
-    return {"phase": "canceled" if row["cancel"] else row["phase"], "frames_done": row["frames_done"],
-            "frames_total": row["frames_total"], "queue_position": row["queue_position"]}
+    """What ``/status`` shows: ``canceling`` between a cancel request and the task's stop."""
+    phase = "canceling" if row["cancel"] and row["phase"] not in FINISHED else row["phase"]
+    return {"phase": phase, "frames_done": row["frames_done"], "frames_total": row["frames_total"],
+            "queue_position": row["queue_position"]}
 
 
 class TaskProgress:
@@ -112,8 +114,10 @@ class TaskProgress:
         if status == 200 and row is not None:
             answer = json.loads(body)
             answer["progress"] = public_progress(row)
-            if row["cancel"]:
+            if row["phase"] == "canceled":  # BentoML says failed: the task ended with our 409
                 answer["status"] = "canceled"
+            elif row["cancel"] and row["phase"] not in FINISHED:
+                answer["status"] = "in_progress"  # stopping (BentoML's own cancel already says canceled)
             elif row["phase"] == "queued" and answer.get("status") == "in_progress":
                 answer["status"] = "pending"  # waiting for the tracker: not started yet
             body = json.dumps(answer).encode()
@@ -128,7 +132,7 @@ class TaskProgress:
             message = f"task {task_id} has already {'been canceled' if row['cancel'] else 'finished'} ({row['phase']})"
             return await _send(send, 409, json.dumps({"error": message}).encode())
         await _captured(self.app, scope, receive)  # BentoML marks it canceled in its own store too
-        await _send(send, 200, json.dumps({"task_id": task_id, "status": "canceled"}).encode())
+        await _send(send, 200, json.dumps({"task_id": task_id, "status": "canceling"}).encode())
 
 
 def _task_id(scope: dict[str, Any]) -> str:

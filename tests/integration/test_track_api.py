@@ -180,13 +180,14 @@ def test_cancel_stops_the_work_at_once_and_frees_the_tracker(server, s3):
         time.sleep(0.3)
     assert metric(server, "sam2_video_jobs", '{state="running"}') == 1
     response = httpx.put(f"{server.url}/track/cancel", params={"task_id": task_id}, timeout=10)
-    assert response.status_code == 200 and response.json() == {"task_id": task_id, "status": "canceled"}
+    assert response.status_code == 200 and response.json() == {"task_id": task_id, "status": "canceling"}
     canceled_at = time.monotonic()
     while metric(server, "sam2_video_jobs", '{state="running"}') != 0:  # the model side ended the job
         assert time.monotonic() - canceled_at < 60, "the model service still tracks the canceled clip"
         time.sleep(0.3)
     frames = metric(server, "sam2_video_frames_tracked_total")
-    assert wait_for(server, task_id, timeout=60)[-1]["status"] == "canceled"
+    seen = wait_for(server, task_id, timeout=60)
+    assert seen[-1]["status"] == "canceled" and seen[-1]["progress"]["phase"] == "canceled"
     time.sleep(3)
     assert metric(server, "sam2_video_frames_tracked_total") == frames  # nothing more is tracked
     assert result(server, task_id).status_code == 409

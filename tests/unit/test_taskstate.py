@@ -38,6 +38,8 @@ def test_cancel_only_a_task_that_has_not_finished(tmp_path):
     board.update("running", "tracking")
     board.update("done", "completed")
     assert board.request_cancel("running") and board.cancel_requested("running")
+    assert public_progress(board.get("running"))["phase"] == "canceling"  # until the task stops
+    board.update("running", "canceled")
     assert public_progress(board.get("running"))["phase"] == "canceled"
     assert not board.request_cancel("done") and not board.cancel_requested("done")
     assert not board.request_cancel("unknown")
