@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Generator
 
 import bentoml
+from bentoml.container import BentoMLContainer
 from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
@@ -26,7 +28,7 @@ from sam2_api.http_metrics import label_metrics_by_route
 from sam2_api.openapi import PublishedOpenAPI
 from sam2_api.pipeline import ImageRequest, Result, build_pipeline
 from sam2_api.prompts import Prompt
-from sam2_api.protocol import LowResMask, ModelReply, RawImage
+from sam2_api.protocol import LowResMask, ModelReply, RawImage, TrackSpec
 from sam2_api.schemas import (
     BoxField, ImageField, ImageIdField, ImageUrlField, LabelsField, MultimaskField, ObjectMask, ObjectsField,
     ObjectsResponse, PointsField, SegmentResponse, parse_image_id, parse_image_url, parse_objects,
@@ -35,7 +37,13 @@ from sam2_api.schemas import (  # refinement, candidates, mask formats
     CandidatesField, FormatsField, MaskInputField, PolygonToleranceField, PreviousMaskIdField, parse_formats,
     parse_polygon_tolerance,
 )
+from sam2_api.taskstate import TaskBoard, TaskProgress
 from sam2_api.timing import StageTimer
+from sam2_api.trackjob import TrackRequest, build_track_jobs
+from sam2_api.trackschemas import FormatsField as TrackFormatsField
+from sam2_api.trackschemas import (
+    MaxFramesField, ReverseField, StartFrameField, TrackObjectsField, TrackResponse, VideoField, VideoUrlField,
+)
 
 logging.getLogger("sam2_api").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
 
@@ -43,6 +51,8 @@ SETTINGS = Settings()
 # Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
 # `bentoml build` references the model and `bentoml containerize` copies it into the image.
 BENTO_MODEL = SETTINGS.sam2_bento_model
+# Progress and cancel requests of tracking tasks, beside BentoML's own task store (one per replica).
+TASK_BOARD = str(Path(BentoMLContainer.result_store_file.get()).with_name("sam2_track_progress.db"))
 
 
 @bentoml.service(
@@ -51,7 +61,9 @@ BENTO_MODEL = SETTINGS.sam2_bento_model
     workers=1,
     # Calls wait here for the one device thread (sam2_api.device); waiting threads cost no CPU.
     threads=32,
-    traffic={"timeout": 300, "max_concurrency": 64},
+    # A tracking job streams its masks back as one call, so the timeout (BentoML's client applies
+    # it to the whole call) is the longest job; image calls are bounded by SAM2API's timeout.
+    traffic={"timeout": SETTINGS.sam2_video_job_timeout_s, "max_concurrency": 64},
 )
 class SAM2Model:
     """SAM 2 on the device, with the embedding cache. Called by SAM2API only."""
@@ -76,12 +88,28 @@ class SAM2Model:
         from sam2_api.engine import build_engine
         from sam2_api.model import packaged_weights
 
-        self.engine = build_engine(SETTINGS, packaged_weights(self.weights) if self.weights is not None else None)
+        packaged = packaged_weights(self.weights) if self.weights is not None else None
+        self.engine = build_engine(SETTINGS, packaged)
+        # Video: SAM 2's video predictor, built on first use, on the engine's weights and device thread.
+        from sam2_api.model import resolve_weights
+        from sam2_api.tracking import build_tracker
+
+        self.tracker = build_tracker(SETTINGS, self.engine.device, resolve_weights(SETTINGS, packaged, download=False).config)
 
     @bentoml.api
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
                 mask_inputs: list[LowResMask | None] | None = None) -> ModelReply:
         return self.engine.predict(key, prompts, image, mask_inputs)
+
+    @bentoml.api
+    def track(self, video: bytes, spec: TrackSpec) -> Generator[bytes, None, None]:
+        """Track ``spec``'s objects through the clip ``video``: a stream of records (protocol.py)."""
+        yield from self.tracker.stream(video, spec)
+
+    @bentoml.api
+    def cancel_track(self, job_id: str) -> bool:
+        """End tracking job ``job_id`` if it runs here; its stream stops, its memory is freed."""
+        return self.tracker.cancel(job_id)
 
 
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
@@ -89,6 +117,7 @@ CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
 # cannot build its input model for Optional[Path] (its file schema is unhashable inside a Union).
 OptionalImage = Annotated[Path, ImageField]
 OptionalMaskInput = Annotated[Path, MaskInputField]
+OptionalVideo = Annotated[Path, VideoField]
 
 
 def error_response(ctx: bentoml.Context, exc: errors.RequestError) -> JSONResponse:
@@ -106,12 +135,18 @@ def error_response(ctx: bentoml.Context, exc: errors.RequestError) -> JSONRespon
     threads=16,
     # Beyond this many in flight, requests get 429 at once instead of queueing past the timeout;
     # docs/DEPLOY.md says how to size both for a replica.
-    traffic={"timeout": 300, "max_concurrency": 64},
+    # `concurrency` (BentoCloud's autoscaling target) set here because BentoML makes it 1 for a
+    # service with a task endpoint unless it is given.
+    traffic={"timeout": 300, "max_concurrency": 64, "concurrency": 32},
 )
 class SAM2API:
     """SAM 2 segmentation: send an image and a click or a box, get the URL of a PNG mask on S3."""
 
     model = bentoml.depends(SAM2Model)
+
+    @bentoml.on_deployment
+    def reset_task_board() -> None:
+        TaskBoard.reset(TASK_BOARD)  # once, before any worker: a fresh board, as BentoML starts a fresh task store
 
     def __init__(self) -> None:
         self.pipeline = build_pipeline(SETTINGS, self.model)
@@ -121,6 +156,7 @@ class SAM2API:
                      "(OpenAPI: /docs.json)")
             if self.pipeline.store.disabled_reason:
                 log.warning(self.pipeline.store.disabled_reason)
+        self.tracks = build_track_jobs(SETTINGS, self.model, self.pipeline.store, TASK_BOARD)
 
     def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, prompts: list[Prompt],
              formats, polygon_tolerance, mask_input: Path | None = None) -> Result:
@@ -200,18 +236,62 @@ class SAM2API:
         return ObjectsResponse(objects=[ObjectMask(**m.response_fields()) for m in result.masks],
                                width=result.width, height=result.height)
 
+    @bentoml.task
+    def track(
+        self,
+        ctx: bentoml.Context,
+        video: OptionalVideo,
+        objects: TrackObjectsField = None,
+        video_url: VideoUrlField = None,
+        start_frame_index: StartFrameField = None,
+        max_frames: MaxFramesField = None,
+        reverse: ReverseField = None,
+        formats: TrackFormatsField = None,
+    ) -> TrackResponse:
+        """Track objects through a video clip, as a task: POST /track/submit returns a task id at once;
+        GET /track/status?task_id=… says how far it is, GET /track/get?task_id=… gives the result (the
+        manifest of PNG masks per frame and object, and a preview MP4, on S3), PUT /track/cancel?task_id=…
+        stops it.
+
+        `objects`: one entry per object, a prompt with its `frame_index` (or `prompts`, several on
+        different frames). Errors, in the result, each with `{"error": ...}`: 400 bad field, prompt or
+        frame_index (outside the clip or the frames tracked); 403 a `video_url` this service may not
+        read; 409 canceled; 413 clip too large or too long; 415 not a video; 503 no S3 or no model service.
+        """
+        task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex  # None: called as POST /track
+        try:
+            request = TrackRequest.parse(video.read_bytes() if video else None, video_url, objects, start_frame_index,
+                                         max_frames, reverse, formats)
+            return self.tracks.run(task_id, request)
+        except errors.RequestError as exc:
+            return error_response(ctx, exc)
+
 
 # API keys and the upload size limit, checked before BentoML reads the body; health, metrics and
 # the OpenAPI page stay open.
 SAM2API.add_asgi_middleware(
     RequestGuard,
-    paths={api.route for api in SAM2API.apis.values()},
+    paths={api.route for api in SAM2API.apis.values() if not api.is_task},
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields={name for api in SAM2API.apis.values() for name in api.input_spec.multipart_fields},
 )
+# The tracking task's routes (BentoML's submit, status, get, retry, cancel and the plain call): the
+# same keys, with the clip's own size and time bounds; then progress and cancel (sam2_api.taskstate).
+TRACK_PATHS = {SAM2API.apis["track"].route + suffix for suffix in ("", "/submit", "/status", "/get", "/retry", "/cancel")}
+SAM2API.add_asgi_middleware(
+    RequestGuard,
+    paths=TRACK_PATHS,
+    api_keys=SETTINGS.api_keys,
+    max_upload_bytes=SETTINGS.sam2_video_max_upload_bytes,
+    body_timeout_s=SETTINGS.sam2_video_body_timeout_s,
+    min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
+    file_fields={name for api in SAM2API.apis.values() for name in api.input_spec.multipart_fields},
+    setting_names=("SAM2_VIDEO_MAX_UPLOAD_BYTES", "SAM2_VIDEO_BODY_TIMEOUT_S"),
+)
+SAM2API.add_asgi_middleware(TaskProgress, route=SAM2API.apis["track"].route, board_path=TASK_BOARD)
 # The OpenAPI document at /docs.json: valid, and about this service (BentoML's own is neither).
 SAM2API.add_asgi_middleware(PublishedOpenAPI, spec=lambda: SAM2API.openapi_spec.asdict())
 label_metrics_by_route()  # before BentoML builds the app: /metrics labelled by route, not raw path

@@ -5,6 +5,7 @@
     sam2-api segment photo.jpg --point 320,200 --candidates --format rle --format polygons
     sam2-api segment photo.jpg --point 320,200 --point 400,210 --previous-mask-id m_… [--mask-input start.png]
     sam2-api batch requests.jsonl --output results.jsonl --concurrency 4 [--resume]
+    sam2-api track clip.mp4 --object 0:120,80 --object 0:box=10,10,90,90 --output-dir tracked/
 
 --url, --api-key and --timeout go before or after the command; --url and --api-key default to
 $SAM2_API_URL and $SAM2_API_KEY (a flag wins over the environment).
@@ -314,6 +315,96 @@ def command_batch(args: argparse.Namespace) -> int:
     return 130
 
 
+# ---- track --------------------------------------------------------------------------------------
+
+TRACK_POLL_S = 0.5
+
+
+def parse_tracked_object(text: str) -> dict:
+    """``--object``: one object's prompts, ``FRAME:ITEM[:ITEM...]``, several frames joined by ``+``;
+    an ITEM is a click ``X,Y[,LABEL]`` or ``box=X1,Y1,X2,Y2``. ``0:120,80`` clicks the object at
+    (120, 80) on frame 0; ``0:box=10,10,90,90:50,50,0+30:100,70`` gives a box and a background click
+    on frame 0 and a click on frame 30."""
+    prompts = []
+    for part in text.split("+"):
+        frame, _, items = part.partition(":")
+        if not frame.strip().isdigit() or not items:
+            raise argparse.ArgumentTypeError(f"--object wants FRAME:X,Y or FRAME:box=X1,Y1,X2,Y2 (several frames "
+                                             f"joined by +); got {text!r}")
+        prompt: dict = {"frame_index": int(frame)}
+        for item in items.split(":"):
+            if item.startswith("box="):
+                prompt["box"] = parse_box(item.removeprefix("box="))
+            else:
+                point, label = parse_point(item)
+                prompt.setdefault("points", []).append(point)
+                prompt.setdefault("labels", []).append(label)
+        prompts.append(prompt)
+    return prompts[0] if len(prompts) == 1 else {"prompts": prompts}
+
+
+def command_track(args: argparse.Namespace) -> int:
+    """Submit the clip as a `track` task, show its progress, then fetch the result's manifest and
+    preview into ``--output-dir``. Ctrl+C cancels the task on the server."""
+    http = Client(args.url, args.api_key, args.timeout).http
+    fields = {"objects": args.object, "start_frame_index": args.start, "max_frames": args.max_frames,
+              "reverse": args.reverse or None, "formats": ["rle"] if args.rle else None}
+    form = {name: json.dumps(value) for name, value in fields.items() if value is not None}
+    if args.video.startswith(REFERENCE_SCHEMES):
+        form["video_url"] = json.dumps(args.video)
+        files = {"none": ("", b"")}  # keeps the request multipart
+    else:
+        files = {"video": (Path(args.video).name, Path(args.video).read_bytes())}
+    submitted = http.post("/track/submit", data=form, files=files)
+    if submitted.status_code != 200:
+        print(json.dumps(_json(submitted), indent=2))
+        return 1
+    task_id = submitted.json()["task_id"]
+    print(f"task {task_id}", file=sys.stderr)
+    try:
+        state = _follow(http, task_id, args.quiet)
+    except KeyboardInterrupt:
+        http.put("/track/cancel", params={"task_id": task_id})
+        print(f"canceled task {task_id}", file=sys.stderr)
+        return 130
+    answer = http.get("/track/get", params={"task_id": task_id})
+    body = _json(answer)
+    print(json.dumps(body, indent=2))
+    if state != "completed" or answer.status_code != 200:
+        return 1
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for name, key in (("manifest.json", "manifest_url"), ("preview.mp4", "preview_url")):
+        if body.get(key):
+            download = httpx.get(body[key], timeout=args.timeout)
+            download.raise_for_status()
+            (args.output_dir / name).write_bytes(download.content)
+            print(f"{name} written to {args.output_dir / name}", file=sys.stderr)
+    return 0
+
+
+def _follow(http: httpx.Client, task_id: str, quiet: bool) -> str:
+    """Poll the task's status until it ends, with a progress bar of frames tracked; its last status."""
+    with tqdm(total=None, unit="frame", disable=quiet, desc="queued") as bar:
+        while True:
+            status = http.get("/track/status", params={"task_id": task_id}).json()
+            progress = status.get("progress") or {}
+            if progress.get("frames_total") and bar.total != progress["frames_total"]:
+                bar.total = progress["frames_total"]
+                bar.refresh()
+            bar.set_description(progress.get("phase") or status["status"], refresh=False)
+            bar.update((progress.get("frames_done") or 0) - bar.n)
+            if status["status"] in ("completed", "failed", "canceled"):
+                return status["status"]
+            time.sleep(TRACK_POLL_S)
+
+
+def _json(response: httpx.Response) -> dict:
+    try:
+        return response.json()
+    except ValueError:
+        return {"error": response.text, "status": response.status_code}
+
+
 # ---- the command line ---------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
@@ -356,6 +447,21 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
     many.add_argument("--quiet", action="store_true", help="no progress bar")
     many.set_defaults(run=command_batch)
 
+    clip = commands.add_parser("track", parents=[server], help="track objects through a video clip (a task)")
+    clip.add_argument("video", help="a local MP4/MOV/WebM file, s3://bucket/key or https://… URL")
+    clip.add_argument("--object", type=parse_tracked_object, action="append", default=[],
+                      metavar="FRAME:ITEM[:ITEM][+FRAME:ITEM...]",
+                      help="one object to track (repeat for more): clicks X,Y[,LABEL] and/or box=X1,Y1,X2,Y2 on a "
+                      "frame, several frames joined by +")
+    clip.add_argument("--start", type=int, help="first frame to track (default: the first prompted)")
+    clip.add_argument("--max-frames", type=int, help="track at most this many frames")
+    clip.add_argument("--reverse", action="store_true", help="track backwards from --start")
+    clip.add_argument("--rle", action="store_true", help="put each mask's COCO RLE into the manifest too")
+    clip.add_argument("--output-dir", type=Path, default=Path("."),
+                      help="where manifest.json and preview.mp4 go (default: here)")
+    clip.add_argument("--quiet", action="store_true", help="no progress bar")
+    clip.set_defaults(run=command_track)
+
     args = parser.parse_args(argv)
     given = vars(args)
     args.url = given["url"] if "url" in given else environ.get("SAM2_API_URL") or DEFAULT_URL
@@ -365,6 +471,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
         parser.error("give at least one --point or a --box")
     if args.command == "batch" and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
+    if args.command == "track" and not args.object:
+        parser.error("give at least one --object")
     return args
 
 

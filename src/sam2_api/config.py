@@ -105,6 +105,36 @@ class Settings(BaseSettings):
         "always has one. Default: the CPU count, at most 4.",
     )
 
+    # --- video tracking (the `track` task) ---
+    sam2_video_max_upload_bytes: int = Field(
+        128 * 1024**2, gt=0,
+        description="Largest accepted clip, in bytes: a /track/submit body, or what video_url fetches (413 beyond).",
+    )
+    sam2_video_body_timeout_s: float = Field(
+        600.0, gt=0, le=24 * 3600,
+        description="Longest time a clip may take to arrive, uploaded or fetched from video_url, in seconds.",
+    )
+    sam2_video_max_frames: int = Field(1800, gt=0, description="Most frames a clip may have (413 beyond).")
+    sam2_video_max_pixels: int = Field(
+        3840 * 2160, gt=0, description="Largest frame of a clip, in pixels (width × height; 413 beyond)."
+    )
+    sam2_video_max_seconds: float = Field(600.0, gt=0, description="Longest clip, in seconds (413 beyond).")
+    sam2_video_job_timeout_s: float = Field(
+        3600.0, ge=300, le=24 * 3600,
+        description="Longest a tracking job may run on the model service, in seconds; also the model "
+        "service's request timeout (its stream of masks is one request).",
+    )
+    sam2_video_offload: Literal["auto", "none", "frames", "frames_and_state"] = Field(
+        "auto",
+        description="Where a clip's frames and SAM 2's tracking state live on CUDA: none = GPU memory; "
+        "frames = frames in host memory (SAM 2's offload_video_to_cpu); frames_and_state = both "
+        "(offload_state_to_cpu too); auto = on the GPU what fits in SAM2_VIDEO_GPU_BYTES, frames first out.",
+    )
+    sam2_video_gpu_bytes: int = Field(
+        8 * 1024**3, gt=0,
+        description="GPU memory one tracking job may use for frames and state when SAM2_VIDEO_OFFLOAD=auto.",
+    )
+
     # --- access ---
     sam2_api_keys: SecretStr | None = Field(
         None, description="Comma-separated API keys; when set, the API routes need `Authorization: Bearer <key>`."
@@ -160,6 +190,12 @@ class Settings(BaseSettings):
     @property
     def input_buckets(self) -> frozenset[str]:
         return frozenset(name.strip() for name in self.s3_input_buckets.split(",") if name.strip())
+
+    @property
+    def video_limits(self):
+        from .video import VideoLimits
+
+        return VideoLimits(self.sam2_video_max_frames, self.sam2_video_max_pixels, self.sam2_video_max_seconds)
 
     def cache_max_bytes(self, device_type: str) -> int:
         if self.sam2_cache_max_bytes is not None:

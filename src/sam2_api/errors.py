@@ -111,6 +111,40 @@ class ModelUnavailable(RequestError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class UnsupportedVideo(RequestError):
+    """The upload is not a video in a container and codec we accept."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class InvalidVideo(RequestError):
+    """The video is empty, truncated or otherwise undecodable."""
+
+
+class VideoTooLarge(RequestError):
+    """The video has more frames, pixels per frame, seconds or bytes than the limits allow."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class StorageUnavailable(RequestError):
+    """Results that exist only on S3 were asked for, and no bucket is configured or reachable."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class TrackingCanceled(RequestError):
+    """The tracking task was canceled before it finished."""
+
+    status = HTTPStatus.CONFLICT
+
+
+class TrackingTimeout(RequestError):
+    """The tracking job ran longer than ``SAM2_VIDEO_JOB_TIMEOUT_S``."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+
 def by_name(name: str) -> type[RequestError]:
     """The :class:`RequestError` subclass called ``name`` (errors cross between services by name)."""
     found = {cls.__name__: cls for cls in _subclasses(RequestError)}.get(name)

@@ -65,7 +65,9 @@ class RequestGuard:
         min_upload_bytes_per_s: int = MIN_UPLOAD_BYTES_PER_S,
         upload_grace_s: float = UPLOAD_GRACE_S,
         file_fields: Iterable[str] = FILE_FIELDS,
+        setting_names: tuple[str, str] = ("SAM2_MAX_UPLOAD_BYTES", "SAM2_BODY_TIMEOUT_S"),
     ) -> None:
+        """``setting_names``: the settings of ``max_upload_bytes`` and ``body_timeout_s``, for messages."""
         self.app = app
         self.paths = frozenset(paths)
         self.api_keys = tuple((key.encode(), tenant_id(key)) for key in api_keys)
@@ -74,6 +76,7 @@ class RequestGuard:
         self.min_upload_bytes_per_s = min_upload_bytes_per_s
         self.upload_grace_s = upload_grace_s
         self.file_fields = frozenset(file_fields)
+        self.setting_names = setting_names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/") not in self.paths:
@@ -89,7 +92,7 @@ class RequestGuard:
         if tenant is not None:
             scope.setdefault("state", {})["tenant"] = tenant
         body = _WatchedBody(receive, send, rules, self.body_timeout_s, self.min_upload_bytes_per_s,
-                            self.upload_grace_s)
+                            self.upload_grace_s, self.setting_names[1])
         try:
             await self.app(scope, body.receive, body.send)
         except _Refused:
@@ -129,7 +132,7 @@ class RequestGuard:
         # case-sensitively (a "Multipart/Form-Data" body goes to its JSON parser).
         content_type = headers.get(b"content-type", [b""])[0]
         media_type = content_type.decode("latin-1").split(";")[0].strip()
-        limit, limit_name, inspector = self.max_upload_bytes, "SAM2_MAX_UPLOAD_BYTES", None
+        limit, limit_name, inspector = self.max_upload_bytes, self.setting_names[0], None
         if media_type == "multipart/form-data":
             boundary, charset = boundary_of(content_type)
             inspector = FormInspector(boundary, charset, self.file_fields)
@@ -166,10 +169,11 @@ class _WatchedBody:
     """``receive`` and ``send`` for the app: the body counted, timed and inspected as it streams in."""
 
     def __init__(self, receive: Receive, send: Send, rules: _BodyRules, timeout_s: float, min_rate: int,
-                 grace_s: float) -> None:
+                 grace_s: float, timeout_name: str = "SAM2_BODY_TIMEOUT_S") -> None:
         self._receive, self._send = receive, send
         self._rules = rules
         self._timeout_s, self._min_rate, self._grace_s = timeout_s, min_rate, grace_s
+        self._timeout_name = timeout_name
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.time()
         self._received = 0
@@ -221,7 +225,7 @@ class _WatchedBody:
                     f"(SAM2_MIN_UPLOAD_BYTES_PER_S): {self._received} bytes in "
                     f"{rate_bound - self._started:.1f} s"
                 )
-        return total, f"the request body did not arrive within {self._timeout_s:g} s (SAM2_BODY_TIMEOUT_S)"
+        return total, f"the request body did not arrive within {self._timeout_s:g} s ({self._timeout_name})"
 
     async def _refuse(self, exc: RequestError) -> None:
         if not self._responding:  # once the app has started its response, ours cannot be sent

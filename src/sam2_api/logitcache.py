@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import MaskIdOfAnotherImage, UnknownMaskId
+from .prompts import MASK_ID_PATTERN
 from .protocol import tenant_of
 
-MASK_ID_PATTERN = r"m_[A-Za-z0-9_-]{22}"  # "m_" + 16 random bytes, URL-safe base64
 MASK_ID = re.compile(MASK_ID_PATTERN)
 
 

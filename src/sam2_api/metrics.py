@@ -6,7 +6,7 @@ service's ``/metrics`` shows the model service's stages too; deployed separately
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STAGE_SECONDS = Histogram(
     "sam2_stage_seconds",
@@ -24,3 +24,8 @@ CACHE_EVICTIONS = Counter("sam2_embedding_cache_evictions", "Embeddings evicted 
 UPLOAD_FAILURES = Counter(
     "sam2_mask_upload_failures", "Mask uploads that failed, by S3 error code or botocore error", ["reason"]
 )
+VIDEO_JOBS = Gauge(
+    "sam2_video_jobs", "Tracking jobs on the model service: queued for the tracker, or running", ["state"],
+    multiprocess_mode="livesum",
+)
+VIDEO_FRAMES = Counter("sam2_video_frames_tracked", "Frames tracked by the model service (all objects of a frame: 1)")

@@ -22,6 +22,8 @@ S3. Runs Meta's SAM 2.1.
 * Programs: `POST /segment` (one object), `POST /segment_objects` (several, one encoder pass); as
   `multipart/form-data` (the image as a file) or JSON (the image by `image_url`, or a cached
   `image_id`).
+* Video: `POST /track/submit` tracks objects through a clip as a task (then `GET /track/status`,
+  `GET /track/get`, `PUT /track/cancel`); masks per frame, a manifest and a preview MP4 go to S3.
 * Errors are `{"error": "<what is wrong>"}` with their HTTP status; see each route.
 * Health: `GET /livez`, `GET /readyz`; Prometheus metrics: `GET /metrics`.
 """
@@ -50,6 +52,7 @@ def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = {"type": "object", "required": ["error"], "properties": {
         "error": {"type": "string", "description": "What is wrong, in words."}}}
+    _task_routes(spec)
     for item in spec["paths"].values():
         for operation in item.values():
             content = operation.get("requestBody", {}).get("content", {})
@@ -61,6 +64,23 @@ def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
                         "schema": {"$ref": "#/components/schemas/Error"}}}} for status, text in ERRORS.items()},
                 }
     return spec
+
+
+def _task_routes(spec: dict[str, Any]) -> None:
+    """A task's routes (``/track/...``): BentoML 1.4 gives ``/cancel`` the operation id of ``/retry``
+    (ids must be unique); the status gains the ``progress`` that ``taskstate.TaskProgress`` adds."""
+    for path, item in spec["paths"].items():
+        operation = item.get("put", {})
+        if path.endswith("/cancel") and operation.get("operationId", "").endswith("_retry"):
+            operation["operationId"] = operation["operationId"].removesuffix("_retry") + "_cancel"
+            operation["x-bentoml-name"] = operation.get("x-bentoml-name", "").removesuffix("_retry") + "_cancel"
+    status = spec.get("components", {}).get("schemas", {}).get("TaskStatusResponse")
+    if status is not None:
+        status.setdefault("properties", {})["progress"] = {"type": "object", "description": (
+            "How far a tracking task is: `phase` (queued, decoding, tracking, storing, canceling, completed, "
+            "failed, canceled), `frames_done` of `frames_total`, and `queue_position` while queued."), "properties": {
+            "phase": {"type": "string"}, "frames_done": {"type": ["integer", "null"]},
+            "frames_total": {"type": ["integer", "null"]}, "queue_position": {"type": ["integer", "null"]}}}
 
 
 def _form_and_json(content: dict[str, Any]) -> None:

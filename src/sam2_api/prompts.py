@@ -13,9 +13,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidPrompt
-from .logitcache import MASK_ID_PATTERN
 
 MAX_POINTS = 64
+MASK_ID_PATTERN = r"m_[A-Za-z0-9_-]{22}"  # a mask_id (sam2_api.logitcache): "m_" + 16 random bytes, URL-safe base64
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 # Lists of fixed length rather than tuples: JSON schema then has "items", which clients rely on.

@@ -12,12 +12,15 @@ API keys are on (:func:`scoped_key`); image ids and hashes hold no ``/``.
 
 from __future__ import annotations
 
+import pickle
+import struct
 from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from . import errors
+from .prompts import Prompt
 
 
 class RawImage(BaseModel):
@@ -105,3 +108,114 @@ class ModelReply(BaseModel):
     cached: bool = False  # the encoder was skipped
     seconds: dict[str, float] = {}  # the stages the model service timed, for Server-Timing
     failure: Failure | None = None
+
+
+# --- Video tracking -------------------------------------------------------------------------------
+# The API service sends the clip's bytes and a TrackSpec; the model service answers with a stream
+# of records (write_record), one per event: its place in the queue, decoding progress, the clip as
+# decoded (TrackStarted), then one TrackedFrame per processed frame with each object's mask bits,
+# and TrackEnd (or a Failure). BentoML streams bytes in chunks of its own size; RecordReader cuts
+# them back into records.
+
+
+class TrackPrompt(BaseModel):
+    """One prompt for one object on one frame: ``points``/``labels``/``box`` in pixels of that
+    upright frame (as for images; ``multimask_output`` does not apply)."""
+
+    object_index: int = Field(ge=0)
+    frame_index: int = Field(ge=0)
+    prompt: Prompt
+
+
+class TrackSpec(BaseModel):
+    """What to track: ``objects`` objects, each with at least one prompt; from ``start_frame_index``
+    (default: the first prompted frame, or the last when ``reverse``) for at most ``max_frames``
+    frames (default: to the clip's end, or its start)."""
+
+    job_id: str
+    objects: int = Field(ge=1)
+    prompts: list[TrackPrompt]
+    start_frame_index: int | None = Field(None, ge=0)
+    max_frames: int | None = Field(None, ge=1)
+    reverse: bool = False
+
+    @model_validator(mode="after")
+    def _every_object_prompted_once_per_frame(self) -> "TrackSpec":
+        seen = {(p.object_index, p.frame_index) for p in self.prompts}
+        if len(seen) != len(self.prompts) or {o for o, _ in seen} != set(range(self.objects)):
+            raise ValueError("every object needs prompts, at most one per frame")
+        return self
+
+
+class TrackQueued(BaseModel):
+    """The job waits for the tracker: ``position`` jobs are ahead of it (sent about once a second)."""
+
+    position: int
+
+
+class TrackDecoding(BaseModel):
+    frames_decoded: int
+
+
+class TrackStarted(BaseModel):
+    """The clip as decoded: ``clip_frames`` frames of ``width × height`` (upright); frames
+    ``first_frame`` to ``last_frame`` (inclusive, in processing order) are tracked."""
+
+    clip_frames: int
+    width: int
+    height: int
+    fps: float
+    first_frame: int
+    last_frame: int
+    offload_video: bool
+    offload_state: bool
+
+    @property
+    def frames(self) -> int:
+        return abs(self.last_frame - self.first_frame) + 1
+
+
+class TrackedFrame(BaseModel):
+    """One processed frame: per object, in order, its mask's bits (:class:`MaskBits`' layout, at the
+    frame's upright size)."""
+
+    frame_index: int
+    masks: list[bytes]
+
+
+class TrackEnd(BaseModel):
+    seconds: dict[str, float] = {}  # the model service's stages, summed over the job
+
+
+TrackRecord = TrackQueued | TrackDecoding | TrackStarted | TrackedFrame | TrackEnd | Failure
+_LENGTH = struct.Struct("<Q")
+
+
+def write_record(record: TrackRecord) -> bytes:
+    """One record as its pickled length-prefixed bytes (pickle, as BentoML itself sends values)."""
+    body = pickle.dumps(record, protocol=5)
+    return _LENGTH.pack(len(body)) + body
+
+
+class RecordReader:
+    """Cuts a stream of byte chunks back into the records :func:`write_record` wrote."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[TrackRecord]:
+        self._buffer += chunk
+        records = []
+        while len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            end = _LENGTH.size + length
+            if len(self._buffer) < end:
+                break
+            records.append(pickle.loads(self._buffer[_LENGTH.size:end]))
+            del self._buffer[:end]
+        return records
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a record not yet complete."""
+        return len(self._buffer)

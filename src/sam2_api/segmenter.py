@@ -224,7 +224,10 @@ class Segmenter:
         """A ``256×256`` logit map → the bit-packed ``orig_hw`` mask, exactly as
         ``SAM2Transforms.postprocess_masks`` upsamples it, thresholded on the device."""
         logits = F.interpolate(low_res[None, None].float(), orig_hw, mode="bilinear", align_corners=False)
-        mask = logits[0, 0] > MASK_THRESHOLD
+        return self.pack(logits[0, 0] > MASK_THRESHOLD)
+
+    def pack(self, mask: torch.Tensor) -> bytes:
+        """An ``(H, W)`` bool mask on the device → :func:`sam2_api.imaging.pack_mask`'s bytes."""
         if self.device.type == "cpu":
             return pack_mask(mask.numpy())
         # pack_mask's layout, computed where the mask is: only H·W/8 bytes cross to the host.

@@ -108,11 +108,19 @@ class MaskStore:
         """Store one PNG under a fresh key; its URL, or None when not stored."""
         if not self.enabled:
             return None
-        key = mask_key(self._prefix)
+        return self._put(mask_key(self._prefix), png, "image/png")
+
+    def put_named(self, name: str, body: bytes, content_type: str) -> str | None:
+        """Store ``body`` under ``<prefix><name>`` (a name the caller made unique); its URL, or None."""
+        if not self.enabled:
+            return None
+        return self._put(self._prefix + name, body, content_type)
+
+    def _put(self, key: str, body: bytes, content_type: str) -> str | None:
         extra = {"ACL": self._acl} if self._acl else {}
         try:
             self._client.put_object(
-                Bucket=self._bucket, Key=key, Body=png, ContentType="image/png", **extra
+                Bucket=self._bucket, Key=key, Body=body, ContentType=content_type, **extra
             )
         except (BotoCoreError, ClientError) as exc:
             metrics.UPLOAD_FAILURES.labels(reason=_code(exc)).inc()
@@ -129,9 +137,16 @@ class MaskStore:
         """Make and store each PNG (``pngs`` make them, in the upload threads), in parallel; the URL of
         each, or None for those not stored within :attr:`deadline` seconds of the call (those may
         still land later, under keys nobody is given)."""
+        return self._all([lambda make=make: self.put(make()) for make in pngs])
+
+    def put_named_many(self, pngs: list[tuple[str, Callable[[], bytes]]]) -> list[str | None]:
+        """:meth:`put_many` under the given names (:meth:`put_named`)."""
+        return self._all([lambda name=name, make=make: self.put_named(name, make(), "image/png") for name, make in pngs])
+
+    def _all(self, uploads: list[Callable[[], str | None]]) -> list[str | None]:
         if not self.enabled:
-            return [None] * len(pngs)
-        futures = [self._pool.submit(lambda make=make: self.put(make())) for make in pngs]
+            return [None] * len(uploads)
+        futures = [self._pool.submit(upload) for upload in uploads]
         done, late = wait(futures, timeout=self.deadline)
         if late:
             metrics.UPLOAD_FAILURES.labels(reason="RequestDeadline").inc(len(late))

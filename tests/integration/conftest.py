@@ -15,6 +15,9 @@ ACCESS_KEY = "AKIAINTEGRATIONTEST1"
 SECRET_KEY = "integration/SECRET/key/that/must/never/leak"
 API_KEYS = ("first-api-key-0123456789", "second-api-key-9876543210")
 SECRETS = (SECRET_KEY, *API_KEYS)
+# Small, so that the tests reach each video limit with small clips (tests/integration/test_track_api.py).
+VIDEO_LIMITS = {"SAM2_VIDEO_MAX_FRAMES": "24", "SAM2_VIDEO_MAX_PIXELS": str(320 * 240),
+                "SAM2_VIDEO_MAX_UPLOAD_BYTES": str(2 * 1024**2)}
 
 
 def prepare_bucket(s3) -> None:
@@ -58,6 +61,7 @@ def server(s3, s3_server, checkpoint, logs) -> Process:
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_REGION": "us-east-1",
         "S3_INPUT_BUCKETS": PHOTOS,
+        **VIDEO_LIMITS,
     })
     served.start("/readyz")
     yield served

@@ -122,3 +122,23 @@ def test_an_unknown_format_exits_2_naming_the_choices(capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_args(["segment", "x.png", "--point", "1,2", "--format", "geojson"], environ={})
     assert exit_.value.code == 2 and "choose from 'rle', 'polygons'" in capsys.readouterr().err
+
+
+def test_track_objects_from_the_command_line():
+    from sam2_api.cli import parse_tracked_object
+
+    assert parse_tracked_object("0:120,80") == {"frame_index": 0, "points": [[120.0, 80.0]], "labels": [1]}
+    assert parse_tracked_object("3:box=10,10,90,90") == {"frame_index": 3, "box": [10.0, 10.0, 90.0, 90.0]}
+    assert parse_tracked_object("0:box=10,10,90,90:50,50,0+30:100,70") == {"prompts": [
+        {"frame_index": 0, "box": [10.0, 10.0, 90.0, 90.0], "points": [[50.0, 50.0]], "labels": [0]},
+        {"frame_index": 30, "points": [[100.0, 70.0]], "labels": [1]}]}
+    args = parse_args(["track", "clip.mp4", "--object", "0:1,2", "--object", "0:box=1,1,5,5", "--reverse"])
+    assert (len(args.object), args.reverse, args.start, args.max_frames) == (2, True, None, None)
+
+
+@pytest.mark.parametrize("argv", [["track", "clip.mp4"], ["track", "clip.mp4", "--object", "120,80"],
+                                  ["track", "clip.mp4", "--object", "x:1,2"]])
+def test_track_refuses_a_malformed_object(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert "--object" in capsys.readouterr().err
