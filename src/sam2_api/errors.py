@@ -91,6 +91,12 @@ class UnsupportedContentType(RequestError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
+class DeadlineExceeded(RequestError):
+    """The request would take longer than the service allows it; the message says what to reduce."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 def by_name(name: str) -> type[RequestError]:
     """The :class:`RequestError` subclass called ``name`` (errors cross between services by name)."""
     found = {cls.__name__: cls for cls in _subclasses(RequestError)}.get(name)
