@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 from . import imaging
 from .config import Settings
 from .errors import InvalidImageSource, MissingImage, UnknownImageId
+from .everything_protocol import EverythingParams, EverythingReply
 from .prompts import Prompt
 from .protocol import ModelReply, RawImage
 from .sources import ImageSources
@@ -28,6 +29,11 @@ class Model(Protocol):
     """The model service as the API service sees it (``service.SAM2Model``, local or remote)."""
 
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None) -> ModelReply: ...
+
+    def everything(self, key: str, params: EverythingParams, image: RawImage | None = None) -> EverythingReply: ...
+
+
+_Reply = TypeVar("_Reply", ModelReply, EverythingReply)
 
 
 @dataclass(frozen=True)
@@ -71,21 +77,8 @@ class Pipeline:
 
     def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None) -> Result:
         """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the cache."""
-        located = self._locate(image, timer)
-        key = f"{tenant}/{located.key}" if tenant else located.key
-        reply = self._call(key, prompts, None, timer)
-        if reply.needs_image:
-            if located.load is None:
-                raise UnknownImageId(
-                    f"image_id {image.image_id!r} is not cached here (never sent, or evicted): "
-                    "send the image with it again"
-                )
-            data = located.load()
-            with timer.stage("image_decode"):
-                pixels = imaging.load_upright_rgb(data, self.max_image_pixels, self.max_image_side)
-            reply = self._call(key, prompts, RawImage.of(pixels), timer)
-        if reply.failure is not None:
-            raise reply.failure.error()
+        reply = self.ask(image, lambda key, pixels: self.model.predict(key=key, prompts=prompts, image=pixels),
+                         timer, tenant)
         height, width = reply.height, reply.width
 
         def png(bits: bytes) -> Callable[[], bytes]:
@@ -99,9 +92,31 @@ class Pipeline:
         masks = [StoredMask(url, mask.score) for url, mask in zip(urls, reply.masks)]
         return Result(masks, width, height, reply.cached)
 
-    def _call(self, key: str, prompts: list[Prompt], image: RawImage | None, timer: StageTimer) -> ModelReply:
+    def ask(self, image: ImageRequest, call: Callable[[str, RawImage | None], _Reply], timer: StageTimer,
+            tenant: str | None = None, send_image: bool = False) -> _Reply:
+        """The model service's reply for the request's image: ``call(key, None)`` first, with the
+        cache key alone, then ``call(key, pixels)`` if it needs the image (decoded here); right
+        away with the pixels when ``send_image``. Raises the request error the reply carries."""
+        located = self._locate(image, timer)
+        key = f"{tenant}/{located.key}" if tenant else located.key
+        reply = None if send_image and located.load is not None else self._call(lambda: call(key, None), timer)
+        if reply is None or reply.needs_image:
+            if located.load is None:
+                raise UnknownImageId(
+                    f"image_id {image.image_id!r} is not cached here (never sent, or evicted): "
+                    "send the image with it again"
+                )
+            data = located.load()
+            with timer.stage("image_decode"):
+                pixels = imaging.load_upright_rgb(data, self.max_image_pixels, self.max_image_side)
+            reply = self._call(lambda: call(key, RawImage.of(pixels)), timer)
+        if reply.failure is not None:
+            raise reply.failure.error()
+        return reply
+
+    def _call(self, call: Callable[[], _Reply], timer: StageTimer) -> _Reply:
         with timer.stage("model_call"):
-            reply = self.model.predict(key=key, prompts=prompts, image=image)
+            reply = call()
         timer.merge(reply.seconds)
         return reply
 
