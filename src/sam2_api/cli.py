@@ -2,6 +2,7 @@
 
     sam2-api segment photo.jpg --point 320,200 --point 40,40,0 --overlay overlay.png
     sam2-api segment s3://my-photos/cat.png --box 10,20,200,220 --url http://gpu-box:3000
+    sam2-api everything photo.jpg --overlay objects.png [--points-per-side 32] [--param crop_n_layers=1]
     sam2-api batch requests.jsonl --output results.jsonl --concurrency 4 [--resume]
 
 --url, --api-key and --timeout go before or after the command; --url and --api-key default to
@@ -57,13 +58,19 @@ class Client:
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
     def segment(self, image: str, fields: dict) -> httpx.Response:
+        return self.post("/segment", image, fields)
+
+    def everything(self, image: str, fields: dict) -> httpx.Response:
+        return self.post("/segment_everything", image, fields)
+
+    def post(self, route: str, image: str, fields: dict) -> httpx.Response:
         form = {name: json.dumps(value) for name, value in fields.items() if value is not None}
         if image.startswith(REFERENCE_SCHEMES):
             form["image_url"] = json.dumps(image)
             files = {"none": ("", b"")}  # keeps the request multipart
         else:
             files = {"image": (Path(image).name, Path(image).read_bytes())}
-        return self.http.post("/segment", data=form, files=files)
+        return self.http.post(route, data=form, files=files)
 
 
 # ---- The overlay --------------------------------------------------------------------------------
@@ -148,17 +155,23 @@ def parse_box(text: str) -> list[float]:
     return [float(p) for p in parts]
 
 
+def printed_body(response: httpx.Response) -> dict:
+    """The response's JSON (or its text as an error), printed."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text}
+    print(json.dumps(body, indent=2))
+    return body
+
+
 def command_segment(args: argparse.Namespace) -> int:
     points = [p for p, _ in args.point] or None
     labels = [label for _, label in args.point] or None
     response = Client(args.url, args.api_key, args.timeout).segment(
         args.image, {"points": points, "labels": labels, "box": args.box, "multimask_output": args.multimask}
     )
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"error": response.text}
-    print(json.dumps(body, indent=2))
+    body = printed_body(response)
     if response.status_code != 200:
         return 1
     if args.overlay:
@@ -169,6 +182,81 @@ def command_segment(args: argparse.Namespace) -> int:
         mask.raise_for_status()
         drawn = overlay(read_image(args.image, args.timeout), mask.content, points or (), labels or (), args.box)
         drawn.save(args.overlay)
+        print(f"overlay written to {args.overlay}", file=sys.stderr)
+    return 0
+
+
+# ---- everything ---------------------------------------------------------------------------------
+
+GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
+
+
+def object_colour(label: int) -> tuple[int, int, int]:
+    """The colour of object ``label`` (1-based): hues a golden-ratio step apart, so that neighbours in
+    the list differ; the /ui page (everything.js) uses the same formula."""
+    hue = (label * GOLDEN_RATIO_CONJUGATE) % 1.0
+    sector, fraction = divmod(hue * 6, 1)
+    value, saturation = 0.95, 0.75
+    low = value * (1 - saturation)
+    falling, rising = value * (1 - saturation * fraction), value * (1 - saturation * (1 - fraction))
+    rgb = [(value, rising, low), (falling, value, low), (low, value, rising),
+           (low, falling, value), (rising, low, value), (value, low, falling)][int(sector) % 6]
+    return tuple(round(255 * c) for c in rgb)
+
+
+def draw_objects(image: Image.Image, labels: np.ndarray) -> Image.Image:
+    """The image with each object of the label map tinted in its own colour (:func:`object_colour`)
+    and outlined where it meets another object or the background. ``labels``: ``(H, W)``, 0 = none,
+    i = the i-th object, at the image's size (the /segment_everything label map)."""
+    pixels = np.array(image.convert("RGB"), dtype=np.float32)
+    if labels.shape != pixels.shape[:2]:
+        raise ValueError(f"the label map is {labels.shape[1]}x{labels.shape[0]}, the image {image.width}x{image.height}")
+    present = np.unique(labels)
+    palette = np.zeros((int(present.max()) + 1, 3), dtype=np.float32)
+    for label in present[present > 0]:
+        palette[label] = object_colour(int(label))
+    colours = palette[labels]
+    inside = labels > 0
+    pixels[inside] = (1 - MASK_ALPHA) * pixels[inside] + MASK_ALPHA * colours[inside]
+    across, down = labels[:, 1:] != labels[:, :-1], labels[1:, :] != labels[:-1, :]
+    edge = np.zeros_like(inside)  # the pixels on either side of a change of label
+    edge[:, 1:] |= across
+    edge[:, :-1] |= across
+    edge[1:, :] |= down
+    edge[:-1, :] |= down
+    edge &= inside
+    pixels[edge] = colours[edge]
+    return Image.fromarray(np.round(pixels).astype(np.uint8))
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"--param wants NAME=VALUE, e.g. crop_n_layers=1; got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value  # sent as a string; the server says what it wants instead
+
+
+def command_everything(args: argparse.Namespace) -> int:
+    fields = dict(args.param)
+    fields.update({name: value for name, value in (("points_per_side", args.points_per_side),
+                                                   ("max_objects", args.max_objects)) if value is not None})
+    response = Client(args.url, args.api_key, args.timeout).everything(args.image, fields)
+    body = printed_body(response)
+    if response.status_code != 200:
+        return 1
+    print(f"{len(body['objects'])} objects", file=sys.stderr)
+    if args.overlay:
+        if not body.get("label_map_url"):
+            print("no overlay: the server returned no label_map_url (S3 not configured there?)", file=sys.stderr)
+            return 1
+        label_map = httpx.get(body["label_map_url"], timeout=args.timeout)
+        label_map.raise_for_status()
+        labels = np.array(Image.open(io.BytesIO(label_map.content)), dtype=np.uint16)
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(read_image(args.image, args.timeout))))
+        draw_objects(image, labels).save(args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
 
@@ -331,6 +419,16 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
     one.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None)
     one.add_argument("--overlay", type=Path, help="write the image with the mask and the prompt drawn over it here")
     one.set_defaults(run=command_segment)
+
+    everything = commands.add_parser("everything", parents=[server],
+                                     help="segment every object of one image and print the JSON result")
+    everything.add_argument("image", help="a local file, s3://bucket/key or https://… URL")
+    everything.add_argument("--points-per-side", type=int, help="the point grid (server default: 32)")
+    everything.add_argument("--max-objects", type=int, help="the most objects returned (server default: 256)")
+    everything.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
+                            help="any other field of POST /segment_everything, VALUE as JSON, e.g. crop_n_layers=1")
+    everything.add_argument("--overlay", type=Path, help="write the image with each object in its own colour here")
+    everything.set_defaults(run=command_everything)
 
     many = commands.add_parser("batch", parents=[server], help="segment every request of a JSONL file")
     many.add_argument("requests", type=Path)

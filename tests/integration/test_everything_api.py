@@ -108,3 +108,26 @@ def test_openapi_documents_the_route(server):
     assert all(field.get("description") for field in schema["properties"].values())
     assert "503" in post_spec["description"] and "SAM2_EVERYTHING_DEADLINE_S" in post_spec["description"]
     assert json.dumps(spec).count("label_map_url") >= 1
+
+
+def test_the_command_line_prints_the_objects_and_colours_each_in_the_overlay(server, small_cat, tmp_path):
+    from sam2_api.cli import draw_objects
+    from tests.integration.test_cli import sam2_api
+
+    image = tmp_path / "cat.png"
+    image.write_bytes(small_cat[0])
+    out = tmp_path / "objects.png"
+    result = sam2_api("--url", server.url, "everything", str(image), "--points-per-side", "1", "--max-objects", "2",
+                      "--param", "pred_iou_thresh=0", "--param", "stability_score_thresh=0", "--param",
+                      "box_nms_thresh=1", "--overlay", str(out))
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert len(body["objects"]) == 2 and "2 objects" in result.stderr
+    labels = read_png(httpx.get(body["label_map_url"], timeout=10).content)
+    assert set(np.unique(labels)) <= {0, 1, 2} and labels.max() >= 1
+    drawn = np.array(Image.open(out).convert("RGB"))
+    assert np.array_equal(drawn, np.array(draw_objects(Image.fromarray(small_cat[1]), labels)))
+    assert np.any(drawn != small_cat[1])
+
+    refused = sam2_api("--url", server.url, "everything", str(image), "--points-per-side", "65")
+    assert refused.returncode == 1 and "must be an integer from 1 to 64" in json.loads(refused.stdout)["error"]
