@@ -117,7 +117,7 @@ def test_everything_overlay_tints_each_object_in_its_own_colour_and_outlines_it(
     drawn = np.asarray(draw_objects(image, labels)).astype(int)
     for label, (y, x) in ((1, (15, 15)), (7, (20, 45))):
         colour = np.array(object_colour(label))
-        assert drawn[y, x].tolist() == np.round(GREY / 2 + colour / 2).tolist()  # half-way to its colour
+        assert drawn[y, x].tolist() == ((GREY + colour + 1) // 2).tolist()  # half-way to its colour, halves up
     assert drawn[15, 30].tolist() == list(object_colour(7))  # where 7 meets 1: 7's outline
     assert drawn[15, 29].tolist() == list(object_colour(1))  # and 1's
     assert drawn[5, 15].tolist() == drawn[24, 15].tolist() == list(object_colour(1))  # where 1 meets the background
