@@ -2,13 +2,18 @@
 
 The work is Meta's own ``SAM2AutomaticMaskGenerator.generate`` (point grids, batches, filters, NMS
 within and across crops, RLE): its output equals the generator's for the same weights, image and
-parameters by construction (tests compare them). Two things are ours:
+parameters by construction (tests compare them). What is ours:
 
 - the predictor it drives is :class:`_CachedPredictor`, whose ``set_image`` serves the whole image
   from the embedding cache (so a repeat request skips the encoder, and the other routes share it)
   and encodes crops with :class:`Segmenter` (the same computation as ``set_image``);
 - a :class:`Deadline`, checked before each batch of points and each crop's encoder pass, which
-  stops a request that would run past it with a 503 saying what to reduce.
+  stops a request that would run past it with a 503 saying what to reduce;
+- two of the helpers Meta's methods call, swapped for exact equivalents that do not cost time per
+  mask in Python: :func:`_mask_to_rle` (one device-to-host copy per batch instead of a filter, a
+  copy and a sync per mask) and :class:`_MaskData` (no deep copy of every run-length list each
+  time results are gathered). The methods themselves run Meta's code objects as they are
+  (:func:`_with_helpers`).
 
 Everything here runs on the device thread (one job per request, :meth:`DeviceThread.call`). The
 generator and its predictor are built per request: no state is shared between requests.
@@ -17,6 +22,8 @@ generator and its predictor are built per request: no state is shared between re
 from __future__ import annotations
 
 import time
+import types
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -84,9 +91,63 @@ class _CachedPredictor(SAM2ImagePredictor):
         self._is_image_set = True
 
 
+def _mask_to_rle(tensor: torch.Tensor) -> list[dict[str, Any]]:
+    """``sam2.utils.amg.mask_to_rle_pytorch``'s uncompressed RLE of ``B×H×W`` bool masks, the same
+    lists of ints, with the run boundaries found on the device and copied to the host once."""
+    count, height, width = tensor.shape
+    if count == 0:
+        return []
+    flat = tensor.permute(0, 2, 1).flatten(1)  # column-major, as COCO's RLE
+    changes = (flat[:, 1:] ^ flat[:, :-1]).nonzero().cpu().numpy()  # (mask, index) pairs, mask-major
+    starts_on = flat[:, 0].cpu().numpy()
+    per_mask = np.split(changes[:, 1], np.searchsorted(changes[:, 0], np.arange(1, count)))
+    out = []
+    for index, cuts in enumerate(per_mask):
+        bounds = np.concatenate(([0], cuts + 1, [height * width]))
+        counts = [0] if starts_on[index] else []
+        counts.extend(np.diff(bounds).tolist())
+        out.append({"size": [height, width], "counts": counts})
+    return out
+
+
+class _MaskData(MaskData):
+    """Meta's ``MaskData`` gathering batches without deep copies: its callers never touch what
+    they hand to :meth:`cat` again (``del batch_data``), so copying each run-length list (Python
+    ints, one per run) only costs time."""
+
+    def cat(self, new_stats: MaskData) -> None:
+        for key, value in new_stats.items():
+            if self._stats.get(key) is None:
+                self._stats[key] = value
+            elif isinstance(value, torch.Tensor):
+                self._stats[key] = torch.cat([self._stats[key], value], dim=0)
+            elif isinstance(value, np.ndarray):
+                self._stats[key] = np.concatenate([self._stats[key], value], axis=0)
+            elif isinstance(value, list):
+                self._stats[key] = self._stats[key] + value
+            else:
+                raise TypeError(f"MaskData key {key} has an unsupported type {type(value)}.")
+
+
+def _with_helpers(method: Callable, **helpers: Any) -> Callable:
+    """``method`` (one of Meta's), its own code object, with the module-level names in ``helpers``
+    looked up as given instead: only for the class that uses the result, never for Meta's."""
+    assert not method.__code__.co_freevars, f"{method.__qualname__} closes over names: cannot rebind it"
+    names = {**method.__globals__, **helpers}
+    return types.FunctionType(method.__code__, names, method.__name__, method.__defaults__, method.__closure__)
+
+
+_FAST_HELPERS = {"mask_to_rle_pytorch": _mask_to_rle, "MaskData": _MaskData}
+
+
 class _Generator(SAM2AutomaticMaskGenerator):
-    """Meta's generator with a deadline between batches; and an empty result, not an IndexError,
-    when no crop keeps a mask (Meta's cross-crop NMS indexes a 1-D empty tensor then)."""
+    """Meta's generator with a deadline between batches, the fast helpers, and an empty result,
+    not an IndexError, when no crop keeps a mask (Meta's cross-crop NMS indexes a 1-D empty tensor
+    then)."""
+
+    _generate_masks = _with_helpers(SAM2AutomaticMaskGenerator._generate_masks, **_FAST_HELPERS)
+    _meta_process_crop = _with_helpers(SAM2AutomaticMaskGenerator._process_crop, **_FAST_HELPERS)
+    _meta_process_batch = _with_helpers(SAM2AutomaticMaskGenerator._process_batch, **_FAST_HELPERS)
 
     def __init__(self, predictor: _CachedPredictor, deadline: Deadline, **kwargs) -> None:
         super().__init__(predictor.model, output_mode="coco_rle", **kwargs)
@@ -94,7 +155,7 @@ class _Generator(SAM2AutomaticMaskGenerator):
         self._deadline = deadline
 
     def _process_crop(self, image, crop_box, crop_layer_idx, orig_size) -> MaskData:
-        data = super()._process_crop(image, crop_box, crop_layer_idx, orig_size)
+        data = self._meta_process_crop(image, crop_box, crop_layer_idx, orig_size)
         if len(data["rles"]) == 0:
             data["crop_boxes"] = torch.zeros((0, 4))
         return data
@@ -102,7 +163,7 @@ class _Generator(SAM2AutomaticMaskGenerator):
     def _process_batch(self, points, im_size, crop_box, orig_size, normalize=False) -> MaskData:
         self._deadline.check("batch")
         started = time.monotonic()
-        data = super()._process_batch(points, im_size, crop_box, orig_size, normalize=normalize)
+        data = self._meta_process_batch(points, im_size, crop_box, orig_size, normalize=normalize)
         self._deadline.took("batch", time.monotonic() - started)
         self._deadline.points_done += len(points)
         return data

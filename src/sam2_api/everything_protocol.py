@@ -34,11 +34,12 @@ MAX_OBJECTS = 1024  # the label map is 16-bit; this keeps replies and uploads bo
 DEFAULT_MAX_OBJECTS = 256
 FORMATS = ("rle", "polygons")
 # The peak memory of one batch of Meta's generator, per point: the mask decoder's activations (the
-# image embedding and high-resolution features repeated per point: 28 MiB measured, whatever the image
-# size), then per candidate mask its float32 logits at full size, the copy each filter step makes
-# of the kept ones, and the boolean maps of the stability score and the RLE encoding. Upper bounds
-# of the measured peaks (CPU, hiera-tiny, noisy random-weight masks, the RLE's worst case; the mask
-# decoder is the same for every SAM 2 size): docs/PERFORMANCE-everything.md.
+# image embedding and high-resolution features repeated per point: 28 MiB measured, whatever the
+# image size), or, per candidate mask, its float32 logits at full size, the copy each filter step
+# makes of the kept ones, and the boolean maps of the stability score and the RLE encoding (7-12
+# bytes a pixel measured). Upper bounds of the measured peaks (CPU, hiera-tiny, noisy random-weight
+# masks, the RLE's worst case; the mask decoder is the same for every SAM 2 size), the two added
+# although they do not coincide; tests/unit/test_everything.py measures one batch against them.
 DECODER_BYTES_PER_POINT = 32 * 1024**2
 BYTES_PER_MASK_PIXEL = 12
 

@@ -4,7 +4,8 @@ The image is resolved once: its cache key comes from the request (``image_id``, 
 uploaded or fetched bytes; scoped to the caller's API key), and the model service is asked with the
 key alone first. Only when it does not hold that embedding is the image decoded here (uploaded
 bytes, or ``image_url`` fetched now) and sent along; that second call always succeeds, whatever
-the cache evicted in between. Decoding, PNG encoding and uploads run here, in the API service's
+the cache evicted in between (a caller that needs the pixels anyway, segment everything with
+crops, sends them at once). Decoding, PNG encoding and uploads run here, in the API service's
 processes, never in the process that drives the GPU.
 """
 

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
@@ -184,3 +185,25 @@ def test_one_batch_stays_within_the_stated_memory_bound(checkpoint):
     probe = json.loads(done.stdout.strip().splitlines()[-1])
     assert probe["found"] == 27
     assert probe["estimate"] / 3 < probe["measured"] <= probe["estimate"]
+
+
+def test_the_fast_helpers_give_meta_helpers_values_and_leave_meta_generator_as_it_is():
+    import sam2.automatic_mask_generator as meta_module
+    from sam2.utils.amg import MaskData, mask_to_rle_pytorch
+
+    from sam2_api.everything import _mask_to_rle, _MaskData
+
+    rng = np.random.default_rng(0)
+    for shape in [(0, 4, 4), (1, 1, 1), (3, 5, 7), (6, 30, 20)]:
+        for density in (0.0, 0.3, 1.0):
+            masks = torch.from_numpy(rng.random(shape) < density)
+            assert _mask_to_rle(masks) == mask_to_rle_pytorch(masks), (shape, density)
+    gathered, expected = _MaskData(), MaskData()
+    for batch in range(3):
+        rles = mask_to_rle_pytorch(torch.from_numpy(rng.random((2, 4, 4)) < 0.5))
+        for data in (gathered, expected):
+            data.cat(MaskData(rles=list(rles), iou=torch.tensor([batch, batch + 0.5])))
+    assert gathered["rles"] == expected["rles"] and torch.equal(gathered["iou"], expected["iou"])
+    # Meta's own generator still runs Meta's helpers: the reference the other tests compare with.
+    assert SAM2AutomaticMaskGenerator._process_batch.__globals__["mask_to_rle_pytorch"] is mask_to_rle_pytorch
+    assert meta_module.MaskData is MaskData
