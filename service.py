@@ -23,7 +23,7 @@ from sam2_api.config import Settings
 from sam2_api.everything_pipeline import EverythingResult, segment_everything
 from sam2_api.everything_protocol import EverythingParams, EverythingReply, parse_output, parse_params
 from sam2_api.everything_schemas import EverythingFields as Everything
-from sam2_api.everything_schemas import EverythingResponse, FoundObjectResponse
+from sam2_api.everything_schemas import EverythingResponse
 from sam2_api.guard import RequestGuard
 from sam2_api.http_metrics import label_metrics_by_route
 from sam2_api.pipeline import ImageRequest, Result, build_pipeline
@@ -124,7 +124,8 @@ class SAM2API:
         if self.pipeline.store.disabled_reason and bentoml.server_context.worker_index in (None, 1):
             logging.getLogger("sam2_api").warning(self.pipeline.store.disabled_reason)  # once, not per worker
 
-    def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, serve: Callable[..., Served]) -> Served:
+    def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url,
+             serve: Callable[..., Served]) -> Served:
         """``serve(request, timer, tenant)`` for the request's image, with the timing and cache headers."""
         timer = StageTimer()
         with timer.stage("read"):
@@ -137,6 +138,9 @@ class SAM2API:
             ctx.response.headers["Server-Timing"] = timer.server_timing()
         ctx.response.headers[CACHE_HEADER] = "hit" if result.cached else "miss"
         return result
+
+    def _prompted(self, prompts: list[Prompt]) -> Callable[..., Result]:
+        return lambda request, timer, tenant: self.pipeline.run(request, prompts, timer, tenant)
 
     @bentoml.api
     def segment(
@@ -187,9 +191,6 @@ class SAM2API:
         return ObjectsResponse(objects=[ObjectMask(mask_url=m.url, score=m.score) for m in result.masks],
                                width=result.width, height=result.height)
 
-    def _prompted(self, prompts: list[Prompt]) -> Callable[..., Result]:
-        return lambda request, timer, tenant: self.pipeline.run(request, prompts, timer, tenant)
-
     @bentoml.api
     def segment_everything(
         self,
@@ -235,17 +236,12 @@ class SAM2API:
             output = parse_output(formats, polygon_tolerance, per_object_masks)
             result: EverythingResult = self._run(
                 ctx, image, image_id, image_url,
-                lambda request, timer, tenant: segment_everything(self.pipeline, request, params, output, timer, tenant),
+                lambda request, timer, tenant: segment_everything(self.pipeline, request, params, output, timer,
+                                                                  tenant),
             )
         except errors.RequestError as exc:
             return error_response(ctx, exc)
-        objects = [
-            FoundObjectResponse(mask_url=o.mask_url, predicted_iou=o.predicted_iou, stability_score=o.stability_score,
-                                point_coords=o.point_coords, **o.described)
-            for o in result.objects
-        ]
-        return EverythingResponse(objects=objects, label_map_url=result.label_map_url,
-                                  width=result.width, height=result.height)
+        return EverythingResponse.of(result)
 
 
 # API keys and the upload size limit, checked before BentoML reads the body; health, metrics and

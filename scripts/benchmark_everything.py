@@ -37,7 +37,6 @@ import threading
 import time
 from pathlib import Path
 
-import boto3
 import httpx
 import numpy as np
 import torch
@@ -53,7 +52,7 @@ from sam2_api.cache import EmbeddingCache  # noqa: E402
 from sam2_api.device import DeviceThread  # noqa: E402
 from sam2_api.engine import Engine  # noqa: E402
 from sam2_api.everything_protocol import EverythingLimits, EverythingParams  # noqa: E402
-from sam2_api.localdev import bento_server, moto_server, prepare_mask_bucket  # noqa: E402
+from sam2_api.localdev import served_with_s3  # noqa: E402
 from sam2_api.maskformats import from_coco_rle  # noqa: E402
 from sam2_api.model import WeightsSource, load_sam2  # noqa: E402
 from sam2_api.protocol import RawImage  # noqa: E402
@@ -159,7 +158,7 @@ def main() -> None:
     parser.add_argument("--image", type=Path, default=REPO / "tests" / "data" / "chelsea.png")
     parser.add_argument("--points-per-side", type=int, default=8)
     parser.add_argument("--configs", default="defaults,keep-all", help=f"comma-separated, of {', '.join(CONFIGS)}")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each kind (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per configuration (medians reported)")
     parser.add_argument("--no-server", action="store_true", help="skip the HTTP route (in-process figures only)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
@@ -167,102 +166,85 @@ def main() -> None:
     device = torch.device(args.device)
     config_name, _ = HF_MODEL_ID_TO_FILENAMES[args.model]
     model = load_sam2(WeightsSource(config_name, args.checkpoint, "benchmark"), device)
-    segmenter = Segmenter(model)
-    engine = Engine(DeviceThread(segmenter), EmbeddingCache(64, 2**34), EverythingLimits(deadline_s=3600, max_points=10**6))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    engine = Engine(DeviceThread(Segmenter(model)), EmbeddingCache(64, 2**34),
+                    EverythingLimits(deadline_s=3600, max_points=10**6))
     base = np.array(Image.open(args.image).convert("RGB"))
-    height, width = base.shape[:2]
-    results = []
-    for number, name in enumerate(args.configs.split(",")):
-        images = variants(base, args.repeats + 1, seed=number)
-        params = dict(points_per_side=args.points_per_side, **CONFIGS[name])
-        print(f"[{name}] warming up", file=sys.stderr)
-        generator = SAM2AutomaticMaskGenerator(model, **params)
-        with autocast:
-            generator.generate(images[0][0])
-        engine.everything(f"warm-{name}", EverythingParams(**params), RawImage.of(images[0][0]))
-
-        meta_times, ours_cold, ours_warm, equal = [], [], [], []
-        for index in range(args.repeats):
-            pixels = images[1 + index][0]
-            with autocast:
-                seconds, records = timed(lambda: generator.generate(pixels))
-            meta_times.append(seconds)
-            key = f"{name}-{index}"
-            seconds, reply = timed(lambda: engine.everything(key, EverythingParams(**params), RawImage.of(pixels)))
-            assert reply.failure is None, reply.failure
-            ours_cold.append(seconds)
-            equal.append(same_objects(reply.objects, width, height, records))
-            with PeakMemory(device) as memory:  # the point batches alone: the embedding is cached
-                seconds, again = timed(lambda: engine.everything(key, EverythingParams(**params)))
-            assert again.cached
-            ours_warm.append(seconds)
-            print(f"[{name}] generator {meta_times[-1]:.2f} s, ours {ours_cold[-1]:.2f} s, "
-                  f"repeat {ours_warm[-1]:.2f} s, {len(records)} objects", file=sys.stderr)
-        plan = EverythingParams(**params).plan(width, height, EverythingLimits())
-        results.append({
-            "config": name, "params": params, "objects": len(records), "returned": len(reply.objects),
-            "meta": statistics.median(meta_times), "ours": statistics.median(ours_cold),
-            "ours_repeat": statistics.median(ours_warm), "equal": all(equal), "stages": reply.seconds,
-            "memory": memory.used, "memory_bound": plan.batch_bytes, "points_per_batch": plan.points_per_batch,
-        })
-
-    served = {} if args.no_server else serve_and_time(args, base, results)
-    write_report(args, width, height, results, served)
-
-
-def serve_and_time(args, base: np.ndarray, results: list[dict]) -> dict:
-    """Median wall times of the route for each configuration: new bytes (cold) and the same again."""
-    out = {}
-    with tempfile.TemporaryDirectory() as logs:
-        s3_server = moto_server(Path(logs))
-        s3_server.start("/moto-api/")
-        try:
-            s3 = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1", **{
-                "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]})
-            prepare_mask_bucket(s3, BUCKET, PREFIX)
+    with contextlib.ExitStack() as stack:
+        route = None
+        if not args.no_server:
+            logs = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             env = {"SAM2_CHECKPOINT": str(args.checkpoint), "SAM2_MODEL": args.model, "SAM2_DEVICE": args.device,
-                   "S3_BUCKET_NAME_STAGING": BUCKET, "S3_ENDPOINT_URL": s3_server.url,
-                   "SAM2_EVERYTHING_DEADLINE_S": "290", "SAM2_EVERYTHING_MAX_POINTS": "1000000", **CREDENTIALS}
-            server = bento_server("bench-everything", Path(logs), env, REPO)
+                   "SAM2_EVERYTHING_DEADLINE_S": "290", "SAM2_EVERYTHING_MAX_POINTS": "1000000"}
             print("starting bentoml serve", file=sys.stderr)
-            server.start("/readyz", timeout=600)
-            try:
-                with httpx.Client(base_url=server.url, timeout=600) as client:
-                    for number, result in enumerate(results):
-                        images = variants(base, args.repeats + 1, seed=100 + number)  # bytes the server has not seen
-                        fields = {name: json.dumps(value) for name, value in result["params"].items()}
-                        fields["formats"] = json.dumps(["rle"])
-
-                        def post(data: bytes) -> tuple[float, httpx.Response]:
-                            seconds, response = timed(lambda: client.post(
-                                "/segment_everything", data=fields, files={"image": ("image.png", data)}))
-                            response.raise_for_status()
-                            return seconds, response
-
-                        post(images[0][1])  # warm-up
-                        cold, warm, stages = [], [], []
-                        for pixels, data in images[1:1 + args.repeats]:
-                            seconds, response = post(data)
-                            assert response.headers["X-Embedding-Cache"] == "miss"
-                            cold.append(seconds)
-                            stages.append(server_timing(response.headers["Server-Timing"]))
-                            seconds, again = post(data)
-                            assert again.headers["X-Embedding-Cache"] == "hit"
-                            warm.append(seconds)
-                        out[result["config"]] = {"cold": statistics.median(cold), "repeat": statistics.median(warm),
-                                                 "stages": stages[-1], "objects": len(response.json()["objects"])}
-                        print(f"[{result['config']}] route {out[result['config']]['cold']:.2f} s, "
-                              f"repeat {out[result['config']]['repeat']:.2f} s", file=sys.stderr)
-            finally:
-                server.stop()
-        finally:
-            s3_server.stop()
-    return out
+            server = stack.enter_context(served_with_s3(logs, "bench-everything", BUCKET, PREFIX, CREDENTIALS, env,
+                                                        REPO, timeout=600))
+            route = stack.enter_context(httpx.Client(base_url=server.url, timeout=600))
+        results = [measure(args, name, number, model, engine, route, base)
+                   for number, name in enumerate(args.configs.split(","))]
+    write_report(args, base.shape[1], base.shape[0], results)
 
 
-def write_report(args, width: int, height: int, results: list[dict], served: dict) -> None:
+def measure(args, name: str, number: int, model, engine: Engine, route: httpx.Client | None,
+            base: np.ndarray) -> dict:
+    """One configuration, in rounds: the generator, then ours in-process (new image, repeat), then
+    the route (new bytes, repeat), back to back, so that each ratio compares runs made under the
+    same load; the medians of times and of ratios."""
+    height, width = base.shape[:2]
+    params = dict(points_per_side=args.points_per_side, **CONFIGS[name])
+    fields = {key: json.dumps(value) for key, value in params.items()} | {"formats": json.dumps(["rle"])}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else contextlib.nullcontext()
+    generator = SAM2AutomaticMaskGenerator(model, **params)
+
+    def post(data: bytes, cache: str) -> tuple[float, httpx.Response]:
+        seconds, response = timed(lambda: route.post("/segment_everything", data=fields,
+                                                      files={"image": ("image.png", data)}))
+        response.raise_for_status()
+        assert response.headers["X-Embedding-Cache"] == cache
+        return seconds, response
+
+    images = variants(base, args.repeats + 1, seed=number)  # new bytes and pixels each round, the same work
+    print(f"[{name}] warming up", file=sys.stderr)
+    with autocast:
+        generator.generate(images[0][0])
+    engine.everything(f"warm-{name}", EverythingParams(**params), RawImage.of(images[0][0]))
+    if route:
+        post(images[0][1], "miss")
+    rounds = []
+    for index, (pixels, data) in enumerate(images[1:]):
+        times = {}
+        with autocast:
+            times["generator"], records = timed(lambda: generator.generate(pixels))
+        key = f"{name}-{index}"
+        times["ours"], reply = timed(lambda: engine.everything(key, EverythingParams(**params), RawImage.of(pixels)))
+        assert reply.failure is None, reply.failure
+        equal = same_objects(reply.objects, width, height, records)
+        with PeakMemory(torch.device(args.device)) as memory:  # the point batches alone: the embedding is cached
+            times["ours, repeat"], again = timed(lambda: engine.everything(key, EverythingParams(**params)))
+        assert again.cached
+        route_stages = {}
+        if route:
+            times["route"], response = post(data, "miss")
+            route_stages = server_timing(response.headers["Server-Timing"])
+            equal = equal and same_objects(response.json()["objects"], width, height, records)
+            times["route, repeat"], _ = post(data, "hit")
+        rounds.append({"times": times, "equal": equal, "memory": memory.used, "stages": reply.seconds,
+                       "route_stages": route_stages, "objects": len(records)})
+        print(f"[{name}] " + ", ".join(f"{kind} {seconds:.2f} s" for kind, seconds in times.items())
+              + f"; {len(records)} objects", file=sys.stderr)
+    plan = EverythingParams(**params).plan(width, height, EverythingLimits())
+    kinds = list(rounds[0]["times"])
+    return {
+        "config": name, "params": params, "objects": rounds[-1]["objects"],
+        "times": {kind: statistics.median(r["times"][kind] for r in rounds) for kind in kinds},
+        "ratios": {kind: statistics.median(r["times"][kind] / r["times"]["generator"] for r in rounds)
+                   for kind in kinds if kind != "generator"},
+        "equal": all(r["equal"] for r in rounds), "stages": rounds[-1]["stages"],
+        "route_stages": rounds[-1]["route_stages"], "memory": max(r["memory"] for r in rounds),
+        "memory_bound": plan.batch_bytes, "points_per_batch": plan.points_per_batch,
+    }
+
+
+def write_report(args, width: int, height: int, results: list[dict]) -> None:
     if args.device == "cuda":
         hardware = torch.cuda.get_device_name(0)
     else:
@@ -274,7 +256,7 @@ def write_report(args, width: int, height: int, results: list[dict], served: dic
         "Written by `scripts/benchmark_everything.py` "
         f"(`--device {args.device} --model {args.model} --points-per-side {args.points_per_side}`), on "
         f"{hardware}, torch {torch.__version__}; image `{args.image.relative_to(REPO) if args.image.is_relative_to(REPO) else args.image}` "
-        f"({width}×{height}); median of {args.repeats} runs each.",
+        f"({width}×{height}); {args.repeats} rounds per configuration.",
         "",
         "- **generator**: Meta's `SAM2AutomaticMaskGenerator.generate(image)` in-process (encoder, point "
         "batches, binary masks), the baseline;",
@@ -293,29 +275,33 @@ def write_report(args, width: int, height: int, results: list[dict], served: dic
             "Real weights fall between the two; the GPU figures for hiera-large come from a run with real weights.",
             "",
         ]
+    kinds = ["ours", "ours, repeat", "route", "route, repeat"]
     lines += [
-        "| config | objects | generator | ours, model side | ratio | ours, repeat | ratio | route | ratio | "
-        "route, repeat | ratio | objects equal the generator's |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | objects | generator | " + " | ".join(f"{kind} | ratio" for kind in kinds)
+        + " | objects equal the generator's |",
+        "|---|---|---|" + "---|---|" * len(kinds) + "---|",
     ]
     for result in results:
-        meta = result["meta"]
-        route = served.get(result["config"])
-        route_cells = (f"{route['cold']:.2f} s | {route['cold'] / meta:.2f}× | {route['repeat']:.2f} s | "
-                       f"{route['repeat'] / meta:.2f}×" if route else "– | – | – | –")
-        lines.append(
-            f"| {result['config']} | {result['objects']} | {meta:.2f} s | {result['ours']:.2f} s | "
-            f"{result['ours'] / meta:.2f}× | {result['ours_repeat']:.2f} s | {result['ours_repeat'] / meta:.2f}× | "
-            f"{route_cells} | {'yes' if result['equal'] else 'NO'} |"
-        )
-    lines += ["", "Parameters: " + "; ".join(f"`{r['config']}`: `{json.dumps(r['params'])}`" for r in results) + ".", ""]
-    lines += ["Where the model side's time goes (one new image), and the route's (Server-Timing):", ""]
+        cells = [f"{result['times'][kind]:.2f} s | {result['ratios'][kind]:.2f}×" if kind in result["times"]
+                 else "– | –" for kind in kinds]
+        lines.append(f"| {result['config']} | {result['objects']} | {result['times']['generator']:.2f} s | "
+                     + " | ".join(cells) + f" | {'yes' if result['equal'] else 'NO'} |")
+    lines += [
+        "",
+        "Times are medians of the rounds; each ratio is the median of the rounds' ratios to the generator's "
+        "run of the same round (measured back to back, so that they share the machine's load).",
+        "",
+        "Parameters: " + "; ".join(f"`{r['config']}`: `{json.dumps(r['params'])}`" for r in results) + ".",
+        "",
+        "Where the time goes (the last round's new image; model side in-process, and the route's Server-Timing):",
+        "",
+    ]
     for result in results:
-        stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result["stages"].items() if name != "queue")
-        lines.append(f"- `{result['config']}`, model side: {stages}")
-        if result["config"] in served:
-            stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in served[result["config"]]["stages"].items())
-            lines.append(f"- `{result['config']}`, route: {stages}")
+        for where, stages in (("model side", result["stages"]), ("route", result["route_stages"])):
+            if stages:
+                shown = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in stages.items()
+                                  if stage not in ("queue", "read"))
+                lines.append(f"- `{result['config']}`, {where}: {shown}")
     lines += [
         "",
         "## Memory",

@@ -21,14 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import boto3
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_readme_pictures import BUCKET, CHECKPOINT, CREDENTIALS, PREFIX, REPO, save_small  # noqa: E402
 
-from sam2_api.localdev import bento_server, clean_env, moto_server, prepare_mask_bucket  # noqa: E402
+from sam2_api.localdev import clean_env, served_with_s3  # noqa: E402
 
 IMAGE, WIDTH = "astronaut.png", 384  # 512x512
 # The random weights' masks survive only with the thresholds lowered; box_nms_thresh 0.9 keeps the
@@ -44,33 +43,17 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        logs = Path(tmp)
-        s3_server = moto_server(logs)
-        s3_server.start("/moto-api/")
-        server = None
-        try:
-            s3 = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
-                              **{name.lower(): value for name, value in CREDENTIALS.items()})
-            prepare_mask_bucket(s3, BUCKET, PREFIX)
-            server = bento_server("readme-everything", logs, project=REPO, env={
-                "SAM2_CHECKPOINT": str(args.checkpoint), "S3_BUCKET_NAME_STAGING": BUCKET,
-                "S3_ENDPOINT_URL": s3_server.url, "AWS_REGION": "us-east-1", **CREDENTIALS,
-            })
-            print("starting bentoml serve service.py …", file=sys.stderr)
-            server.start("/readyz")
-            drawn = logs / "everything.png"
+        print("starting bentoml serve service.py …", file=sys.stderr)
+        with served_with_s3(Path(tmp), "readme-everything", BUCKET, PREFIX, CREDENTIALS,
+                            {"SAM2_CHECKPOINT": str(args.checkpoint)}, REPO) as server:
+            drawn = Path(tmp) / "everything.png"
             command = [sys.executable, "-m", "sam2_api.cli", "everything", str(REPO / "tests" / "data" / IMAGE),
                        *ARGUMENTS, "--overlay", str(drawn), "--url", server.url]
             done = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                raise SystemExit(f"sam2-api failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-            size = save_small(Image.open(drawn), args.out / "everything.png", width=WIDTH)
-            print(f"{args.out / 'everything.png'}: {size / 1000:.0f} KB ({done.stderr.strip()})", file=sys.stderr)
-        finally:
-            if server:
-                server.stop()
-            s3_server.stop()
-
+        if done.returncode != 0:
+            raise SystemExit(f"sam2-api failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        size = save_small(Image.open(drawn), args.out / "everything.png", width=WIDTH)
+        print(f"{args.out / 'everything.png'}: {size / 1000:.0f} KB ({done.stderr.strip()})", file=sys.stderr)
 
 if __name__ == "__main__":
     main()

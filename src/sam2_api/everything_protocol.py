@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from .errors import InvalidField
 from .protocol import Failure
@@ -199,7 +199,7 @@ _NUMBERS: dict[str, tuple[type, float, float, str]] = {
     "crop_nms_thresh": (float, 0.0, 1.0, "the box IoU above which duplicates across crops are dropped"),
     "crop_overlap_ratio": (float, 0.0, 0.99, "the crops' overlap, as a fraction of the image's shorter side"),
     "crop_n_points_downscale_factor": (int, 1, 16, "how much fewer points per side each crop layer gets"),
-    "min_mask_region_area": (int, 0, 10**9, "the largest hole or island removed, in pixels"),
+    "min_mask_region_area": (int, 0, 65536, "the largest hole or island removed, in low-resolution mask pixels"),
     "max_objects": (int, 1, MAX_OBJECTS, "the most objects returned, largest first"),
 }
 _FLAGS = ("use_m2m", "multimask_output")

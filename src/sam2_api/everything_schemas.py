@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
+from .everything_pipeline import EverythingResult
 from .everything_protocol import DEFAULT_MAX_OBJECTS, MAX_CROP_LAYERS, MAX_OBJECTS, MAX_POINTS_PER_SIDE
 from .schemas import _documented
 
@@ -44,8 +45,8 @@ class EverythingFields:
     crop_n_points_downscale_factor = _documented(
         int, f"Crop layer i gets points_per_side / factor^i points per side, 1 to 16; default 1. {_META}")
     min_mask_region_area = _documented(
-        int, "Fill holes and remove islands up to this many pixels; default 0. Needs sam2's compiled CUDA "
-        "extension (400 on a server without it).")
+        int, "Fill holes and remove islands up to this many pixels of the 256×256 low-resolution masks; default 0. "
+        "Needs sam2's compiled CUDA extension (400 on a server without it).")
     use_m2m = _documented(
         bool, f"One refinement step of each mask with its own low-resolution mask as input; default false. {_META}")
     multimask_output = _documented(
@@ -101,3 +102,12 @@ class EverythingResponse(BaseModel):
     )
     width: int = Field(description="Width of the upright image, of the label map and of every mask, in pixels.")
     height: int = Field(description="Height of the upright image, of the label map and of every mask, in pixels.")
+
+    @classmethod
+    def of(cls, result: EverythingResult) -> "EverythingResponse":
+        objects = [
+            FoundObjectResponse(mask_url=o.mask_url, predicted_iou=o.predicted_iou, stability_score=o.stability_score,
+                                point_coords=o.point_coords, **o.described)
+            for o in result.objects
+        ]
+        return cls(objects=objects, label_map_url=result.label_map_url, width=result.width, height=result.height)

@@ -13,7 +13,10 @@ from PIL import Image
 from sam2_api.cli import draw_objects
 from sam2_api.labelmap import read_png
 from tests.conftest import upright_rgb
-from tests.integration.test_ui import page, pytestmark  # noqa: F401  (the fixture, the skip)
+from tests.integration import test_ui
+
+page = test_ui.page  # the headless Chromium page fixture
+pytestmark = test_ui.pytestmark  # skipped, saying so, where there is no Chromium
 
 # Random weights: the generator's default thresholds would keep nothing, so they go in the address.
 QUERY = "?points_per_side=2&pred_iou_thresh=0&stability_score_thresh=0&box_nms_thresh=1"

@@ -94,3 +94,25 @@ def test_points_per_batch_is_lowered_to_the_memory_bound_or_refused_when_given()
     assert EverythingParams().plan(1024, 1024, LIMITS).points_per_batch == 64  # Meta's default at this size
     with pytest.raises(InvalidField, match="too large for segment everything"):
         EverythingParams().plan(width, height, EverythingLimits(max_batch_bytes=per_point - 1))
+
+
+def test_the_response_leaves_out_formats_not_asked_for_but_keeps_a_null_mask_url():
+    import json
+
+    from sam2_api.everything_pipeline import EverythingResult, FoundObject
+    from sam2_api.everything_schemas import EverythingResponse
+
+    plain = FoundObject(None, {"bbox": [0, 0, 2, 1], "area": 2}, 0.9, 0.95, [[0.5, 0.5]])
+    rle = FoundObject("https://masks/1.png", {"bbox": [0, 0, 1, 1], "area": 1, "rle": {"size": [1, 2], "counts": "01"}},
+                      0.8, 0.9, [[1.5, 0.5]])
+    body = json.loads(EverythingResponse.of(EverythingResult([plain, rle], "https://masks/l.png", 2, 1, False, 2))
+                      .model_dump_json())
+    assert body == {
+        "objects": [
+            {"mask_url": None, "bbox": [0, 0, 2, 1], "area": 2, "predicted_iou": 0.9, "stability_score": 0.95,
+             "point_coords": [[0.5, 0.5]]},
+            {"mask_url": "https://masks/1.png", "bbox": [0, 0, 1, 1], "area": 1, "predicted_iou": 0.8,
+             "stability_score": 0.9, "point_coords": [[1.5, 0.5]], "rle": {"size": [1, 2], "counts": "01"}},
+        ],
+        "label_map_url": "https://masks/l.png", "width": 2, "height": 1,
+    }

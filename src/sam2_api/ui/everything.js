@@ -106,6 +106,7 @@
     body.append("image", file);
     body.append("formats", JSON.stringify(["rle"]));
     for (const [name, value] of new URLSearchParams(location.search)) {
+      if (name === "image" || name === "formats") continue;  // the page's own
       try { JSON.parse(value); body.append(name, value); } catch { body.append(name, JSON.stringify(value)); }
     }
     return body;
