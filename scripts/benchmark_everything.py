@@ -212,21 +212,30 @@ def measure(args, name: str, number: int, model, engine: Engine, route: httpx.Cl
     rounds = []
     for index, (pixels, data) in enumerate(images[1:]):
         times = {}
-        with autocast:
-            times["generator"], records = timed(lambda: generator.generate(pixels))
+
+        def run_generator() -> list[dict]:
+            with autocast:
+                times["generator"], found = timed(lambda: generator.generate(pixels))
+            return found
+
+        # The generator runs first in even rounds and last in odd ones, so that neither side always
+        # follows the same work (a warm allocator, caches, or the other's threads winding down).
+        records = run_generator() if index % 2 == 0 else None
         key = f"{name}-{index}"
         times["ours"], reply = timed(lambda: engine.everything(key, EverythingParams(**params), RawImage.of(pixels)))
         assert reply.failure is None, reply.failure
-        equal = same_objects(reply.objects, width, height, records)
         with PeakMemory(torch.device(args.device)) as memory:  # the point batches alone: the embedding is cached
             times["ours, repeat"], again = timed(lambda: engine.everything(key, EverythingParams(**params)))
         assert again.cached
-        route_stages = {}
+        route_stages, served = {}, []
         if route:
             times["route"], response = post(data, "miss")
-            route_stages = server_timing(response.headers["Server-Timing"])
-            equal = equal and same_objects(response.json()["objects"], width, height, records)
+            route_stages, served = server_timing(response.headers["Server-Timing"]), response.json()["objects"]
             times["route, repeat"], _ = post(data, "hit")
+        if records is None:
+            records = run_generator()
+        equal = same_objects(reply.objects, width, height, records) and (
+            not route or same_objects(served, width, height, records))
         rounds.append({"times": times, "equal": equal, "memory": memory.used, "stages": reply.seconds,
                        "route_stages": route_stages, "objects": len(records)})
         print(f"[{name}] " + ", ".join(f"{kind} {seconds:.2f} s" for kind, seconds in times.items())
@@ -244,35 +253,49 @@ def measure(args, name: str, number: int, model, engine: Engine, route: httpx.Cl
     }
 
 
+HEADER = """# Segment everything: performance
+
+Written by `scripts/benchmark_everything.py`, one section per kind of device (a run replaces its own
+and keeps the other). Each round times, on new pixels of the same image:
+
+- **generator**: Meta's `SAM2AutomaticMaskGenerator.generate(image)` in-process (encoder, point
+  batches, binary masks): the baseline;
+- **ours**: `Engine.everything` in-process, for the new image (encoder included) and again (cached
+  embedding): the model service's part of a request;
+- **route**: `POST /segment_everything` over HTTP to `bentoml serve service.py` with a local S3
+  server (moto): upload, decode, the model service, the label map, every object's PNG and the
+  uploads, for new bytes and for the same bytes again (`X-Embedding-Cache: hit`).
+
+Times are medians of the rounds; each ratio is the median of the rounds' ratios to the generator's
+run of the same round (measured back to back, so that they share the machine's load). The model
+work is Meta's generator code in both; ours runs it over the embedding cache, with the encoder's
+resize on the device, and with two of its helpers (the run-length encoding of each batch's masks,
+and the gathering of the batches' results) replaced by exact equivalents that skip its per-mask
+Python and device syncs.
+"""
+
+
 def write_report(args, width: int, height: int, results: list[dict]) -> None:
-    if args.device == "cuda":
-        hardware = torch.cuda.get_device_name(0)
-    else:
-        hardware = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
-    random_weights = "RANDOM-TEST-WEIGHTS" in args.checkpoint.name
+    """Replaces this device's section of the report (``<!-- cpu -->`` … ``<!-- /cpu -->``)."""
+    hardware = (torch.cuda.get_device_name(0) if args.device == "cuda"
+                else f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})")
+    image = args.image.relative_to(REPO) if args.image.is_relative_to(REPO) else args.image
     lines = [
-        "# Segment everything: performance",
+        f"<!-- {args.device} -->",
+        f"## {args.device.upper()}: {hardware}",
         "",
-        "Written by `scripts/benchmark_everything.py` "
-        f"(`--device {args.device} --model {args.model} --points-per-side {args.points_per_side}`), on "
-        f"{hardware}, torch {torch.__version__}; image `{args.image.relative_to(REPO) if args.image.is_relative_to(REPO) else args.image}` "
-        f"({width}×{height}); {args.repeats} rounds per configuration.",
-        "",
-        "- **generator**: Meta's `SAM2AutomaticMaskGenerator.generate(image)` in-process (encoder, point "
-        "batches, binary masks), the baseline;",
-        "- **ours, model side**: `Engine.everything` in-process, new image (encoder included) and repeat (cached "
-        "embedding): what the model service does for one request;",
-        "- **route**: `POST /segment_everything` over HTTP to `bentoml serve service.py` with a local S3 server "
-        "(moto): upload, decode, the model service, the label map, every object's PNG and their uploads.",
+        f"`scripts/benchmark_everything.py --device {args.device} --model {args.model} --points-per-side "
+        f"{args.points_per_side} --repeats {args.repeats}`; torch {torch.__version__}; image `{image}` "
+        f"({width}×{height}).",
         "",
     ]
-    if random_weights:
+    if "RANDOM-TEST-WEIGHTS" in args.checkpoint.name:
         lines += [
-            "These figures come from the **random test weights**: the encoder and decoder cost what real ones do, "
-            "but their speckled masks either all fail the default thresholds (`defaults`: the decoder and filters "
-            "only, no object) or, with the thresholds lowered (`keep-all`), all survive with very long run-length "
-            "encodings, which makes Meta's Python RLE code and our uploads far costlier than real masks would. "
-            "Real weights fall between the two; the GPU figures for hiera-large come from a run with real weights.",
+            "From the **random test weights**: the encoder and decoder cost what real ones do, but their "
+            "speckled masks either all fail the default thresholds (`defaults`: the decoder and filters only, no "
+            "object) or, with the thresholds lowered (`keep-all`), all survive with very long run-length "
+            "encodings, which makes the RLE work and the uploads far costlier than real masks would. Real weights "
+            "fall between the two.",
             "",
         ]
     kinds = ["ours", "ours, repeat", "route", "route, repeat"]
@@ -288,29 +311,24 @@ def write_report(args, width: int, height: int, results: list[dict]) -> None:
                      + " | ".join(cells) + f" | {'yes' if result['equal'] else 'NO'} |")
     lines += [
         "",
-        "Times are medians of the rounds; each ratio is the median of the rounds' ratios to the generator's "
-        "run of the same round (measured back to back, so that they share the machine's load).",
-        "",
         "Parameters: " + "; ".join(f"`{r['config']}`: `{json.dumps(r['params'])}`" for r in results) + ".",
         "",
-        "Where the time goes (the last round's new image; model side in-process, and the route's Server-Timing):",
+        "Where the time goes (the last round's new image; ours in-process, and the route's Server-Timing):",
         "",
     ]
     for result in results:
-        for where, stages in (("model side", result["stages"]), ("route", result["route_stages"])):
+        for where, stages in (("ours", result["stages"]), ("route", result["route_stages"])):
             if stages:
                 shown = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in stages.items()
                                   if stage not in ("queue", "read"))
                 lines.append(f"- `{result['config']}`, {where}: {shown}")
     lines += [
         "",
-        "## Memory",
-        "",
-        "The service bounds one batch of points (`SAM2_EVERYTHING_MAX_BATCH_BYTES`, 8 GiB by default) with an "
-        "estimate of 32 MiB per point (the mask decoder's activations) plus 12 bytes per image pixel per candidate "
-        "mask (full-size float logits and their filtered copies), lowering `points_per_batch` to fit. Measured "
-        f"({'CUDA allocator peak' if args.device == 'cuda' else 'resident-set peak, sampled'} of a repeat request: "
-        "the point batches, the encoder skipped):",
+        "Memory: the service bounds one batch of points (`SAM2_EVERYTHING_MAX_BATCH_BYTES`, 8 GiB by default) "
+        "with an estimate of 32 MiB per point (the mask decoder's activations) plus 12 bytes per image pixel per "
+        "candidate mask (full-size float logits and their filtered copies), lowering `points_per_batch` to fit. "
+        f"Measured ({'CUDA allocator peak' if args.device == 'cuda' else 'resident-set peak, sampled every 0.5 ms'}"
+        " of the repeat request: the point batches alone, the encoder skipped):",
         "",
         "| config | points per batch | estimate for one batch | measured peak |",
         "|---|---|---|---|",
@@ -318,10 +336,16 @@ def write_report(args, width: int, height: int, results: list[dict]) -> None:
     for result in results:
         lines.append(f"| {result['config']} | {result['points_per_batch']} | {result['memory_bound'] / 2**20:.0f} MiB | "
                      f"{result['memory'] / 2**20:.0f} MiB |")
-    lines += [""]
-    args.output.write_text("\n".join(lines) + "\n")
+    lines += [f"<!-- /{args.device} -->"]
+    section = "\n".join(lines)
+    old = args.output.read_text() if args.output.exists() else HEADER
+    start, end = old.find(f"<!-- {args.device} -->"), old.find(f"<!-- /{args.device} -->")
+    if start >= 0 and end > start:
+        text = old[:start] + section + old[end + len(f"<!-- /{args.device} -->"):]
+    else:
+        text = old.rstrip("\n") + "\n\n" + section + "\n"
+    args.output.write_text(text)
     print(f"wrote {args.output}", file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()
