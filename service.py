@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Generator
+from typing import Annotated, Callable, Generator, TypeVar
 
 import bentoml
 from bentoml.container import BentoMLContainer
@@ -23,6 +23,10 @@ from starlette.staticfiles import StaticFiles
 import sam2_api
 from sam2_api import errors
 from sam2_api.config import Settings
+from sam2_api.everything_pipeline import EverythingResult, segment_everything
+from sam2_api.everything_protocol import EverythingParams, EverythingReply, parse_output, parse_params
+from sam2_api.everything_schemas import EverythingFields as Everything
+from sam2_api.everything_schemas import EverythingResponse
 from sam2_api.guard import RequestGuard
 from sam2_api.http_metrics import label_metrics_by_route
 from sam2_api.openapi import PublishedOpenAPI
@@ -111,7 +115,12 @@ class SAM2Model:
         """End tracking job ``job_id`` if it runs here; its stream stops, its memory is freed."""
         return self.tracker.cancel(job_id)
 
+    @bentoml.api
+    def everything(self, key: str, params: EverythingParams, image: RawImage | None = None) -> EverythingReply:
+        return self.engine.everything(key, params, image)
 
+
+Served = TypeVar("Served", Result, EverythingResult)
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
 # Optional in practice (absent: None, see ImageField), but annotated as plain Path: BentoML 1.4.40
 # cannot build its input model for Optional[Path] (its file schema is unhashable inside a Union).
@@ -158,24 +167,31 @@ class SAM2API:
                 log.warning(self.pipeline.store.disabled_reason)
         self.tracks = build_track_jobs(SETTINGS, self.model, self.pipeline.store, TASK_BOARD)
 
-    def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url, prompts: list[Prompt],
-             formats, polygon_tolerance, mask_input: Path | None = None) -> Result:
+    def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url,
+             serve: Callable[..., Served]) -> Served:
+        """``serve(request, timer, tenant)`` for the request's image, with the timing and cache headers."""
         timer = StageTimer()
         started = time.perf_counter()
         try:
             with timer.stage("read"):
                 upload = image.read_bytes() if image else None
-                mask_file = mask_input.read_bytes() if mask_input else None
             request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
-            formats, polygon_tolerance = parse_formats(formats), parse_polygon_tolerance(polygon_tolerance)
             tenant = getattr(ctx.request.state, "tenant", None)  # set by RequestGuard when API keys are on
-            result = self.pipeline.run(request, prompts, timer, tenant, None if mask_file is None else [mask_file],
-                                       formats, polygon_tolerance)
+            result = serve(request, timer, tenant)
         finally:
             timer.add("total", time.perf_counter() - started)  # the whole handler: the server's time
             ctx.response.headers["Server-Timing"] = timer.server_timing()
         ctx.response.headers[CACHE_HEADER] = "hit" if result.cached else "miss"
         return result
+
+    def _prompted(self, prompts: list[Prompt], formats, polygon_tolerance,
+                  mask_input: Path | None = None) -> Callable[..., Result]:
+        """The ``serve`` of /segment and /segment_objects: the prompts, the output formats asked for,
+        and a mask file to start from."""
+        formats, polygon_tolerance = parse_formats(formats), parse_polygon_tolerance(polygon_tolerance)
+        mask_files = None if mask_input is None else [mask_input.read_bytes()]
+        return lambda request, timer, tenant: self.pipeline.run(request, prompts, timer, tenant, mask_files, formats,
+                                                                polygon_tolerance)
 
     @bentoml.api
     def segment(
@@ -208,7 +224,8 @@ class SAM2API:
         try:
             prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output,
                                   previous_mask_id=previous_mask_id, candidates=candidates)
-            result = self._run(ctx, image, image_id, image_url, [prompt], formats, polygon_tolerance, mask_input)
+            result = self._run(ctx, image, image_id, image_url,
+                               self._prompted([prompt], formats, polygon_tolerance, mask_input))
         except errors.RequestError as exc:
             return error_response(ctx, exc)
         return SegmentResponse(**result.masks[0].response_fields(), width=result.width, height=result.height)
@@ -230,11 +247,64 @@ class SAM2API:
         `candidates` included); the response lists the masks in the same order. Errors as for /segment.
         """
         try:
-            result = self._run(ctx, image, image_id, image_url, parse_objects(objects), formats, polygon_tolerance)
+            result = self._run(ctx, image, image_id, image_url,
+                               self._prompted(parse_objects(objects), formats, polygon_tolerance))
         except errors.RequestError as exc:
             return error_response(ctx, exc)
         return ObjectsResponse(objects=[ObjectMask(**m.response_fields()) for m in result.masks],
                                width=result.width, height=result.height)
+
+    @bentoml.api
+    def segment_everything(
+        self,
+        ctx: bentoml.Context,
+        image: OptionalImage,
+        image_id: ImageIdField = None,
+        image_url: ImageUrlField = None,
+        points_per_side: Everything.points_per_side = None,
+        points_per_batch: Everything.points_per_batch = None,
+        pred_iou_thresh: Everything.pred_iou_thresh = None,
+        stability_score_thresh: Everything.stability_score_thresh = None,
+        stability_score_offset: Everything.stability_score_offset = None,
+        box_nms_thresh: Everything.box_nms_thresh = None,
+        crop_n_layers: Everything.crop_n_layers = None,
+        crop_nms_thresh: Everything.crop_nms_thresh = None,
+        crop_overlap_ratio: Everything.crop_overlap_ratio = None,
+        crop_n_points_downscale_factor: Everything.crop_n_points_downscale_factor = None,
+        min_mask_region_area: Everything.min_mask_region_area = None,
+        use_m2m: Everything.use_m2m = None,
+        multimask_output: Everything.multimask_output = None,
+        max_objects: Everything.max_objects = None,
+        formats: Everything.formats = None,
+        polygon_tolerance: Everything.polygon_tolerance = None,
+        per_object_masks: Everything.per_object_masks = None,
+    ) -> EverythingResponse:
+        """Segment every object in the image (Meta's automatic mask generator): each object's PNG mask
+        and one 16-bit label map go to S3; objects come largest first.
+
+        The image as for /segment; the generator's parameters with Meta's names and defaults. Bounds:
+        400 when the points or crop layers are too many for the image (the message names the limit),
+        503 when the request would run past SAM2_EVERYTHING_DEADLINE_S (the message says what to
+        reduce). Other errors as for /segment.
+        """
+        try:
+            params = parse_params(
+                points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+                stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+                box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+                crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+                min_mask_region_area=min_mask_region_area, use_m2m=use_m2m, multimask_output=multimask_output,
+                max_objects=max_objects,
+            )
+            output = parse_output(formats, polygon_tolerance, per_object_masks)
+            result: EverythingResult = self._run(
+                ctx, image, image_id, image_url,
+                lambda request, timer, tenant: segment_everything(self.pipeline, request, params, output, timer,
+                                                                  tenant),
+            )
+        except errors.RequestError as exc:
+            return error_response(ctx, exc)
+        return EverythingResponse.of(result)
 
     @bentoml.task
     def track(

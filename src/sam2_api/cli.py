@@ -4,6 +4,7 @@
     sam2-api segment s3://my-photos/cat.png --box 10,20,200,220 --url http://gpu-box:3000
     sam2-api segment photo.jpg --point 320,200 --candidates --format rle --format polygons
     sam2-api segment photo.jpg --point 320,200 --point 400,210 --previous-mask-id m_… [--mask-input start.png]
+    sam2-api everything photo.jpg --overlay objects.png [--points-per-side 32] [--param crop_n_layers=1]
     sam2-api batch requests.jsonl --output results.jsonl --concurrency 4 [--resume]
     sam2-api track clip.mp4 --object 0:120,80 --object 0:box=10,10,90,90 --output-dir tracked/
 
@@ -61,15 +62,21 @@ class Client:
 
     def segment(self, image: str, fields: dict, mask_input: Path | None = None) -> httpx.Response:
         """POST /segment: ``image`` a path or a URL, ``fields`` the JSON fields, ``mask_input`` a mask file."""
+        return self.post("/segment", image, fields, {"mask_input": mask_input} if mask_input else {})
+
+    def everything(self, image: str, fields: dict) -> httpx.Response:
+        return self.post("/segment_everything", image, fields)
+
+    def post(self, route: str, image: str, fields: dict, other_files: dict[str, Path] | None = None) -> httpx.Response:
         form = {name: json.dumps(value) for name, value in fields.items() if value is not None}
         if image.startswith(REFERENCE_SCHEMES):
             form["image_url"] = json.dumps(image)
             files = {"none": ("", b"")}  # keeps the request multipart
         else:
             files = {"image": (Path(image).name, Path(image).read_bytes())}
-        if mask_input is not None:
-            files["mask_input"] = (mask_input.name, mask_input.read_bytes())
-        return self.http.post("/segment", data=form, files=files)
+        for name, path in (other_files or {}).items():
+            files[name] = (path.name, path.read_bytes())
+        return self.http.post(route, data=form, files=files)
 
 
 # ---- The overlay --------------------------------------------------------------------------------
@@ -154,6 +161,16 @@ def parse_box(text: str) -> list[float]:
     return [float(p) for p in parts]
 
 
+def printed_body(response: httpx.Response) -> dict:
+    """The response's JSON (or its text as an error), printed."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text}
+    print(json.dumps(body, indent=2))
+    return body
+
+
 def command_segment(args: argparse.Namespace) -> int:
     points = [p for p, _ in args.point] or None
     labels = [label for _, label in args.point] or None
@@ -161,11 +178,7 @@ def command_segment(args: argparse.Namespace) -> int:
               "candidates": args.candidates or None, "previous_mask_id": args.previous_mask_id,
               "formats": sorted(set(args.format)) or None, "polygon_tolerance": args.polygon_tolerance}
     response = Client(args.url, args.api_key, args.timeout).segment(args.image, fields, args.mask_input)
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"error": response.text}
-    print(json.dumps(body, indent=2))
+    body = printed_body(response)
     if response.status_code != 200:
         return 1
     if args.overlay:
@@ -176,6 +189,82 @@ def command_segment(args: argparse.Namespace) -> int:
         mask.raise_for_status()
         drawn = overlay(read_image(args.image, args.timeout), mask.content, points or (), labels or (), args.box)
         drawn.save(args.overlay)
+        print(f"overlay written to {args.overlay}", file=sys.stderr)
+    return 0
+
+
+# ---- everything ---------------------------------------------------------------------------------
+
+GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
+
+
+def object_colour(label: int) -> tuple[int, int, int]:
+    """The colour of object ``label`` (1-based): hues a golden-ratio step apart, so that neighbours in
+    the list differ; the /ui page (everything.js) uses the same formula."""
+    hue = (label * GOLDEN_RATIO_CONJUGATE) % 1.0
+    sector, fraction = divmod(hue * 6, 1)
+    value, saturation = 0.95, 0.75
+    low = value * (1 - saturation)
+    falling, rising = value * (1 - saturation * fraction), value * (1 - saturation * (1 - fraction))
+    rgb = [(value, rising, low), (falling, value, low), (low, value, rising),
+           (low, falling, value), (rising, low, value), (value, low, falling)][int(sector) % 6]
+    return tuple(round(255 * c) for c in rgb)
+
+
+def draw_objects(image: Image.Image, labels: np.ndarray) -> Image.Image:
+    """The image with each object of the label map tinted in its own colour (:func:`object_colour`)
+    and outlined where it meets another object or the background. ``labels``: ``(H, W)``, 0 = none,
+    i = the i-th object, at the image's size (the /segment_everything label map)."""
+    pixels = np.array(image.convert("RGB"), dtype=np.int32)
+    if labels.shape != pixels.shape[:2]:
+        raise ValueError(f"the label map is {labels.shape[1]}x{labels.shape[0]}, the image {image.width}x{image.height}")
+    present = np.unique(labels)
+    palette = np.zeros((int(present.max()) + 1, 3), dtype=np.int32)
+    for label in present[present > 0]:
+        palette[label] = object_colour(int(label))
+    colours = palette[labels]
+    inside = labels > 0
+    # Half-way to the colour, rounding halves up: integer arithmetic that the page repeats exactly.
+    pixels[inside] = (pixels[inside] + colours[inside] + 1) // 2
+    across, down = labels[:, 1:] != labels[:, :-1], labels[1:, :] != labels[:-1, :]
+    edge = np.zeros_like(inside)  # the pixels on either side of a change of label
+    edge[:, 1:] |= across
+    edge[:, :-1] |= across
+    edge[1:, :] |= down
+    edge[:-1, :] |= down
+    edge &= inside
+    pixels[edge] = colours[edge]
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"--param wants NAME=VALUE, e.g. crop_n_layers=1; got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value  # sent as a string; the server says what it wants instead
+
+
+def command_everything(args: argparse.Namespace) -> int:
+    fields = dict(args.param)
+    fields.update({name: value for name, value in (("points_per_side", args.points_per_side),
+                                                   ("max_objects", args.max_objects)) if value is not None})
+    response = Client(args.url, args.api_key, args.timeout).everything(args.image, fields)
+    body = printed_body(response)
+    if response.status_code != 200:
+        return 1
+    print(f"{len(body['objects'])} objects", file=sys.stderr)
+    if args.overlay:
+        if not body.get("label_map_url"):
+            print("no overlay: the server returned no label_map_url (S3 not configured there?)", file=sys.stderr)
+            return 1
+        label_map = httpx.get(body["label_map_url"], timeout=args.timeout)
+        label_map.raise_for_status()
+        labels = np.array(Image.open(io.BytesIO(label_map.content)), dtype=np.uint16)
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(read_image(args.image, args.timeout))))
+        draw_objects(image, labels).save(args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
 
@@ -438,6 +527,16 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
                      help="start from this mask (a PNG of any size: 0 = background, anything else = object)")
     one.add_argument("--overlay", type=Path, help="write the image with the mask and the prompt drawn over it here")
     one.set_defaults(run=command_segment)
+
+    everything = commands.add_parser("everything", parents=[server],
+                                     help="segment every object of one image and print the JSON result")
+    everything.add_argument("image", help="a local file, s3://bucket/key or https://… URL")
+    everything.add_argument("--points-per-side", type=int, help="the point grid (server default: 32)")
+    everything.add_argument("--max-objects", type=int, help="the most objects returned (server default: 256)")
+    everything.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
+                            help="any other field of POST /segment_everything, VALUE as JSON, e.g. crop_n_layers=1")
+    everything.add_argument("--overlay", type=Path, help="write the image with each object in its own colour here")
+    everything.set_defaults(run=command_everything)
 
     many = commands.add_parser("batch", parents=[server], help="segment every request of a JSONL file")
     many.add_argument("requests", type=Path)

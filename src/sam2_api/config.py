@@ -135,6 +135,24 @@ class Settings(BaseSettings):
         description="GPU memory one tracking job may use for frames and state when SAM2_VIDEO_OFFLOAD=auto.",
     )
 
+    # --- segment everything (POST /segment_everything) ---
+    sam2_everything_deadline_s: float = Field(
+        60.0, gt=0, le=290,
+        description="Longest time one segment-everything request may hold the model service (queue, "
+        "encoder, point batches), in seconds; a request that would run past it gets 503 saying what to reduce.",
+    )
+    sam2_everything_max_points: int = Field(
+        16384, ge=1,
+        description="Most decoder points one segment-everything request may ask for, all crop layers "
+        "together (400 beyond).",
+    )
+    sam2_everything_max_batch_bytes: int = Field(
+        8 * 1024**3, gt=0,
+        description="Memory bound of one batch of points of segment everything (per point about 32 MiB "
+        "plus 12 bytes per image pixel per candidate mask); points_per_batch is lowered to fit, or 400 "
+        "when given too large.",
+    )
+
     # --- access ---
     sam2_api_keys: SecretStr | None = Field(
         None, description="Comma-separated API keys; when set, the API routes need `Authorization: Bearer <key>`."

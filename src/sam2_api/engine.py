@@ -10,11 +10,14 @@ the ``mask_id`` of its low-resolution logits, which stay here for the next click
 from __future__ import annotations
 
 import logging
+import time
 
 from . import errors, maskinput
 from .cache import EmbeddingCache
 from .config import MASK_CACHE_MAX_BYTES, MASK_INPUT_LOGIT, Settings
 from .device import DeviceThread
+from .everything import Deadline, has_hole_filling, segment_everything
+from .everything_protocol import EverythingLimits, EverythingParams, EverythingReply, Plan
 from .logitcache import LogitCache
 from .model import WeightsSource, load_sam2, pick_device, resolve_weights
 from .prompts import Prompt
@@ -27,11 +30,13 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, device: DeviceThread, cache: EmbeddingCache, logits: LogitCache | None = None,
-                 mask_input_logit: float = MASK_INPUT_LOGIT) -> None:
+                 mask_input_logit: float = MASK_INPUT_LOGIT,
+                 everything_limits: EverythingLimits = EverythingLimits()) -> None:
         self.device = device
         self.cache = cache
         self.logits = logits if logits is not None else LogitCache(MASK_CACHE_MAX_BYTES)
         self.mask_input_logit = mask_input_logit
+        self.everything_limits = everything_limits
 
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
                 mask_inputs: list[LowResMask | None] | None = None) -> ModelReply:
@@ -74,6 +79,43 @@ class Engine:
         return MaskBits(bits=mask.bits, score=mask.score, mask_id=self.logits.put(key, mask.logits),
                         others=[self._reply(key, other) for other in mask.others])
 
+    def everything(self, key: str, params: EverythingParams, image: RawImage | None = None) -> EverythingReply:
+        """Every object in the image cached as ``key``, or given as ``image`` (always needed with
+        crops, which are encoded from its pixels; the whole image's embedding comes from the cache)."""
+        timer = StageTimer()
+        limits = self.everything_limits
+        deadline_at = time.monotonic() + limits.deadline_s
+        try:
+            pixels = None
+            if image is None:
+                embedding, cached = self.cache.get(key), True
+                if embedding is None or params.needs_pixels:
+                    return EverythingReply(needs_image=True)
+            else:
+                self._everything_plan(params, image.width, image.height)  # before the encoder, not after
+                pixels = image.pixels
+                embedding, cached = self.cache.get_or_compute(key, lambda: self.device.encode(pixels, timer))
+            height, width = embedding.orig_hw
+            plan = self._everything_plan(params, width, height)
+            deadline = Deadline(deadline_at, limits.deadline_s, params, plan)
+            crops_from = pixels if params.needs_pixels else None
+            objects, found = self.device.call(
+                lambda: segment_everything(self.device.segmenter, embedding, crops_from, params, plan, deadline),
+                "everything", timer,
+            )
+        except errors.RequestError as exc:
+            return EverythingReply(failure=Failure.of(exc), seconds=timer.seconds)
+        return EverythingReply(objects=objects, found=found, width=width, height=height, cached=cached,
+                               seconds=timer.seconds)
+
+    def _everything_plan(self, params: EverythingParams, width: int, height: int) -> Plan:
+        if params.min_mask_region_area and not has_hole_filling(self.device.segmenter.device):
+            raise errors.InvalidField(
+                "`min_mask_region_area` needs sam2's compiled CUDA extension (sam2._C), which this server "
+                "does not have (Meta's generator skips it there too); leave it at 0"
+            )
+        return params.plan(width, height, self.everything_limits)
+
     def _embedding(self, key: str, image: RawImage | None, prompts: list[Prompt],
                    timer: StageTimer) -> tuple[Embedding | None, bool]:
         if image is None:
@@ -93,5 +135,7 @@ def build_engine(settings: Settings, packaged: WeightsSource | None = None) -> E
     model = load_sam2(resolve_weights(settings, packaged, download=False), device, settings.sam2_compile)
     thread = DeviceThread(Segmenter(model), settings.sam2_encoder_batch, settings.sam2_encoder_batch_wait_ms / 1000)
     thread.warm_up()
+    limits = EverythingLimits(settings.sam2_everything_deadline_s, settings.sam2_everything_max_points,
+                              settings.sam2_everything_max_batch_bytes)
     return Engine(thread, EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)),
-                  LogitCache(settings.sam2_mask_cache_max_bytes), settings.sam2_mask_input_logit)
+                  LogitCache(settings.sam2_mask_cache_max_bytes), settings.sam2_mask_input_logit, limits)

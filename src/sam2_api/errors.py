@@ -111,6 +111,12 @@ class ModelUnavailable(RequestError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class DeadlineExceeded(RequestError):
+    """The request would take longer than the service allows it; the message says what to reduce."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class UnsupportedVideo(RequestError):
     """The upload is not a video in a container and codec we accept."""
 

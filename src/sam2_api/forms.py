@@ -21,7 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .errors import BodyTooLarge, MalformedRequest
 
-MAX_PARTS = 64  # the API reads at most 12 fields; Starlette's own limit (1,000) is a 500
+MAX_PARTS = 64  # the largest form (/segment_everything) has 21 fields; Starlette's own limit (1,000) is a 500
 MAX_FIELD_BYTES = 256 * 1024  # 32 objects of 64 points each take about 100 KB of JSON
 # Starlette holds every field in memory, and each is checked on the event loop (about 4 ms per
 # 256 KiB): the fields of one form together stay under this.

@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -101,3 +103,29 @@ def prepare_mask_bucket(s3, bucket: str, prefix: str, *others: str) -> None:
     for name in {bucket, *others} - existing:
         s3.create_bucket(Bucket=name)
     s3.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket, prefix))
+
+
+@contextmanager
+def served_with_s3(log_dir: Path, name: str, bucket: str, prefix: str, credentials: dict[str, str],
+                   env: dict[str, str], project: Path, timeout: float = 240) -> Iterator[Process]:
+    """moto's S3 server with ``bucket`` (public-read on ``prefix``) and `bentoml serve` storing masks
+    there with ``credentials`` and ``env``; both stopped on the way out."""
+    import boto3
+
+    s3_server = moto_server(log_dir, name=f"{name}-s3")
+    s3_server.start("/moto-api/")
+    server = None
+    try:
+        s3 = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
+                          **{key.lower(): value for key, value in credentials.items()})
+        prepare_mask_bucket(s3, bucket, prefix)
+        server = bento_server(name, log_dir, project=project, env={
+            "S3_BUCKET_NAME_STAGING": bucket, "S3_ENDPOINT_URL": s3_server.url, "AWS_REGION": "us-east-1",
+            **credentials, **env,
+        })
+        server.start("/readyz", timeout=timeout)
+        yield server
+    finally:
+        if server:
+            server.stop()
+        s3_server.stop()

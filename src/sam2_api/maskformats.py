@@ -33,6 +33,11 @@ def coco_rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def from_coco_rle(counts: str, height: int, width: int) -> np.ndarray:
+    """The ``(H, W)`` bool mask of a COCO compressed RLE string (:func:`coco_rle`'s ``counts``)."""
+    return coco_mask.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
+
+
 def polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[dict]:
     """Every part of the mask, with its holes: ``[{"exterior": [[x, y], ...], "holes": [[[x, y], ...],
     ...]}, ...]``, largest part first. ``tolerance`` > 0 simplifies each ring (Douglas-Peucker) by

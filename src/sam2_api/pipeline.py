@@ -4,7 +4,8 @@ The image is resolved once: its cache key comes from the request (``image_id``, 
 uploaded or fetched bytes; scoped to the caller's API key), and the model service is asked with the
 key alone first. Only when it does not hold that embedding is the image decoded here (uploaded
 bytes, or ``image_url`` fetched now) and sent along; that second call always succeeds, whatever
-the cache evicted in between. Decoding, PNG encoding and uploads run here, in the API service's
+the cache evicted in between (a caller that needs the pixels anyway, segment everything with
+crops, sends them at once). Decoding, PNG encoding and uploads run here, in the API service's
 processes, never in the process that drives the GPU.
 
 Every mask comes back with the ``mask_id`` of its logits in the model service (for the next
@@ -17,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 import httpx
 
 from . import imaging, maskformats, maskinput
 from .config import Settings
 from .errors import InvalidField, InvalidImageSource, MissingImage, ModelUnavailable, UnknownImageId
+from .everything_protocol import EverythingParams, EverythingReply
 from .prompts import Prompt
 from .protocol import LowResMask, MaskBits, ModelReply, RawImage, scoped_key
 from .sources import ImageSources
@@ -38,6 +40,11 @@ class Model(Protocol):
 
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
                 mask_inputs: list[LowResMask | None] | None = None) -> ModelReply: ...
+
+    def everything(self, key: str, params: EverythingParams, image: RawImage | None = None) -> EverythingReply: ...
+
+
+_Reply = TypeVar("_Reply", ModelReply, EverythingReply)
 
 
 @dataclass(frozen=True)
@@ -102,21 +109,8 @@ class Pipeline:
         ``polygon_tolerance``: as :func:`sam2_api.maskformats.describe` takes them.
         """
         mask_inputs = self._mask_inputs(prompts, mask_files, timer)
-        located = self._locate(image, timer)
-        key = scoped_key(tenant, located.key)
-        reply = self._call(key, prompts, None, mask_inputs, timer)
-        if reply.needs_image:
-            if located.load is None:
-                raise UnknownImageId(
-                    f"image_id {image.image_id!r} is not cached here (never sent, or evicted): "
-                    "send the image with it again"
-                )
-            data = located.load()
-            with timer.stage("image_decode"):
-                pixels = imaging.load_upright_rgb(data, self.max_image_pixels, self.max_image_side)
-            reply = self._call(key, prompts, RawImage(pixels=pixels), mask_inputs, timer)
-        if reply.failure is not None:
-            raise reply.failure.error()
+        reply = self.ask(image, lambda key, pixels: self.model.predict(key=key, prompts=prompts, image=pixels,
+                                                                      mask_inputs=mask_inputs), timer, tenant)
         height, width = reply.height, reply.width
 
         def png(bits: bytes) -> Callable[[], bytes]:
@@ -160,11 +154,32 @@ class Pipeline:
                 inputs.append(maskinput.low_res_mask(file, self.max_image_pixels, self.max_image_side))
         return inputs
 
-    def _call(self, key: str, prompts: list[Prompt], image: RawImage | None,
-              mask_inputs: list[LowResMask | None] | None, timer: StageTimer) -> ModelReply:
+    def ask(self, image: ImageRequest, call: Callable[[str, RawImage | None], _Reply], timer: StageTimer,
+            tenant: str | None = None, send_image: bool = False) -> _Reply:
+        """The model service's reply for the request's image: ``call(key, None)`` first, with the
+        cache key alone, then ``call(key, pixels)`` if it needs the image (decoded here); right
+        away with the pixels when ``send_image``. Raises the request error the reply carries."""
+        located = self._locate(image, timer)
+        key = scoped_key(tenant, located.key)
+        reply = None if send_image and located.load is not None else self._call(lambda: call(key, None), timer)
+        if reply is None or reply.needs_image:
+            if located.load is None:
+                raise UnknownImageId(
+                    f"image_id {image.image_id!r} is not cached here (never sent, or evicted): "
+                    "send the image with it again"
+                )
+            data = located.load()
+            with timer.stage("image_decode"):
+                pixels = imaging.load_upright_rgb(data, self.max_image_pixels, self.max_image_side)
+            reply = self._call(lambda: call(key, RawImage(pixels=pixels)), timer)
+        if reply.failure is not None:
+            raise reply.failure.error()
+        return reply
+
+    def _call(self, call: Callable[[], _Reply], timer: StageTimer) -> _Reply:
         with timer.stage("model_call"):
             try:
-                reply = self.model.predict(key=key, prompts=prompts, image=image, mask_inputs=mask_inputs)
+                reply = call()
             except Exception as exc:
                 if _unreachable(exc):
                     log.warning("the model service is unreachable: %s", type(exc).__name__)

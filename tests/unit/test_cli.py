@@ -142,3 +142,33 @@ def test_track_refuses_a_malformed_object(argv, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert "--object" in capsys.readouterr().err
+
+
+def test_everything_overlay_tints_each_object_in_its_own_colour_and_outlines_it():
+    from sam2_api.cli import draw_objects, object_colour
+
+    image = Image.new("RGB", (60, 40), (GREY, GREY, GREY))
+    labels = np.zeros((40, 60), dtype=np.uint16)
+    labels[5:25, 5:30] = 1
+    labels[10:35, 30:55] = 7
+    drawn = np.asarray(draw_objects(image, labels)).astype(int)
+    for label, (y, x) in ((1, (15, 15)), (7, (20, 45))):
+        colour = np.array(object_colour(label))
+        assert drawn[y, x].tolist() == ((GREY + colour + 1) // 2).tolist()  # half-way to its colour, halves up
+    assert drawn[15, 30].tolist() == list(object_colour(7))  # where 7 meets 1: 7's outline
+    assert drawn[15, 29].tolist() == list(object_colour(1))  # and 1's
+    assert drawn[5, 15].tolist() == drawn[24, 15].tolist() == list(object_colour(1))  # where 1 meets the background
+    assert (drawn[labels == 0] == GREY).all()  # the background is untouched
+    colours = {object_colour(label) for label in range(1, 257)}
+    assert len(colours) == 256 and object_colour(1) != object_colour(2)
+    with pytest.raises(ValueError, match="the label map is 10x10, the image 60x40"):
+        draw_objects(image, np.zeros((10, 10), dtype=np.uint16))
+
+
+def test_everything_options_go_to_the_fields_of_the_route():
+    args = parse_args(["everything", "photo.jpg", "--points-per-side", "16", "--param", "crop_n_layers=1",
+                       "--param", 'formats=["rle"]', "--param", "image_id=cat", "--overlay", "out.png"], {})
+    assert (args.command, args.image, args.points_per_side, args.max_objects) == ("everything", "photo.jpg", 16, None)
+    assert args.param == [("crop_n_layers", 1), ("formats", ["rle"]), ("image_id", "cat")]
+    with pytest.raises(SystemExit):
+        parse_args(["everything", "photo.jpg", "--param", "no-equals-sign"], {})

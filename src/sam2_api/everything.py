@@ -1,0 +1,209 @@
+"""Segment everything on the model service: Meta's automatic mask generator over our cached embedding.
+
+The work is Meta's own ``SAM2AutomaticMaskGenerator.generate`` (point grids, batches, filters, NMS
+within and across crops, RLE): its output equals the generator's for the same weights, image and
+parameters by construction (tests compare them). What is ours:
+
+- the predictor it drives is :class:`_CachedPredictor`, whose ``set_image`` serves the whole image
+  from the embedding cache (so a repeat request skips the encoder, and the other routes share it)
+  and encodes crops with :class:`Segmenter` (the same computation as ``set_image``);
+- a :class:`Deadline`, checked before each batch of points and each crop's encoder pass, which
+  stops a request that would run past it with a 503 saying what to reduce;
+- two of the helpers Meta's methods call, swapped for exact equivalents that do not cost time per
+  mask in Python: :func:`_mask_to_rle` (one device-to-host copy per batch instead of a filter, a
+  copy and a sync per mask) and :class:`_MaskData` (no deep copy of every run-length list each
+  time results are gathered). The methods themselves run Meta's code objects as they are
+  (:func:`_with_helpers`).
+
+Everything here runs on the device thread (one job per request, :meth:`DeviceThread.call`). The
+generator and its predictor are built per request: no state is shared between requests.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+from sam2.utils.amg import MaskData
+
+from .errors import DeadlineExceeded
+from .everything_protocol import EverythingObject, EverythingParams, Plan
+from .segmenter import Embedding, Segmenter
+
+
+class Deadline:
+    """A request's end time on this process's monotonic clock, and how far its work got."""
+
+    def __init__(self, at: float, seconds: float, params: EverythingParams, plan: Plan) -> None:
+        self.at = at
+        self.seconds = seconds
+        self.params = params
+        self.plan = plan
+        self.points_done = 0
+        self.longest = {"batch": 0.0, "encoder": 0.0}  # the longest step of each kind so far
+
+    def check(self, step: str) -> None:
+        """Raise :class:`DeadlineExceeded` unless a ``step`` as long as the longest so far still fits."""
+        if time.monotonic() + self.longest[step] > self.at:
+            raise DeadlineExceeded(self._advice())
+
+    def took(self, step: str, seconds: float) -> None:
+        self.longest[step] = max(self.longest[step], seconds)
+
+    def _advice(self) -> str:
+        params = self.params
+        return (
+            f"segment everything would not finish within its {self.seconds:g} s deadline "
+            f"(SAM2_EVERYTHING_DEADLINE_S): {self.points_done} of {self.plan.points} points were done; "
+            f"reduce points_per_side ({params.points_per_side}) or crop_n_layers ({params.crop_n_layers})"
+            + (", turn off use_m2m" if params.use_m2m else "")
+            + ", or send a smaller image"
+        )
+
+
+class _CachedPredictor(SAM2ImagePredictor):
+    """Meta's predictor, set from our embedding for the whole image and from our encoder for crops."""
+
+    def __init__(self, segmenter: Segmenter, embedding: Embedding, deadline: Deadline, min_mask_region_area: int):
+        super().__init__(segmenter.model, max_hole_area=min_mask_region_area, max_sprinkle_area=min_mask_region_area)
+        self._segmenter = segmenter
+        self._embedding = embedding
+        self._deadline = deadline
+
+    def set_image(self, image: np.ndarray) -> None:
+        """``image``: the whole upright image or a crop of it, ``(h, w, 3)`` uint8 RGB. Only a crop
+        has the shape of the whole image when it is the whole image (Meta's crops are all smaller)."""
+        self.reset_predictor()
+        if tuple(image.shape[:2]) == tuple(self._embedding.orig_hw):
+            embedding = self._embedding
+        else:
+            self._deadline.check("encoder")
+            started = time.monotonic()
+            embedding = self._segmenter.encode(np.ascontiguousarray(image))
+            self._deadline.took("encoder", time.monotonic() - started)
+        self._orig_hw = [tuple(embedding.orig_hw)]
+        self._features = {"image_embed": embedding.image_embed, "high_res_feats": list(embedding.high_res_feats)}
+        self._is_image_set = True
+
+
+def _mask_to_rle(tensor: torch.Tensor) -> list[dict[str, Any]]:
+    """``sam2.utils.amg.mask_to_rle_pytorch``'s uncompressed RLE of ``B×H×W`` bool masks, the same
+    lists of ints, with the run boundaries found on the device and copied to the host once."""
+    count, height, width = tensor.shape
+    if count == 0:
+        return []
+    flat = tensor.permute(0, 2, 1).flatten(1)  # column-major, as COCO's RLE
+    changes = (flat[:, 1:] ^ flat[:, :-1]).nonzero().cpu().numpy()  # (mask, index) pairs, mask-major
+    starts_on = flat[:, 0].cpu().numpy()
+    per_mask = np.split(changes[:, 1], np.searchsorted(changes[:, 0], np.arange(1, count)))
+    out = []
+    for index, cuts in enumerate(per_mask):
+        bounds = np.concatenate(([0], cuts + 1, [height * width]))
+        counts = [0] if starts_on[index] else []
+        counts.extend(np.diff(bounds).tolist())
+        out.append({"size": [height, width], "counts": counts})
+    return out
+
+
+class _MaskData(MaskData):
+    """Meta's ``MaskData`` gathering batches without deep copies: its callers never touch what
+    they hand to :meth:`cat` again (``del batch_data``), so copying each run-length list (Python
+    ints, one per run) only costs time."""
+
+    def cat(self, new_stats: MaskData) -> None:
+        for key, value in new_stats.items():
+            if self._stats.get(key) is None:
+                self._stats[key] = value
+            elif isinstance(value, torch.Tensor):
+                self._stats[key] = torch.cat([self._stats[key], value], dim=0)
+            elif isinstance(value, np.ndarray):
+                self._stats[key] = np.concatenate([self._stats[key], value], axis=0)
+            elif isinstance(value, list):
+                self._stats[key] = self._stats[key] + value
+            else:
+                raise TypeError(f"MaskData key {key} has an unsupported type {type(value)}.")
+
+
+def _with_helpers(method: Callable, **helpers: Any) -> Callable:
+    """``method`` (one of Meta's), its own code object, with the module-level names in ``helpers``
+    looked up as given instead: only for the class that uses the result, never for Meta's."""
+    assert not method.__code__.co_freevars, f"{method.__qualname__} closes over names: cannot rebind it"
+    names = {**method.__globals__, **helpers}
+    return types.FunctionType(method.__code__, names, method.__name__, method.__defaults__, method.__closure__)
+
+
+_FAST_HELPERS = {"mask_to_rle_pytorch": _mask_to_rle, "MaskData": _MaskData}
+
+
+class _Generator(SAM2AutomaticMaskGenerator):
+    """Meta's generator with a deadline between batches, the fast helpers, and an empty result,
+    not an IndexError, when no crop keeps a mask (Meta's cross-crop NMS indexes a 1-D empty tensor
+    then)."""
+
+    _generate_masks = _with_helpers(SAM2AutomaticMaskGenerator._generate_masks, **_FAST_HELPERS)
+    _meta_process_crop = _with_helpers(SAM2AutomaticMaskGenerator._process_crop, **_FAST_HELPERS)
+    _meta_process_batch = _with_helpers(SAM2AutomaticMaskGenerator._process_batch, **_FAST_HELPERS)
+
+    def __init__(self, predictor: _CachedPredictor, deadline: Deadline, **kwargs) -> None:
+        super().__init__(predictor.model, output_mode="coco_rle", **kwargs)
+        self.predictor = predictor
+        self._deadline = deadline
+
+    def _process_crop(self, image, crop_box, crop_layer_idx, orig_size) -> MaskData:
+        data = self._meta_process_crop(image, crop_box, crop_layer_idx, orig_size)
+        if len(data["rles"]) == 0:
+            data["crop_boxes"] = torch.zeros((0, 4))
+        return data
+
+    def _process_batch(self, points, im_size, crop_box, orig_size, normalize=False) -> MaskData:
+        self._deadline.check("batch")
+        started = time.monotonic()
+        data = self._meta_process_batch(points, im_size, crop_box, orig_size, normalize=normalize)
+        self._deadline.took("batch", time.monotonic() - started)
+        self._deadline.points_done += len(points)
+        return data
+
+
+def has_hole_filling(device: torch.device) -> bool:
+    """Whether ``min_mask_region_area`` can work: Meta's predictor needs sam2's compiled CUDA
+    extension for it (connected components) and skips that step, with a warning, without it."""
+    if device.type != "cuda":
+        return False
+    try:
+        from sam2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def segment_everything(segmenter: Segmenter, embedding: Embedding, image: np.ndarray | None,
+                       params: EverythingParams, plan: Plan, deadline: Deadline) -> tuple[list[EverythingObject], int]:
+    """Meta's generator on the image of ``embedding``: the objects, largest first (at most
+    ``params.max_objects``), and how many it found in all. ``image``: the ``(H, W, 3)`` uint8 RGB
+    pixels, needed for crops only (None without crops: the embedding is all the generator uses)."""
+    height, width = embedding.orig_hw
+    if image is None:
+        # The generator slices crops out of the image and reads its size; without crops the only
+        # "crop" is the whole image, which _CachedPredictor serves from the embedding.
+        image = np.broadcast_to(np.zeros((1, 1, 3), dtype=np.uint8), (height, width, 3))
+    predictor = _CachedPredictor(segmenter, embedding, deadline, params.min_mask_region_area)
+    generator = _Generator(predictor, deadline, **params.generator_kwargs(plan.points_per_batch))
+    with torch.inference_mode(), segmenter.autocast():
+        records = generator.generate(image)
+    order = sorted(range(len(records)), key=lambda i: -records[i]["area"])  # stable: Meta's order on ties
+    objects = [
+        EverythingObject(
+            counts=records[i]["segmentation"]["counts"],
+            area=int(records[i]["area"]),
+            predicted_iou=float(records[i]["predicted_iou"]),
+            stability_score=float(records[i]["stability_score"]),
+            point_coords=[[float(c) for c in point] for point in records[i]["point_coords"]],
+        )
+        for i in order[: params.max_objects]
+    ]
+    return objects, len(records)

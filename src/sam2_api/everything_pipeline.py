@@ -1,0 +1,83 @@
+"""Segment everything on the API service: image → model service → label map, PNGs → S3 URLs.
+
+The image is resolved as for /segment (:meth:`Pipeline.ask`: same cache keys, so the routes share
+embeddings). The model service answers with each object's mask as a COCO RLE string; here each is
+decoded once to paint the label map and to describe it (box, area, and the asked-for formats), and
+again, in the upload threads, for its PNG. All PNGs (the label map first) go to S3 through one
+:meth:`MaskStore.put_many`, in parallel within its one deadline. At most one decoded mask per
+thread is alive at a time, whatever the number of objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import imaging, maskformats
+from .errors import InvalidField
+from .everything_protocol import EverythingObject, EverythingParams, OutputOptions
+from .labelmap import LabelMap, paint_order
+from .pipeline import ImageRequest, Pipeline
+from .timing import StageTimer
+
+
+@dataclass(frozen=True)
+class FoundObject:
+    mask_url: str | None
+    described: dict  # maskformats.describe: bbox, area (and rle, polygons when asked for)
+    predicted_iou: float
+    stability_score: float
+    point_coords: list[list[float]]
+
+
+@dataclass(frozen=True)
+class EverythingResult:
+    objects: list[FoundObject]  # largest first
+    label_map_url: str | None
+    width: int
+    height: int
+    cached: bool  # the whole image's encoder pass was skipped
+    found: int  # objects found before max_objects
+
+
+def segment_everything(pipeline: Pipeline, image: ImageRequest, params: EverythingParams, output: OutputOptions,
+                       timer: StageTimer, tenant: str | None = None) -> EverythingResult:
+    """Every object in the image; ``tenant`` (the caller's API key id) scopes the cache."""
+    if params.needs_pixels and image.upload is None and image.url is None:
+        raise InvalidField("crop_n_layers > 0 encodes crops from the image's pixels: send `image` or `image_url` "
+                           "(an `image_id` alone serves only crop_n_layers 0)")
+    reply = pipeline.ask(
+        image, lambda key, pixels: pipeline.model.everything(key=key, params=params, image=pixels),
+        timer, tenant, send_image=params.needs_pixels,
+    )
+    height, width, objects = reply.height, reply.width, reply.objects
+
+    described: list[dict | None] = [None] * len(objects)
+    labels = LabelMap(height, width)
+    with timer.stage("objects"):
+        for index in paint_order([o.predicted_iou for o in objects]):
+            mask = maskformats.from_coco_rle(objects[index].counts, height, width)
+            labels.paint(index, mask)
+            described[index] = maskformats.describe(mask, output.formats, output.polygon_tolerance)
+
+    def label_map_png() -> bytes:
+        with timer.stage("png"):
+            return labels.png()
+
+    def mask_png(found: EverythingObject) -> Callable[[], bytes]:
+        def make() -> bytes:
+            with timer.stage("png"):
+                mask = maskformats.from_coco_rle(found.counts, height, width)
+                return imaging.mask_png(imaging.pack_mask(mask), height, width)
+        return make
+
+    pngs = [label_map_png] + ([mask_png(o) for o in objects] if output.per_object_masks else [])
+    with timer.stage("store"):
+        label_map_url, *mask_urls = pipeline.store.put_many(pngs)
+    if not output.per_object_masks:
+        mask_urls = [None] * len(objects)
+    found = [
+        FoundObject(url, description, o.predicted_iou, o.stability_score, o.point_coords)
+        for url, description, o in zip(mask_urls, described, objects)
+    ]
+    return EverythingResult(found, label_map_url, width, height, reply.cached, reply.found)

@@ -1,0 +1,113 @@
+"""The HTTP contract of POST /segment_everything: its fields and its response, with their docs.
+
+As for the other routes, the fields are documented with the JSON schema of what they must hold and
+validated by our own code (:func:`sam2_api.everything_protocol.parse_params`, ``parse_output``), so
+that a malformed field gets one message in words.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+from .everything_pipeline import EverythingResult
+from .everything_protocol import DEFAULT_MAX_OBJECTS, MAX_CROP_LAYERS, MAX_OBJECTS, MAX_POINTS_PER_SIDE
+from .schemas import _documented
+
+_META = "As in Meta's SAM2AutomaticMaskGenerator, whose default it keeps."
+
+
+class EverythingFields:
+    """The route's fields besides the image (``image``, ``image_url``, ``image_id`` as for /segment)."""
+
+    points_per_side = _documented(
+        int, f"Points sampled along each side of the image (a grid of n×n prompts), 1 to {MAX_POINTS_PER_SIDE}; "
+        f"default 32. {_META}", examples=[32])
+    points_per_batch = _documented(
+        int, "Points run through the decoder at once. Default 64, lowered to fit the memory bound "
+        "(SAM2_EVERYTHING_MAX_BATCH_BYTES) for large images; given explicitly and too large: 400.")
+    pred_iou_thresh = _documented(
+        float, f"Keep masks whose predicted IoU is above this, 0 to 1; default 0.8. {_META}")
+    stability_score_thresh = _documented(
+        float, f"Keep masks whose stability score is at least this, 0 to 1; default 0.95. {_META}")
+    stability_score_offset = _documented(
+        float, f"Logit offset of the stability score, 0 to 32; default 1.0. {_META}")
+    box_nms_thresh = _documented(
+        float, f"Box IoU above which duplicate masks are dropped, 0 to 1; default 0.7. {_META}")
+    crop_n_layers = _documented(
+        int, f"Run again on crops: layer i has (2^i)² crops; 0 to {MAX_CROP_LAYERS}, default 0. Needs the "
+        "image's pixels (send `image` or `image_url`); the whole image's embedding still comes from the cache.")
+    crop_nms_thresh = _documented(
+        float, f"Box IoU above which duplicates across crops are dropped, 0 to 1; default 0.7. {_META}")
+    crop_overlap_ratio = _documented(
+        float, f"How much crops overlap, as a fraction of the image's shorter side, 0 to 0.99; default 512/1500. {_META}")
+    crop_n_points_downscale_factor = _documented(
+        int, f"Crop layer i gets points_per_side / factor^i points per side, 1 to 16; default 1. {_META}")
+    min_mask_region_area = _documented(
+        int, "Fill holes and remove islands up to this many pixels of the 256×256 low-resolution masks; default 0. "
+        "Needs sam2's compiled CUDA extension (400 on a server without it).")
+    use_m2m = _documented(
+        bool, f"One refinement step of each mask with its own low-resolution mask as input; default false. {_META}")
+    multimask_output = _documented(
+        bool, f"Three candidate masks per point (true, the default) or one. {_META}")
+    max_objects = _documented(
+        int, f"Return at most this many objects, the largest; 1 to {MAX_OBJECTS}, default {DEFAULT_MAX_OBJECTS}.")
+    formats = _documented(
+        list[str], 'Also return each mask as "rle" (COCO compressed RLE, pycocotools) and/or "polygons" '
+        "(each part's exterior ring and its holes, [x, y] pixel centres).", examples=[["rle"]])
+    polygon_tolerance = _documented(
+        float, "Simplify polygons by at most this many pixels (Douglas-Peucker); default 0 = every corner.")
+    per_object_masks = _documented(
+        bool, "Store a PNG per object (true, the default) or only the label map (false: mask_url is null).")
+
+
+class CocoRle(BaseModel):
+    size: list[int] = Field(description="[height, width]")
+    counts: str = Field(description="COCO's compressed RLE string (column-major runs, background first).")
+
+
+class Polygon(BaseModel):
+    exterior: list[list[int]]
+    holes: list[list[list[int]]]
+
+
+class FoundObjectResponse(BaseModel):
+    # The optional formats are left out of the JSON when not asked for (not sent as null).
+    model_config = ConfigDict(json_schema_mode_override="validation")
+
+    mask_url: str | None = Field(description="URL of this object's PNG mask (as in /segment); null when not stored.")
+    bbox: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the upright image: the mask's pixels "
+                            "x1 ≤ x < x2, y1 ≤ y < y2 (x2, y2 exclusive).")
+    area: int = Field(description="The mask's pixel count.")
+    predicted_iou: float = Field(description="SAM 2's predicted IoU of this mask.")
+    stability_score: float = Field(description="IoU of the mask thresholded at ±stability_score_offset.")
+    point_coords: list[list[float]] = Field(description="[[x, y]]: the grid point that prompted this mask, in pixels.")
+    rle: CocoRle | None = Field(None, description='With formats ["rle"].')
+    polygons: list[Polygon] | None = Field(None, description='With formats ["polygons"].')
+
+    @model_serializer(mode="wrap")
+    def _without_unasked_formats(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {name: value for name, value in data.items() if value is not None or name == "mask_url"}
+
+
+class EverythingResponse(BaseModel):
+    """Every object found, largest first, and the label map."""
+
+    objects: list[FoundObjectResponse]
+    label_map_url: str | None = Field(
+        description="URL of a 16-bit grayscale PNG at the image's size: 0 = no object, i = the i-th object of "
+        "`objects` (1-based); where objects overlap, the higher predicted_iou wins. Null when not stored."
+    )
+    width: int = Field(description="Width of the upright image, of the label map and of every mask, in pixels.")
+    height: int = Field(description="Height of the upright image, of the label map and of every mask, in pixels.")
+
+    @classmethod
+    def of(cls, result: EverythingResult) -> "EverythingResponse":
+        objects = [
+            FoundObjectResponse(mask_url=o.mask_url, predicted_iou=o.predicted_iou, stability_score=o.stability_score,
+                                point_coords=o.point_coords, **o.described)
+            for o in result.objects
+        ]
+        return cls(objects=objects, label_map_url=result.label_map_url, width=result.width, height=result.height)
