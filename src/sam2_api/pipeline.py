@@ -177,14 +177,20 @@ class Pipeline:
         return reply
 
     def _call(self, call: Callable[[], _Reply], timer: StageTimer) -> _Reply:
+        """``call()`` to the model service, once more if the connection failed: a pooled keep-alive
+        connection that the model service closed just as it was reused fails that way, and every
+        call is safe to repeat. A second failure is a 503."""
         with timer.stage("model_call"):
-            try:
-                reply = call()
-            except Exception as exc:
-                if _unreachable(exc):
-                    log.warning("the model service is unreachable: %s", type(exc).__name__)
-                    raise ModelUnavailable("the model service is not reachable right now; retry shortly") from exc
-                raise
+            for attempt in (1, 2):
+                try:
+                    reply = call()
+                    break
+                except Exception as exc:
+                    if not _unreachable(exc):
+                        raise
+                    if attempt == 2 or not _connection_failed(exc):
+                        log.warning("the model service is unreachable: %s", type(exc).__name__)
+                        raise ModelUnavailable("the model service is not reachable right now; retry shortly") from exc
         timer.merge(reply.seconds)
         return reply
 
@@ -206,6 +212,15 @@ class Pipeline:
                                    "of an image sent before")
             data = fetch()  # no id: the key is the content's hash, so the content comes first
         return _Located("sha256:" + hashlib.sha256(data).hexdigest(), lambda: data)
+
+
+def _connection_failed(exc: Exception) -> bool:
+    """Whether the call failed on its connection (refused, reset, closed under it), not in the
+    model service: then it never ran there, or its answer was lost, and one retry is right."""
+    import aiohttp
+
+    return isinstance(exc, (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError)) and not isinstance(
+        exc, (TimeoutError, aiohttp.ServerTimeoutError, httpx.TimeoutException))
 
 
 def _unreachable(exc: Exception) -> bool:
