@@ -7,12 +7,15 @@ against any server URL.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,3 +184,34 @@ def run_hostile(url: str, stop: threading.Event, report: HostileReport, clients:
     for thread in threads:
         thread.start()
     return threads
+
+
+@contextmanager
+def hostile_traffic(url: str, clients: int = 2) -> Iterator[HostileReport]:
+    """``run_hostile`` in a process of its own for the duration of the block, as attackers are other
+    machines: its threads then take no GIL time from the load client's, whose latencies would
+    otherwise count the attack's client-side work. The report is filled when the block exits."""
+    spawn = multiprocessing.get_context("spawn")
+    stop, ready, results = spawn.Event(), spawn.Event(), spawn.Queue()
+    process = spawn.Process(target=_hostile_process, args=(url, clients, stop, ready, results), daemon=True)
+    process.start()
+    report = HostileReport()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError("the hostile traffic process did not start")
+        yield report
+    finally:
+        stop.set()
+        if process.is_alive() or not results.empty():
+            report.statuses.update(results.get(timeout=120))
+        process.join(timeout=30)
+
+
+def _hostile_process(url: str, clients: int, stop, ready, results) -> None:
+    report = HostileReport()
+    threads = run_hostile(url, stop, report, clients)
+    ready.set()
+    stop.wait()
+    for thread in threads:
+        thread.join(timeout=90)
+    results.put(dict(report.statuses))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 import time
 import uuid
 
@@ -18,7 +17,7 @@ from tests.conftest import REPO
 from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, SECRET_KEY, prepare_bucket
 from tests.integration.fault_proxy import FaultProxy
 from sam2_api.rawhttp import RawRequest
-from sam2_api.loadcheck import HostileReport, load_cases, run_hostile, run_load, solo_masks
+from sam2_api.loadcheck import hostile_traffic, load_cases, run_load, solo_masks
 from sam2_api.localdev import bento_server, moto_server
 from tests.integration.test_segment_api import post
 
@@ -307,15 +306,8 @@ def test_normal_requests_are_served_beside_hostile_traffic(server, test_images):
     2x at most, is scripts/load_test.py --hostile's: timing is not asserted in tests.)"""
     cases = load_cases(test_images)
     expected = solo_masks(server.url, cases)
-    hostile = HostileReport()
-    stop = threading.Event()
-    threads = run_hostile(server.url, stop, hostile, clients=1)
-    try:
+    with hostile_traffic(server.url, clients=1) as hostile:
         report = run_load(server.url, cases, expected, total=24, concurrency=4, seed=3)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
     assert report.statuses == {200: 24} and report.stored == 24
     assert report.missing == [] and report.mismatched == []
     statuses = lambda kind: {status for sent, status in hostile.statuses if sent == kind}
