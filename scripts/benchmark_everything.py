@@ -69,16 +69,10 @@ OUTPUT = REPO / "docs" / "PERFORMANCE-everything.md"
 
 def variants(base: np.ndarray, count: int, seed: int) -> list[tuple[np.ndarray, bytes]]:
     """``count`` copies of ``base``, each with one pixel changed (new bytes for the cache, the same
-    work), with their PNG bytes."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        pixels = base.copy()
-        pixels[rng.integers(base.shape[0]), rng.integers(base.shape[1]), 0] ^= 1
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-        out.append((pixels, buffer.getvalue()))
-    return out
+    work), with their PNG bytes: benchmark.py's variants, decoded back (PNG is lossless)."""
+    from benchmark import variants as png_variants  # scripts/ is this script's own folder
+
+    return [(np.array(Image.open(io.BytesIO(png))), png) for png in png_variants(base, count, seed)]
 
 
 class PeakMemory:
