@@ -378,8 +378,8 @@ def render(files: list[Path], docs: Path) -> None:
         "",
         "Reproduce: `.venv/bin/python scripts/benchmark.py` (CPU), or on a GPU machine",
         "`python scripts/benchmark.py --device cuda --model facebook/sam2.1-hiera-large --checkpoint <file>`",
-        "(`scripts/make_test_checkpoint.py --model-id facebook/sam2.1-hiera-large` writes random weights for it:",
-        "they time like real ones).",
+        "(`scripts/make_test_checkpoint.py --model-id facebook/sam2.1-hiera-large` writes random weights for it to",
+        "`checkpoints/sam2.1_hiera_large.RANDOM-TEST-WEIGHTS.pt`: they time like real ones).",
         "",
     ]
     if all(run["machine"].startswith("CPU") for run in runs):

@@ -7,6 +7,7 @@ Meta's ``model`` key it carries a mark that makes the service log a warning at s
 ``scripts/import_model.py`` label it.
 
     python scripts/make_test_checkpoint.py            # -> checkpoints/sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt
+    python scripts/make_test_checkpoint.py --model-id facebook/sam2.1-hiera-large  # -> …sam2.1_hiera_large…
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
 
 from sam2_api.model import RANDOM_WEIGHTS_MARK
 
-DEFAULT_OUTPUT = Path("checkpoints/sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt")
+
+
+def default_output(model_id: str) -> Path:
+    """checkpoints/<Meta's file name for ``model_id``, less .pt>.RANDOM-TEST-WEIGHTS.pt"""
+    _, release_file = HF_MODEL_ID_TO_FILENAMES[model_id]
+    return Path("checkpoints") / (Path(release_file).stem + ".RANDOM-TEST-WEIGHTS.pt")
 
 
 def write_random_checkpoint(output: Path, model_id: str, seed: int) -> Path:
@@ -34,12 +40,13 @@ def write_random_checkpoint(output: Path, model_id: str, seed: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, help="default: checkpoints/<model>.RANDOM-TEST-WEIGHTS.pt")
     parser.add_argument("--model-id", default="facebook/sam2.1-hiera-tiny",
                         choices=sorted(k for k in HF_MODEL_ID_TO_FILENAMES if "sam2.1" in k))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     args = parser.parse_args()
+    args.output = args.output or default_output(args.model_id)
     if args.output.exists() and not args.force:
         print(f"{args.output} exists; keeping it (use --force to rewrite)")
     else:
