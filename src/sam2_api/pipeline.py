@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol, TypeVar
 
@@ -33,6 +34,8 @@ from .storage import MaskStore, make_s3_client
 from .timing import StageTimer
 
 log = logging.getLogger(__name__)
+
+STALE_CONNECTION_S = 1.0  # a reused connection the peer had closed fails within this
 
 
 class Model(Protocol):
@@ -177,20 +180,25 @@ class Pipeline:
         return reply
 
     def _call(self, call: Callable[[], _Reply], timer: StageTimer) -> _Reply:
-        """``call()`` to the model service, once more if the connection failed: a pooled keep-alive
-        connection that the model service closed just as it was reused fails that way, and every
-        call is safe to repeat. A second failure is a 503."""
+        """``call()`` to the model service; a 503 when it cannot be reached. A call that fails on
+        its connection within ``STALE_CONNECTION_S`` is sent once more: a pooled keep-alive
+        connection that the model service closed just as it was reused fails that way, before any
+        work. A later failure may have left the work running there, and is not repeated."""
         with timer.stage("model_call"):
             for attempt in (1, 2):
+                started = time.monotonic()
                 try:
                     reply = call()
                     break
                 except Exception as exc:
                     if not _unreachable(exc):
                         raise
-                    if attempt == 2 or not _connection_failed(exc):
-                        log.warning("the model service is unreachable: %s", type(exc).__name__)
-                        raise ModelUnavailable("the model service is not reachable right now; retry shortly") from exc
+                    if attempt == 1 and _stale_connection(exc) and time.monotonic() - started < STALE_CONNECTION_S:
+                        log.info("a connection to the model service failed at once (%s); sending the call again",
+                                 type(exc).__name__)
+                        continue
+                    log.warning("the model service is unreachable: %s", type(exc).__name__)
+                    raise ModelUnavailable("the model service is not reachable right now; retry shortly") from exc
         timer.merge(reply.seconds)
         return reply
 
@@ -214,22 +222,18 @@ class Pipeline:
         return _Located("sha256:" + hashlib.sha256(data).hexdigest(), lambda: data)
 
 
-def _connection_failed(exc: Exception) -> bool:
-    """Whether the call failed on its connection (refused, reset, closed under it), not in the
-    model service: then it never ran there, or its answer was lost, and one retry is right."""
-    import aiohttp
-
-    return isinstance(exc, (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError)) and not isinstance(
-        exc, (TimeoutError, aiohttp.ServerTimeoutError, httpx.TimeoutException))
+def _stale_connection(exc: Exception) -> bool:
+    """Whether the call failed on its connection (refused, closed or reset under it) rather than
+    timing out or being answered with an error."""
+    return isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
 
 
 def _unreachable(exc: Exception) -> bool:
     """Whether the model service could not take the call (down, restarting, overloaded), as
     BentoML's client reports it: a connection error, or the service's own 429/502/503/504."""
-    import aiohttp
     from bentoml.exceptions import BentoMLException
 
-    if isinstance(exc, (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
         return True
     return isinstance(exc, BentoMLException) and int(getattr(exc, "error_code", 500)) in (429, 502, 503, 504)
 

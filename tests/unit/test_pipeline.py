@@ -5,8 +5,11 @@ image once; an evicted embedding is recomputed, never a 404; tenants never share
 from __future__ import annotations
 
 import io
+import logging
+import time
 
 import boto3
+import httpx
 import numpy as np
 import pytest
 from moto import mock_aws
@@ -15,8 +18,8 @@ from PIL import Image
 from sam2_api.cache import EmbeddingCache
 from sam2_api.device import DeviceThread
 from sam2_api.engine import Engine
-from sam2_api.errors import InvalidImageSource, InvalidPrompt, MissingImage, UnknownImageId
-from sam2_api.pipeline import ImageRequest, Pipeline
+from sam2_api.errors import InvalidImageSource, InvalidPrompt, MissingImage, ModelUnavailable, UnknownImageId
+from sam2_api.pipeline import STALE_CONNECTION_S, ImageRequest, Pipeline
 from sam2_api.prompts import Prompt
 from sam2_api.segmenter import Segmenter
 from sam2_api.sources import ImageSources
@@ -242,3 +245,52 @@ def test_without_s3_formats_still_come_back(device, test_images, monkeypatch):
                       StageTimer(), formats=frozenset({"rle"}))
     mask = result.masks[0]
     assert mask.url is None and mask.details["rle"]["size"] == [300, 451] and mask.mask_id.startswith("m_")
+
+
+class FailingConnection:
+    """The model service behind a connection that fails: each of ``failures`` (an exception, and
+    seconds it takes to fail) is raised by one call before it reaches the engine, as BentoML's
+    httpx client raises it; later calls reach the engine."""
+
+    def __init__(self, engine: Engine, failures: list[tuple[Exception, float]]) -> None:
+        self.engine, self.failures, self.calls = engine, list(failures), 0
+
+    def predict(self, **kwargs):
+        self.calls += 1
+        if self.failures:
+            exc, seconds = self.failures.pop(0)
+            time.sleep(seconds)
+            raise exc
+        return self.engine.predict(**kwargs)
+
+
+def with_connection(device, failures) -> tuple[Pipeline, FailingConnection]:
+    flow = pipeline(device)
+    connection = FailingConnection(flow.model, failures)
+    flow.model = connection
+    return flow, connection
+
+
+def test_a_connection_closed_as_it_was_reused_is_sent_again_once(s3, device, reference_mask, test_images, caplog):
+    caplog.set_level(logging.INFO, logger="sam2_api.pipeline")
+    closed = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    flow, connection = with_connection(device, [(closed, 0.0)])
+    result = flow.run(ImageRequest(upload=(test_images / "rocket.jpg").read_bytes()), [Prompt(points=[[320, 200]])],
+                      StageTimer())
+    expected, _ = reference_mask(upright_rgb(test_images / "rocket.jpg"), points=[[320, 200]])
+    assert np.array_equal(stored_mask(s3, result.masks[0].url), expected)
+    assert connection.calls == 3  # the failed call, its repeat (needs the image), the call with the image
+    assert "failed at once (RemoteProtocolError); sending the call again" in caplog.text
+
+
+@pytest.mark.parametrize("failures", [
+    [(httpx.ReadError("reset"), 0.0), (httpx.ReadError("reset"), 0.0)],  # twice: not a stale connection
+    [(httpx.ReadError("reset"), STALE_CONNECTION_S + 0.2)],  # late: the work may be running there
+    [(httpx.ReadTimeout("timed out"), 0.0)],  # a timeout is never repeated
+], ids=["twice", "late", "timeout"])
+def test_other_connection_failures_are_a_503_without_a_repeat(s3, device, test_images, failures):
+    flow, connection = with_connection(device, failures)
+    with pytest.raises(ModelUnavailable):
+        flow.run(ImageRequest(upload=(test_images / "rocket.jpg").read_bytes()), [Prompt(points=[[320, 200]])],
+                 StageTimer())
+    assert connection.calls == len(failures)
