@@ -91,7 +91,8 @@ class MaskStore:
         self._acl = acl
         self._presign_expires = presign_expires
         self.deadline = deadline
-        self._failures = FailureLog()
+        self._failures = FailureLog()  # uploads that failed
+        self._late = FailureLog()  # requests whose uploads were cut by the deadline
         # Why nothing will be stored, for the service to say once at startup; None when enabled.
         self.disabled_reason: str | None = None
         if not bucket:
@@ -150,10 +151,14 @@ class MaskStore:
         done, late = wait(futures, timeout=self.deadline)
         if late:
             metrics.UPLOAD_FAILURES.labels(reason="RequestDeadline").inc(len(late))
-            self._failures.failed(f"s3://{self._bucket}: {len(late)} of {len(futures)} uploads not done within "
-                                  f"the {self.deadline:g} s deadline (S3_UPLOAD_DEADLINE)")
+            # One reason for every request cut short, so that an outage is logged once, not per request
+            # (how many were late is in the metric); the uploads' own failures are logged apart.
+            self._late.failed(f"s3://{self._bucket}: uploads not done within the {self.deadline:g} s deadline "
+                              "(S3_UPLOAD_DEADLINE)")
             for future in late:
                 future.cancel()  # those not started yet never start
+        else:
+            self._late.succeeded()
         return [future.result() if future in done else None for future in futures]
 
 
