@@ -16,6 +16,7 @@ on to the model service (``cancel_track``) within half a second.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -121,8 +122,9 @@ class TrackJobs:
                          start_frame_index=request.start_frame_index, max_frames=request.max_frames,
                          reverse=request.reverse)
         self.board.update(task_id, "queued")
-        with tempfile.TemporaryDirectory(prefix="sam2-track-") as workdir, _CancelWatch(self, task_id) as watch:
-            tracked = self._track(spec, data, request.formats, watch, os.path.join(workdir, "masks.bits"))
+        with (tempfile.TemporaryDirectory(prefix="sam2-track-") as workdir, _CancelWatch(self, task_id) as watch,
+              contextlib.closing(_Tracked(os.path.join(workdir, "masks.bits"))) as tracked):
+            self._track(spec, data, request.formats, watch, tracked)
             self.board.update(task_id, "storing")
             preview_url = self._preview(task_id, data, tracked, os.path.join(workdir, "preview.mp4"), watch)
         started = tracked.started
@@ -161,8 +163,8 @@ class TrackJobs:
             raise type(exc)(str(exc).replace("image_url", "video_url")) from None
 
     def _track(self, spec: TrackSpec, data: bytes, formats: tuple[str, ...], watch: _CancelWatch,
-               spool_path: str) -> _Tracked:
-        tracked = _Tracked(spool_path)
+               tracked: _Tracked) -> None:
+        """Fill ``tracked`` from the model service's stream, uploading each frame's masks."""
         uploads = _Uploads(self.store)
         reader = RecordReader()
         ended = False
@@ -202,7 +204,6 @@ class TrackJobs:
         watch.check()
         if not ended or tracked.started is None:
             raise errors.ModelUnavailable("the model service ended the tracking job early (restarted?); retry the task")
-        return tracked
 
     def _preview(self, task_id: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str | None:
         """The preview's URL; None when it could not be made or stored (the masks are what counts)."""
@@ -234,7 +235,7 @@ class TrackJobs:
 
 class _Tracked:
     """What the stream brought: the clip's header, a manifest entry per frame (mask URLs filled in
-    as uploads finish), and every mask's bits in a file for the preview."""
+    as uploads finish), and every mask's bits in a file for the preview (:meth:`close` frees it)."""
 
     def __init__(self, spool_path: str) -> None:
         self.started: TrackStarted | None = None
@@ -262,6 +263,9 @@ class _Tracked:
         self._spool.seek(self._offsets[frame_index])
         raw = self._spool.read(size * objects)
         return [imaging.unpack_mask(raw[i * size:(i + 1) * size], started.height, started.width) for i in range(objects)]
+
+    def close(self) -> None:
+        self._spool.close()
 
 
 class _Uploads:
