@@ -73,7 +73,7 @@ def segment_everything(pipeline: Pipeline, image: ImageRequest, params: Everythi
 
     pngs = [label_map_png] + ([mask_png(o) for o in objects] if output.per_object_masks else [])
     with timer.stage("store"):
-        label_map_url, *mask_urls = pipeline.store.put_many(pngs)
+        label_map_url, *mask_urls = pipeline.store.put_many(pngs, bulk=True)
     if not output.per_object_masks:
         mask_urls = [None] * len(objects)
     found = [

@@ -101,8 +101,11 @@ class MaskStore:
             self.disabled_reason = "no AWS credentials found: masks will not be stored (mask_url: null)"
         else:
             # Uploads wait on the network; bounded, so that a hanging S3 holds threads, not memory,
-            # and so that at most `parallel` full-size 8-bit masks are being encoded at a time.
+            # and so that at most `parallel` full-size 8-bit masks are being encoded at a time in
+            # each pool. Bulk uploads (every object of an image, a clip's frames) have a pool of
+            # their own, so that a request's one mask never queues behind hundreds of them.
             self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="s3-upload")
+            self._bulk_pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="s3-upload-bulk")
         self.enabled = self.disabled_reason is None
 
     def put(self, png: bytes) -> str | None:
@@ -134,20 +137,22 @@ class MaskStore:
             )
         return object_url(self._bucket, key, self._region, self._endpoint_url)
 
-    def put_many(self, pngs: list[Callable[[], bytes]]) -> list[str | None]:
+    def put_many(self, pngs: list[Callable[[], bytes]], *, bulk: bool = False) -> list[str | None]:
         """Make and store each PNG (``pngs`` make them, in the upload threads), in parallel; the URL of
         each, or None for those not stored within :attr:`deadline` seconds of the call (those may
-        still land later, under keys nobody is given)."""
-        return self._all([lambda make=make: self.put(make()) for make in pngs])
+        still land later, under keys nobody is given). ``bulk``: in the bulk uploads' own threads."""
+        return self._all([lambda make=make: self.put(make()) for make in pngs], bulk)
 
-    def put_named_many(self, pngs: list[tuple[str, Callable[[], bytes]]]) -> list[str | None]:
+    def put_named_many(self, pngs: list[tuple[str, Callable[[], bytes]]], *, bulk: bool = False) -> list[str | None]:
         """:meth:`put_many` under the given names (:meth:`put_named`)."""
-        return self._all([lambda name=name, make=make: self.put_named(name, make(), "image/png") for name, make in pngs])
+        return self._all([lambda name=name, make=make: self.put_named(name, make(), "image/png")
+                          for name, make in pngs], bulk)
 
-    def _all(self, uploads: list[Callable[[], str | None]]) -> list[str | None]:
+    def _all(self, uploads: list[Callable[[], str | None]], bulk: bool) -> list[str | None]:
         if not self.enabled:
             return [None] * len(uploads)
-        futures = [self._pool.submit(upload) for upload in uploads]
+        pool = self._bulk_pool if bulk else self._pool
+        futures = [pool.submit(upload) for upload in uploads]
         done, late = wait(futures, timeout=self.deadline)
         if late:
             metrics.UPLOAD_FAILURES.labels(reason="RequestDeadline").inc(len(late))

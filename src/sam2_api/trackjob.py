@@ -297,7 +297,7 @@ class _Uploads:
     def _upload(self) -> None:
         while (batch := self._queue.get()) is not None:
             try:
-                urls = self._store.put_named_many([(name, make) for name, make, _ in batch])
+                urls = self._store.put_named_many([(name, make) for name, make, _ in batch], bulk=True)
             except Exception:  # the masks stay unstored (mask_url null), the task goes on
                 log.exception("uploading %d masks failed", len(batch))
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -178,6 +179,25 @@ def test_put_many_gives_up_on_what_is_not_stored_by_the_deadline(aws_env, caplog
         assert store.put_many([lambda: b"quick", slow, slow])[1:] == [None, None]
     assert caplog.text.count("deadline (S3_UPLOAD_DEADLINE)") == 1
     store._pool.shutdown(wait=True)  # the late ones finish inside moto's mock, not after it
+
+
+def test_a_single_mask_never_queues_behind_bulk_uploads(aws_env):
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    store = make_store("masks", deadline=5, parallel=2)
+
+    def slow() -> bytes:
+        time.sleep(1)
+        return b"one of many"
+
+    bulk = threading.Thread(target=store.put_many, args=([slow] * 8,), kwargs={"bulk": True})
+    bulk.start()  # 8 s of work for 2 bulk threads
+    time.sleep(0.2)
+    started = time.monotonic()
+    url = store.put_many([lambda: b"one mask"])[0]
+    waited = time.monotonic() - started
+    bulk.join()
+    assert url is not None and waited < 2.5, waited  # behind the bulk ones it would wait about 4 s
+    store._bulk_pool.shutdown(wait=True)
 
 
 def test_put_many_without_a_bucket_makes_no_png(aws_env):
