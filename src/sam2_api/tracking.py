@@ -430,6 +430,11 @@ class Tracker:
             yield write_record(TrackEnd(seconds=timer.seconds))
         except errors.RequestError as exc:
             yield write_record(Failure.of(exc))
+        except torch.OutOfMemoryError:
+            log.warning("tracking job %s: the device ran out of memory", job.id)
+            yield write_record(Failure.of(errors.ModelUnavailable(
+                "the GPU ran out of memory tracking this clip: retry later, or track fewer frames (max_frames) or "
+                "objects; the operator can lower SAM2_VIDEO_GPU_BYTES so that more of a clip stays in host memory")))
         except _Closed as closed:
             log.info("tracking job %s ended: %s", job.id, closed)
         finally:
@@ -466,10 +471,14 @@ class Tracker:
             self.settings.offload, model.device, store.nbytes,
             state_bytes(model, spec.objects, _most_prompted_frames(spec)), self.settings.gpu_bytes,
         )
-        if not offload_video:
-            store.move_to(model.device)
+
+        def on_device() -> dict:  # device memory is the device thread's, as every model call is
+            if not offload_video:
+                store.move_to(model.device)
+            return new_inference_state(model, store, count, info.height, info.width, offload_video, offload_state)
+
         job.session = Session(
-            model, new_inference_state(model, store, count, info.height, info.width, offload_video, offload_state),
+            model, self.device.call(on_device, "track_setup", timer),
             spec.prompts, spec.objects, start, spec.max_frames, spec.reverse, self.device.segmenter.pack,
         )
         job.store = store = None  # the session holds the frames now
