@@ -77,9 +77,11 @@ class Client:
         self.url = server.url + "/segment"
         self.http = httpx.Client(timeout=600)
 
-    def segment(self, data: bytes, points) -> tuple[float, httpx.Response]:
+    def segment(self, data: bytes, points, **fields) -> tuple[float, httpx.Response]:
         started = time.perf_counter()
-        response = self.http.post(self.url, files={"image": ("i.png", data)}, data={"points": json.dumps(points)})
+        form = {name: json.dumps(value) if not isinstance(value, str) else value
+                for name, value in {"points": points, **fields}.items()}
+        response = self.http.post(self.url, files={"image": ("i.png", data)}, data=form)
         elapsed = time.perf_counter() - started
         if response.status_code != 200 or response.json()["mask_url"] is None:
             raise RuntimeError(f"request failed: {response.status_code} {response.text}")
@@ -204,6 +206,23 @@ def main() -> None:
             elapsed = time.perf_counter() - started
         return elapsed, masks[int(np.argmax(scores))] > 0
 
+    def raw_chain(pixels: np.ndarray, points, labels) -> tuple[list[float], list[np.ndarray]]:
+        """Meta's interactive loop: every click so far and the previous best logits as mask_input;
+        the time of each ``predict`` (the image set once, before)."""
+        times, masks, previous = [], [], None
+        with torch.inference_mode(), precision:
+            predictor.set_image(pixels)
+            for count in range(1, len(points) + 1):
+                started = time.perf_counter()
+                out, scores, logits = predictor.predict(
+                    point_coords=np.array(points[:count]), point_labels=np.array(labels[:count]),
+                    mask_input=None if previous is None else previous[None], multimask_output=count == 1)
+                times.append(time.perf_counter() - started)
+                best = int(np.argmax(scores))
+                masks.append(out[best] > 0)
+                previous = logits[best]
+        return times, masks
+
     decoded = lambda data: np.array(Image.open(io.BytesIO(data)).convert("RGB"))
     raw(base, [[10.0, 10.0]])  # the predictor's own warm-up
     with precision:
@@ -285,6 +304,26 @@ def main() -> None:
             for pts in session_clicks:
                 client.segment(session_image, pts)
             r["session_cached"] = time.perf_counter() - started
+
+            # A chained session, as /ui and Meta's notebooks click: every click so far, and the
+            # previous answer's mask_id (its logits become the mask prompt), against the predictor's loop.
+            chain_image = variants(base, 1, seed=10)[0]
+            chain_points = [pts[0] for pts in clicks(width, height, 5, 11)]
+            chain_labels = [1, 1, 0, 1, 0]
+            raw_clicks, raw_masks = raw_chain(decoded(chain_image), chain_points, chain_labels)
+            served_clicks, served_server, chain_differing, mask_id = [], [], [], None
+            for count in range(1, 6):
+                fields = {"labels": chain_labels[:count], **({"previous_mask_id": mask_id} if mask_id else {})}
+                elapsed, response = client.segment(chain_image, chain_points[:count], **fields)
+                served_clicks.append(elapsed)
+                served_server.append(stages(response)["total"])
+                chain_differing.append(int(np.count_nonzero(client.mask(response) != raw_masks[count - 1])))
+                mask_id = response.json()["mask_id"]
+            r["chain"] = {"served": served_clicks, "server": served_server, "predict": raw_clicks,
+                          "differing_pixels": chain_differing}
+            print(f"chained session: clicks 2-5 served {statistics.median(served_clicks[1:]) * 1000:.1f} ms "
+                  f"(server {statistics.median(served_server[1:]) * 1000:.1f} ms), predictor predict "
+                  f"{statistics.median(raw_clicks[1:]) * 1000:.1f} ms; differing pixels {chain_differing}")
             server.stop()
 
             if not args.skip_uncached:
@@ -365,6 +404,30 @@ def stage_rows(r: dict, kind: str) -> list[str]:
     return rows
 
 
+def chain_lines(run: dict) -> list[str]:
+    """The chained five-click session, where the run has one."""
+    chain = run.get("chain")
+    if chain is None:
+        return []
+    ms = lambda seconds: f"{seconds * 1000:.1f} ms"
+    later = lambda key: statistics.median(chain[key][1:])
+    return [
+        "A five-click chained session on one new image (each request sends every click so far and the previous "
+        "`mask_id`, whose logits become the mask prompt, as `/ui` does), against `SAM2ImagePredictor.predict` "
+        "with every click so far and the previous best logits as `mask_input` (its image set once):",
+        "",
+        "| click | served, client | served, server time | predictor `predict` | pixels differing from the predictor's |",
+        "|---|---|---|---|---|",
+        *(f"| {i + 1}{' (new image)' if i == 0 else ''} | {ms(chain['served'][i])} | {ms(chain['server'][i])} | "
+          f"{ms(chain['predict'][i])}{' (after `set_image`)' if i == 0 else ''} | {chain['differing_pixels'][i]} |"
+          for i in range(len(chain["served"]))),
+        "",
+        f"Clicks 2-5: {ms(later('served'))} a click at the client, {ms(later('server'))} of server time, "
+        f"{later('server') / later('predict'):.2f}× the predictor's `predict`.",
+        "",
+    ]
+
+
 def render(files: list[Path], docs: Path) -> None:
     runs = [json.loads(f.read_text()) for f in files]
     lines = [
@@ -423,6 +486,7 @@ def render(files: list[Path], docs: Path) -> None:
             f"{run['rss_before'] / 2**20:.0f} MiB after warm-up, {run['rss_after'] / 2**20:.0f} MiB after "
             f"{run['rss_requests']} more requests, peak {run['rss_peak'] / 2**20:.0f} MiB.",
             "",
+            *chain_lines(run),
             "PNG encoding of a 3840×2160 mask: " + "; ".join(f"{name} {ms:.1f} ms, {size} bytes"
                                                              for name, ms, size in run["png"]) + ".",
             "",
