@@ -149,11 +149,7 @@ def run_hostile(url: str, stop: threading.Event, report: HostileReport, clients:
         request = RawRequest(url, "/segment", {"Content-Type": f"multipart/form-data; boundary={boundary}",
                                                "Content-Length": str(10**6)})
         request.send(form_head)
-        while not stop.is_set() and not request.answered():
-            try:
-                request.send(b"x" * 50)
-            except OSError:
-                break
+        while not stop.is_set() and not request.answered() and request.send(b"x" * 50):
             time.sleep(1)
         record("slow body", request.response().status)
 

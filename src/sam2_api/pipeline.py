@@ -224,16 +224,23 @@ class Pipeline:
 
 def _stale_connection(exc: Exception) -> bool:
     """Whether the call failed on its connection (refused, closed or reset under it) rather than
-    timing out or being answered with an error."""
-    return isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+    timing out or being answered with an error. BentoML's client for a dependency is aiohttp's
+    (``_bentoml_impl.client.proxy2``); httpx's are its other clients'."""
+    import aiohttp
+
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return False
+    return isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, httpx.ConnectError,
+                            httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
 
 
 def _unreachable(exc: Exception) -> bool:
     """Whether the model service could not take the call (down, restarting, overloaded), as
     BentoML's client reports it: a connection error, or the service's own 429/502/503/504."""
+    import aiohttp
     from bentoml.exceptions import BentoMLException
 
-    if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError, TimeoutError)):
         return True
     return isinstance(exc, BentoMLException) and int(getattr(exc, "error_code", 500)) in (429, 502, 503, 504)
 

@@ -35,12 +35,17 @@ class RawRequest:
         self.sock.sendall(head.encode("latin-1"))
         self.sent = 0  # body bytes written
 
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def send(self, data: bytes) -> bool:
+        """Write ``data``; False when the server has closed the connection (it answered, or gave up)."""
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return False
         self.sent += len(data)
+        return True
 
-    def send_chunk(self, data: bytes) -> None:
-        self.send(b"%x\r\n%s\r\n" % (len(data), data))
+    def send_chunk(self, data: bytes) -> bool:
+        return self.send(b"%x\r\n%s\r\n" % (len(data), data))
 
     def answered(self) -> bool:
         """Whether the server has started answering (without waiting)."""
@@ -54,7 +59,10 @@ class RawRequest:
         while b"\r\n\r\n" not in data or len(data) < self._expected(data):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no complete answer in {timeout} s: {data[:200]!r}")
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:  # closed with our unread body in its buffer: the answer came first
+                break
             if not chunk:
                 break
             data += chunk

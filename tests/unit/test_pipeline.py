@@ -8,6 +8,7 @@ import io
 import logging
 import time
 
+import aiohttp
 import boto3
 import httpx
 import numpy as np
@@ -271,23 +272,29 @@ def with_connection(device, failures) -> tuple[Pipeline, FailingConnection]:
     return flow, connection
 
 
-def test_a_connection_closed_as_it_was_reused_is_sent_again_once(s3, device, reference_mask, test_images, caplog):
+@pytest.mark.parametrize("closed", [
+    aiohttp.ServerDisconnectedError(),  # BentoML's client for a dependency (aiohttp)
+    httpx.RemoteProtocolError("Server disconnected without sending a response."),
+], ids=["aiohttp", "httpx"])
+def test_a_connection_closed_as_it_was_reused_is_sent_again_once(s3, device, reference_mask, test_images, caplog,
+                                                                 closed):
     caplog.set_level(logging.INFO, logger="sam2_api.pipeline")
-    closed = httpx.RemoteProtocolError("Server disconnected without sending a response.")
     flow, connection = with_connection(device, [(closed, 0.0)])
     result = flow.run(ImageRequest(upload=(test_images / "rocket.jpg").read_bytes()), [Prompt(points=[[320, 200]])],
                       StageTimer())
     expected, _ = reference_mask(upright_rgb(test_images / "rocket.jpg"), points=[[320, 200]])
     assert np.array_equal(stored_mask(s3, result.masks[0].url), expected)
     assert connection.calls == 3  # the failed call, its repeat (needs the image), the call with the image
-    assert "failed at once (RemoteProtocolError); sending the call again" in caplog.text
+    assert f"failed at once ({type(closed).__name__}); sending the call again" in caplog.text
 
 
 @pytest.mark.parametrize("failures", [
     [(httpx.ReadError("reset"), 0.0), (httpx.ReadError("reset"), 0.0)],  # twice: not a stale connection
     [(httpx.ReadError("reset"), STALE_CONNECTION_S + 0.2)],  # late: the work may be running there
     [(httpx.ReadTimeout("timed out"), 0.0)],  # a timeout is never repeated
-], ids=["twice", "late", "timeout"])
+    [(aiohttp.ServerTimeoutError("timed out"), 0.0)],
+    [(aiohttp.ServerDisconnectedError(), 0.0), (aiohttp.ClientOSError(111, "Connection refused"), 0.0)],
+], ids=["twice", "late", "timeout", "aiohttp-timeout", "aiohttp-twice"])
 def test_other_connection_failures_are_a_503_without_a_repeat(s3, device, test_images, failures):
     flow, connection = with_connection(device, failures)
     with pytest.raises(ModelUnavailable):
