@@ -171,6 +171,17 @@ def printed_body(response: httpx.Response) -> dict:
     return body
 
 
+def overlay_source(body: dict, field: str, timeout: float) -> bytes | None:
+    """The stored PNG that the response's ``field`` names, for an overlay; None (and why, on stderr)
+    when the server stored none."""
+    if not body.get(field):
+        print(f"no overlay: the server returned no {field} (S3 not configured there?)", file=sys.stderr)
+        return None
+    stored = httpx.get(body[field], timeout=timeout)
+    stored.raise_for_status()
+    return stored.content
+
+
 def command_segment(args: argparse.Namespace) -> int:
     points = [p for p, _ in args.point] or None
     labels = [label for _, label in args.point] or None
@@ -182,12 +193,10 @@ def command_segment(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         return 1
     if args.overlay:
-        if not body.get("mask_url"):
-            print("no overlay: the server returned no mask_url (S3 not configured there?)", file=sys.stderr)
+        mask = overlay_source(body, "mask_url", args.timeout)
+        if mask is None:
             return 1
-        mask = httpx.get(body["mask_url"], timeout=args.timeout)
-        mask.raise_for_status()
-        drawn = overlay(read_image(args.image, args.timeout), mask.content, points or (), labels or (), args.box)
+        drawn = overlay(read_image(args.image, args.timeout), mask, points or (), labels or (), args.box)
         drawn.save(args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
@@ -257,12 +266,10 @@ def command_everything(args: argparse.Namespace) -> int:
         return 1
     print(f"{len(body['objects'])} objects", file=sys.stderr)
     if args.overlay:
-        if not body.get("label_map_url"):
-            print("no overlay: the server returned no label_map_url (S3 not configured there?)", file=sys.stderr)
+        label_map = overlay_source(body, "label_map_url", args.timeout)
+        if label_map is None:
             return 1
-        label_map = httpx.get(body["label_map_url"], timeout=args.timeout)
-        label_map.raise_for_status()
-        labels = np.array(Image.open(io.BytesIO(label_map.content)), dtype=np.uint16)
+        labels = np.array(Image.open(io.BytesIO(label_map)), dtype=np.uint16)
         image = ImageOps.exif_transpose(Image.open(io.BytesIO(read_image(args.image, args.timeout))))
         draw_objects(image, labels).save(args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
