@@ -13,8 +13,9 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import quote
 
 import boto3
@@ -82,7 +83,8 @@ class MaskStore:
                  deadline: float = 10.0, parallel: int = 4) -> None:
         """``client``: a boto3 S3 client (:func:`make_s3_client`) or None when there are no
         credentials; ``presign_expires``: seconds, for presigned URLs instead of plain ones;
-        ``deadline``: seconds that :meth:`put_many` waits for one request's uploads, all together."""
+        ``deadline``: seconds that :meth:`put_many` waits on S3 for one request's uploads, all together
+        (the time its upload threads spend making PNGs does not count: :class:`S3Clock`)."""
         self._client = client
         self._bucket = bucket
         self._region = region
@@ -106,6 +108,7 @@ class MaskStore:
             # their own, so that a request's one mask never queues behind hundreds of them.
             self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="s3-upload")
             self._bulk_pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="s3-upload-bulk")
+            self._clocks = {self._pool: S3Clock(), self._bulk_pool: S3Clock()}
         self.enabled = self.disabled_reason is None
 
     def put(self, png: bytes) -> str | None:
@@ -139,21 +142,37 @@ class MaskStore:
 
     def put_many(self, pngs: list[Callable[[], bytes]], *, bulk: bool = False) -> list[str | None]:
         """Make and store each PNG (``pngs`` make them, in the upload threads), in parallel; the URL of
-        each, or None for those not stored within :attr:`deadline` seconds of the call (those may
-        still land later, under keys nobody is given). ``bulk``: in the bulk uploads' own threads."""
-        return self._all([lambda make=make: self.put(make()) for make in pngs], bulk)
+        each, or None for those not stored once the call has waited :attr:`deadline` seconds on S3
+        (those may still land later, under keys nobody is given). ``bulk``: in the bulk uploads' own
+        threads."""
+        return self._all([(make, self.put) for make in pngs], bulk)
 
     def put_named_many(self, pngs: list[tuple[str, Callable[[], bytes]]], *, bulk: bool = False) -> list[str | None]:
         """:meth:`put_many` under the given names (:meth:`put_named`)."""
-        return self._all([lambda name=name, make=make: self.put_named(name, make(), "image/png")
-                          for name, make in pngs], bulk)
+        return self._all([(make, lambda png, name=name: self.put_named(name, png, "image/png")) for name, make in pngs],
+                         bulk)
 
-    def _all(self, uploads: list[Callable[[], str | None]], bulk: bool) -> list[str | None]:
+    def _all(self, uploads: list[tuple[Callable[[], bytes], Callable[[bytes], str | None]]],
+             bulk: bool) -> list[str | None]:
         if not self.enabled:
             return [None] * len(uploads)
         pool = self._bulk_pool if bulk else self._pool
-        futures = [pool.submit(upload) for upload in uploads]
-        done, late = wait(futures, timeout=self.deadline)
+        clock = self._clocks[pool]
+
+        def upload(make: Callable[[], bytes], put: Callable[[bytes], str | None]) -> str | None:
+            with clock.making():
+                png = make()
+            return put(png)
+
+        started = clock.seconds()
+        futures = [pool.submit(upload, make, put) for make, put in uploads]
+        while True:
+            # The clock runs no faster than wall time: waiting what is left of the deadline, then
+            # asking again, ends once S3 has had the whole deadline.
+            left = self.deadline - (clock.seconds() - started)
+            done, late = wait(futures, timeout=max(left, 0))
+            if not late or left <= 0:
+                break
         if late:
             metrics.UPLOAD_FAILURES.labels(reason="RequestDeadline").inc(len(late))
             # One reason for every request cut short, so that an outage is logged once, not per request
@@ -165,6 +184,38 @@ class MaskStore:
         else:
             self._late.succeeded()
         return [future.result() if future in done else None for future in futures]
+
+
+class S3Clock:
+    """Seconds during which none of a pool's threads was making a PNG: the time S3 (uploads, and
+    waiting for a thread held by one) adds to a request. Making PNGs is CPU work the request asked
+    for, and may take longer than the upload deadline on a busy machine; the deadline bounds what a
+    slow or hanging S3 adds to it. The pool as a whole, not one request: a request whose PNGs queue
+    behind another's being made is not waiting on S3 either."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._making = 0  # threads making a PNG now
+        self._idle = 0.0  # seconds with none making, up to _since
+        self._since = time.monotonic()
+
+    @contextmanager
+    def making(self) -> Iterator[None]:
+        with self._lock:
+            if self._making == 0:
+                self._idle += time.monotonic() - self._since
+            self._making += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._making -= 1
+                if self._making == 0:
+                    self._since = time.monotonic()
+
+    def seconds(self) -> float:
+        with self._lock:
+            return self._idle + (time.monotonic() - self._since if self._making == 0 else 0.0)
 
 
 class FailureLog:

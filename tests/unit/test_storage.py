@@ -161,24 +161,62 @@ def test_put_many_stores_in_parallel_and_keeps_the_order(aws_env):
     assert stored == bodies and len(set(urls)) == 12
 
 
+def slow_puts(client, seconds: float, body: bytes) -> None:
+    """S3 (moto's, in-process) takes ``seconds`` to answer each PUT of ``body``: botocore's own hook."""
+    def hang(params, **_) -> None:
+        if params.get("Body") == body:
+            time.sleep(seconds)
+    client.meta.events.register("before-parameter-build.s3.PutObject", hang)
+
+
 def test_put_many_gives_up_on_what_is_not_stored_by_the_deadline(aws_env, caplog):
     aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     store = make_store("masks", deadline=0.5, parallel=2)
-
-    def slow() -> bytes:
-        time.sleep(3)
-        return b"late"
+    slow_puts(store._client, 3, b"late")
 
     started = time.monotonic()
     with caplog.at_level(logging.WARNING):
-        urls = store.put_many([lambda: b"quick", slow, slow, lambda: b"queued behind the slow ones"])
+        urls = store.put_many([lambda: b"quick", lambda: b"late", lambda: b"late",
+                               lambda: b"queued behind the slow ones"])
     assert time.monotonic() - started < 1.5  # the deadline, not the slow uploads
     assert urls[0] is not None and urls[1:] == [None, None, None]
     assert "uploads not done within the 0.5 s deadline (S3_UPLOAD_DEADLINE)" in caplog.text
     with caplog.at_level(logging.WARNING):  # the same outage again: not logged again
-        assert store.put_many([lambda: b"quick", slow, slow])[1:] == [None, None]
+        assert store.put_many([lambda: b"quick", lambda: b"late", lambda: b"late"])[1:] == [None, None]
     assert caplog.text.count("deadline (S3_UPLOAD_DEADLINE)") == 1
     store._pool.shutdown(wait=True)  # the late ones finish inside moto's mock, not after it
+
+
+def test_making_the_pngs_does_not_count_against_the_upload_deadline(aws_env):
+    # 12 PNGs that take 0.3 s each to make, in 2 threads: 1.8 s of encoding, S3 answering at once.
+    # The deadline (0.5 s) bounds what S3 adds to the request's time, not the request's own work.
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    store = make_store("masks", deadline=0.5, parallel=2)
+
+    def encoded(index: int) -> bytes:
+        time.sleep(0.3)
+        return f"png {index}".encode()
+
+    urls = store.put_many([lambda index=index: encoded(index) for index in range(12)])
+    assert None not in urls  # was: 8 of 12 null
+    stored = [aws_env.get_object(Bucket="masks", Key=url.split(".com/")[1])["Body"].read() for url in urls]
+    assert stored == [f"png {index}".encode() for index in range(12)]
+
+
+def test_the_deadline_still_holds_when_s3_hangs_between_pngs_being_made(aws_env):
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    store = make_store("masks", deadline=0.5, parallel=2)
+    slow_puts(store._client, 1, b"png")
+
+    def encoded() -> bytes:
+        time.sleep(0.1)
+        return b"png"
+
+    started = time.monotonic()
+    urls = store.put_many([encoded] * 12)  # each 0.1 s to make, then 1 s for S3: 6.6 s if waited for
+    assert time.monotonic() - started < 2.0
+    assert urls.count(None) >= 8
+    store._pool.shutdown(wait=True)
 
 
 def test_a_single_mask_never_queues_behind_bulk_uploads(aws_env):
