@@ -28,6 +28,7 @@ from sam2_api.everything_protocol import EverythingParams, EverythingReply, pars
 from sam2_api.everything_schemas import EverythingFields as Everything
 from sam2_api.everything_schemas import EverythingResponse
 from sam2_api.guard import RequestGuard
+from sam2_api.hop import HopGuard, send_token, token_for_local_serve
 from sam2_api.http_metrics import label_metrics_by_route
 from sam2_api.openapi import PublishedOpenAPI
 from sam2_api.pipeline import ImageRequest, Result, build_pipeline
@@ -81,6 +82,9 @@ class SAM2Model:
         server with one line, not a worker restarting forever."""
         from sam2_api.model import pick_device, resolve_weights  # torch: only where the model runs
 
+        if Settings().sam2_internal_token is None:  # read again: SAM2API's hook may have just made one
+            raise SystemExit("error: SAM2_INTERNAL_TOKEN is not set: the model service served on its own takes "
+                             "calls only from an API service that sends the same token (set it on both)")
         try:
             pick_device(SETTINGS.sam2_device)  # an NVIDIA driver too old for torch's CUDA: one line
             if BENTO_MODEL is None:
@@ -157,7 +161,13 @@ class SAM2API:
     def reset_task_board() -> None:
         TaskBoard.reset(TASK_BOARD)  # once, before any worker: a fresh board, as BentoML starts a fresh task store
 
+    @bentoml.on_deployment
+    def share_internal_token() -> None:
+        # Runs before SAM2Model's hooks and before any worker starts (sam2_api.hop).
+        token_for_local_serve()
+
     def __init__(self) -> None:
+        send_token(self.model, SETTINGS.internal_token)
         self.pipeline = build_pipeline(SETTINGS, self.model)
         if bentoml.server_context.worker_index in (None, 1):  # once, not per worker
             log = logging.getLogger("sam2_api")
@@ -337,6 +347,8 @@ class SAM2API:
             return error_response(ctx, exc)
 
 
+# Only the API service may call the model service: its token is checked before a body is read.
+SAM2Model.add_asgi_middleware(HopGuard, token=SETTINGS.internal_token)
 # API keys and the upload size limit, checked before BentoML reads the body; health, metrics and
 # the OpenAPI page stay open.
 SAM2API.add_asgi_middleware(

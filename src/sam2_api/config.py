@@ -157,6 +157,12 @@ class Settings(BaseSettings):
     sam2_api_keys: SecretStr | None = Field(
         None, description="Comma-separated API keys; when set, the API routes need `Authorization: Bearer <key>`."
     )
+    sam2_internal_token: SecretStr | None = Field(
+        None,
+        description="Shared secret between the API service and the model service (sent in the "
+        "X-SAM2-Internal-Token header; the model service refuses calls without it). Required on both "
+        "when they run apart; `bentoml serve` of both makes a random one per start when unset.",
+    )
     sam2_max_upload_bytes: int = Field(
         64 * 1024**2, gt=0, description="Largest accepted request body, in bytes (413 beyond)."
     )
@@ -206,6 +212,10 @@ class Settings(BaseSettings):
         return tuple(key.strip() for key in self.sam2_api_keys.get_secret_value().split(",") if key.strip())
 
     @property
+    def internal_token(self) -> str | None:
+        return self.sam2_internal_token.get_secret_value() if self.sam2_internal_token else None
+
+    @property
     def input_buckets(self) -> frozenset[str]:
         return frozenset(name.strip() for name in self.s3_input_buckets.split(",") if name.strip())
 
@@ -235,7 +245,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "s3_bucket_name_staging", "s3_endpoint_url", "s3_object_acl", "sam2_config", "sam2_bento_model"
+        "s3_bucket_name_staging", "s3_endpoint_url", "s3_object_acl", "sam2_config", "sam2_bento_model",
+        "sam2_internal_token",
     )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:

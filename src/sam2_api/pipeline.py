@@ -235,14 +235,20 @@ def _stale_connection(exc: Exception) -> bool:
 
 
 def _unreachable(exc: Exception) -> bool:
-    """Whether the model service could not take the call (down, restarting, overloaded), as
-    BentoML's client reports it: a connection error, or the service's own 429/502/503/504."""
+    """Whether the model service could not take the call or finish its answer (down, restarting,
+    killed mid-stream, overloaded), as BentoML's client reports it: a connection error, a body cut
+    off (aiohttp's ``ClientPayloadError``), or the service's own 429/502/503/504. Its 401 too: it
+    refused this service's SAM2_INTERNAL_TOKEN, which the operator must fix (logged as an error)."""
     import aiohttp
     from bentoml.exceptions import BentoMLException
 
-    if isinstance(exc, (aiohttp.ClientConnectionError, httpx.TransportError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, httpx.TransportError,
+                        ConnectionError, TimeoutError)):
         return True
-    return isinstance(exc, BentoMLException) and int(getattr(exc, "error_code", 500)) in (429, 502, 503, 504)
+    status = int(getattr(exc, "error_code", 500)) if isinstance(exc, BentoMLException) else None
+    if status == 401:
+        log.error("the model service refused this service's SAM2_INTERNAL_TOKEN: give both services the same one")
+    return status in (401, 429, 502, 503, 504)
 
 
 def _timed(load: Callable[[], bytes], timer: StageTimer, stage: str) -> Callable[[], bytes]:

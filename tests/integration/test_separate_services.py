@@ -1,11 +1,18 @@
 """The two services served apart, as Kubernetes runs them: the API service reaches the model service
-over HTTP. `start-http-server` is what the container's entrypoint runs for the manifests' args."""
+over HTTP. `start-http-server` is what the container's entrypoint runs for the manifests' args.
+
+The model service unpickles what it is sent (BentoML's calls between services carry pickles), so
+only the API service, holding the shared SAM2_INTERNAL_TOKEN, may call it (sam2_api.hop)."""
 
 from __future__ import annotations
 
+import json
+import pickle
 import sys
 
+import httpx
 import numpy as np
+import psutil
 import pytest
 
 from sam2_api.localdev import Process, clean_env, free_port
@@ -22,9 +29,24 @@ def start_http_server(name: str, logs, env: dict[str, str], *args: str) -> Proce
     return Process(name, argv, clean_env(BENTOML_HOME=str(home), **env), logs, f"http://127.0.0.1:{port}", cwd=REPO)
 
 
+INTERNAL_TOKEN = "internal-token-for-the-tests-0123456789"  # as a Kubernetes Secret gives both services
+PICKLE = "application/vnd.bentoml+pickle"
+
+
+class CreatesAFile:
+    """A pickle whose unpickling creates the file ``path``: what an attacker's would run instead."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
 @pytest.fixture(scope="module")
 def model_service(checkpoint, logs):
-    served = start_http_server("apart-model", logs, {"SAM2_CHECKPOINT": str(checkpoint)},
+    served = start_http_server("apart-model", logs, {"SAM2_CHECKPOINT": str(checkpoint),
+                                                     "SAM2_INTERNAL_TOKEN": INTERNAL_TOKEN},
                                "--service-name", "SAM2Model")
     served.start("/readyz")
     yield served
@@ -36,6 +58,7 @@ def api_service(model_service, s3, s3_server, logs):
     served = start_http_server("apart-api", logs, {
         "S3_BUCKET_NAME_STAGING": BUCKET, "S3_ENDPOINT_URL": s3_server.url,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "SAM2_API_WORKERS": "2",
+        "SAM2_INTERNAL_TOKEN": INTERNAL_TOKEN,
     }, "--service-name", "SAM2API", "--depends", f"SAM2Model={model_service.url}")
     served.start("/readyz")
     yield served
@@ -65,3 +88,43 @@ def test_without_the_model_service_the_api_answers_503_and_recovers(api_service,
     finally:
         model_service.start("/readyz")
     assert post(api_service, data, points=[[225, 150]]).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-SAM2-Internal-Token": "a-guess"},
+                                     {"X-SAM2-Internal-Token": INTERNAL_TOKEN[:-1]}], ids=["none", "wrong", "prefix"])
+def test_the_model_service_refuses_a_caller_without_the_token_before_reading_its_pickle(model_service, tmp_path,
+                                                                                        headers):
+    planted = tmp_path / "unpickled"
+    response = httpx.post(model_service.url + "/predict", content=pickle.dumps(CreatesAFile(planted)),
+                          headers={"Content-Type": PICKLE, **headers}, timeout=30)
+    assert response.status_code == 401, response.text
+    assert "X-SAM2-Internal-Token" in response.json()["error"]
+    assert not planted.exists()
+    # every route, not only /predict; health stays open for the probes
+    for route in ("/everything", "/track", "/cancel_track", "/docs.json"):
+        assert httpx.post(model_service.url + route, content=b"{}", headers=headers, timeout=30).status_code == 401
+    assert httpx.get(model_service.url + "/readyz", timeout=30).status_code == 200
+
+
+def test_the_model_service_on_its_own_does_not_start_without_a_token(checkpoint, logs):
+    alone = start_http_server("apart-model-no-token", logs, {"SAM2_CHECKPOINT": str(checkpoint)},
+                              "--service-name", "SAM2Model")
+    with pytest.raises(RuntimeError, match="exited"):
+        alone.start("/readyz", timeout=120)
+    assert "error: SAM2_INTERNAL_TOKEN is not set" in alone.log()
+
+
+def test_the_local_socket_of_bentoml_serve_refuses_a_caller_without_the_token(server, tmp_path):
+    """`bentoml serve` runs the model service on a Unix socket that any local user may open: the
+    random token of that start guards it as the shared one guards TCP."""
+    runner_maps = [proc.environ().get("BENTOML_RUNNER_MAP") for proc in psutil.Process(server.proc.pid).children(True)]
+    socket_uri = json.loads(next(found for found in runner_maps if found))["SAM2Model"]
+    assert socket_uri.startswith("file://")
+    planted = tmp_path / "unpickled"
+    with httpx.Client(transport=httpx.HTTPTransport(uds=socket_uri.removeprefix("file://")),
+                      base_url="http://model") as local:
+        response = local.post("/predict", content=pickle.dumps(CreatesAFile(planted)),
+                              headers={"Content-Type": PICKLE}, timeout=30)
+        assert response.status_code == 401, response.text
+        assert local.get("/readyz", timeout=30).status_code == 200
+    assert not planted.exists()

@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 import logging
 import time
+from http import HTTPStatus
 
 import aiohttp
 import boto3
 import httpx
 import numpy as np
 import pytest
+from bentoml.exceptions import BentoMLException
 from moto import mock_aws
 from PIL import Image
 
@@ -294,7 +296,9 @@ def test_a_connection_closed_as_it_was_reused_is_sent_again_once(s3, device, ref
     [(httpx.ReadTimeout("timed out"), 0.0)],  # a timeout is never repeated
     [(aiohttp.ServerTimeoutError("timed out"), 0.0)],
     [(aiohttp.ServerDisconnectedError(), 0.0), (aiohttp.ClientOSError(111, "Connection refused"), 0.0)],
-], ids=["twice", "late", "timeout", "aiohttp-timeout", "aiohttp-twice"])
+    [(aiohttp.ClientPayloadError("Response payload is not completed"), 0.0)],  # killed mid-answer
+    [(BentoMLException("refused", error_code=HTTPStatus.UNAUTHORIZED), 0.0)],  # another SAM2_INTERNAL_TOKEN
+], ids=["twice", "late", "timeout", "aiohttp-timeout", "aiohttp-twice", "cut-off", "token-refused"])
 def test_other_connection_failures_are_a_503_without_a_repeat(s3, device, test_images, failures):
     flow, connection = with_connection(device, failures)
     with pytest.raises(ModelUnavailable):
