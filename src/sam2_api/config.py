@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="Longest a tracking job may run on the model service, in seconds; also the model "
         "service's request timeout (its stream of masks is one request).",
     )
+    sam2_video_max_waiting_per_key: int = Field(
+        4, ge=1, le=8,
+        description="Most clips of one API key (of everyone, without keys) waiting on a model replica "
+        "behind the one being tracked; of 8 waiting places in all, so that one key's flood leaves room "
+        "for the others (503 beyond, saying so). Waiting clips take turns across keys.",
+    )
     sam2_video_offload: Literal["auto", "none", "frames", "frames_and_state"] = Field(
         "auto",
         description="Where a clip's frames and SAM 2's tracking state live on CUDA: none = GPU memory; "

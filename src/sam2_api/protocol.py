@@ -130,9 +130,11 @@ class TrackPrompt(BaseModel):
 class TrackSpec(BaseModel):
     """What to track: ``objects`` objects, each with at least one prompt; from ``start_frame_index``
     (default: the first prompted frame, or the last when ``reverse``) for at most ``max_frames``
-    frames (default: to the clip's end, or its start)."""
+    frames (default: to the clip's end, or its start). ``tenant``: the API key's tenant id that
+    submitted it (None when API keys are off), so that the tracker's queue takes turns across keys."""
 
     job_id: str
+    tenant: str | None = None
     objects: int = Field(ge=1)
     prompts: list[TrackPrompt]
     start_frame_index: int | None = Field(None, ge=0)

@@ -17,8 +17,9 @@ weights). The masks equal the predictor's, pixel for pixel, on the same decoded 
   prompted frames are always kept), its outputs are dropped: the state stays at a few MiB per
   object however long the clip.
 - **Scheduling.** Each frame is one job on :class:`sam2_api.device.DeviceThread`, so image
-  requests keep being served between a clip's frames; clips themselves queue, first come first
-  served, one tracked at a time per model replica.
+  requests keep being served between a clip's frames; clips themselves queue, one tracked at a
+  time per model replica, taking turns across API keys (:class:`_Turns`): each key may have at
+  most ``max_waiting_per_tenant`` clips waiting, so one key's flood leaves room for the others.
 
 Memory of one job (S = the model's input size, 1024 for every SAM 2.1 checkpoint): 3·S² bytes per
 frame of the processed range (on the GPU, or in host memory when offloaded); per object about
@@ -28,12 +29,15 @@ hiera models at S = 1024, and 1 MiB per job (:func:`state_bytes`); plus one fram
 A job ends when its stream has been read to the end, when :meth:`Tracker.cancel` names it, when it
 passes ``SAM2_VIDEO_JOB_TIMEOUT_S``, or when nobody has read its stream for :data:`STALL_S`
 seconds (BentoML 1.4's client does not close the connection of a stream its caller stops reading,
-so a vanished reader can only be noticed by silence). Ending it frees its frames and state.
+so a vanished reader can only be noticed by silence). Ending it frees its frames and state, and its
+stream ends with a record that says why (a :class:`Failure`): a reader never has to guess whether
+more is coming.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -73,10 +77,19 @@ QUEUE_HEARTBEAT_S = 1.0
 DECODE_REPORT_EVERY = 30  # frames between TrackDecoding records
 REAPER_INTERVAL_S = 5.0
 MAX_WAITING_JOBS = 8  # beyond the one tracking: a waiting job's stream holds a model-service thread
+MAX_WAITING_PER_TENANT = 4  # half the waiting room: one key's flood leaves the other half to the rest
 
 
 class _Closed(Exception):
-    """The job was canceled or abandoned: its stream ends without another record."""
+    """The job was canceled, timed out or abandoned: its stream ends with the reason's record."""
+
+    def failure(self) -> Failure:
+        reason = str(self)
+        if reason == "canceled":
+            return Failure.of(errors.TrackingCanceled("the tracking job was canceled"))
+        if reason == "timed out":
+            return Failure.of(errors.TrackingTimeout("the tracking job ran past SAM2_VIDEO_JOB_TIMEOUT_S"))
+        return Failure.of(errors.ModelUnavailable(f"the tracking job ended ({reason}); retry the task"))
 
 
 def share_weights(target: torch.nn.Module, source: torch.nn.Module) -> None:
@@ -303,9 +316,10 @@ class _Job:
     generator's own variables across a record, so that :meth:`close`, from any thread, frees it
     even while that generator is suspended."""
 
-    def __init__(self, job_id: str, deadline: float) -> None:
+    def __init__(self, job_id: str, deadline: float, tenant: str | None = None) -> None:
         self.id = job_id
         self.deadline = deadline
+        self.tenant = tenant  # whose turn it takes (_Turns)
         self.store: FrameStore | None = None  # while the clip is decoded
         self.session: Session | None = None  # from then on
         self.closed: str | None = None  # why: "canceled", "abandoned", "finished"
@@ -336,27 +350,88 @@ class _Job:
 
 
 class _Turns:
-    """First come, first served: the job at the head of the line tracks, the others wait."""
+    """One job tracks at a time; the waiting ones take turns across tenants (API keys). The next to
+    track is the oldest waiting job of the tenant served least recently (a tenant with nothing
+    tracked or waiting counts as never served), so a tenant with many clips waiting gets every
+    other turn at most while anyone else waits, instead of all the turns before them."""
 
-    def __init__(self) -> None:
-        self._line: list[_Job] = []
+    def __init__(self, max_waiting: int, max_waiting_per_tenant: int) -> None:
+        self.max_waiting = max_waiting
+        self.max_waiting_per_tenant = max_waiting_per_tenant
+        self._current: _Job | None = None
+        self._waiting: dict[str | None, list[_Job]] = {}  # per tenant, oldest first
+        self._arrival: dict[_Job, int] = {}  # the jobs in line (waiting or tracking): their arrival number
+        self._arrivals = itertools.count()
+        self._served: dict[str | None, int] = {}  # tenant -> the turn its last job started at
+        self._turn = 0
         self._changed = threading.Condition()
 
     def join(self, job: _Job) -> None:
+        """Put ``job`` in line; :class:`errors.ModelUnavailable` (nothing joined) when the waiting
+        room or its tenant's share of it is full."""
         with self._changed:
-            self._line.append(job)
+            if self._current is not None:
+                waiting = sum(len(jobs) for jobs in self._waiting.values())
+                if waiting >= self.max_waiting:  # each waiting job holds one of the service's threads
+                    raise errors.ModelUnavailable(
+                        f"{waiting + 1} clips are already being tracked or waiting here; retry later")
+                mine = len(self._waiting.get(job.tenant, ()))
+                if mine >= self.max_waiting_per_tenant:
+                    raise errors.ModelUnavailable(
+                        f"{mine} clips of this API key are already waiting to be tracked here, its share of the "
+                        f"queue (SAM2_VIDEO_MAX_WAITING_PER_KEY); submit this one when one of them has finished")
+            self._arrival[job] = next(self._arrivals)
+            self._waiting.setdefault(job.tenant, []).append(job)
+            self._advance()
+
+    def order(self) -> list[_Job]:
+        """The waiting jobs, in the order they will track (under the lock)."""
+        waiting = {tenant: list(jobs) for tenant, jobs in self._waiting.items()}
+        served, turn, order = dict(self._served), self._turn, []
+        while waiting:
+            tenant = min(waiting, key=lambda t: (served.get(t, -1), self._arrival[waiting[t][0]]))
+            order.append(waiting[tenant].pop(0))
+            turn += 1
+            served[tenant] = turn
+            if not waiting[tenant]:
+                del waiting[tenant]
+        return order
 
     def wait(self, job: _Job, timeout: float) -> int:
-        """Jobs ahead of ``job`` after waiting up to ``timeout`` s for its turn (0: its turn)."""
+        """Jobs ahead of ``job`` after waiting up to ``timeout`` s for its turn (0: its turn, or it
+        has left the line)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._line[:1] == [job] or job.closed is not None, timeout)
-            return self._line.index(job) if job in self._line else 0
+            self._changed.wait_for(lambda: self._current is job or job.closed is not None, timeout)
+            if self._current is job or job not in self._arrival:
+                return 0
+            return 1 + self.order().index(job)
 
     def leave(self, job: _Job) -> None:
         with self._changed:
-            if job in self._line:
-                self._line.remove(job)
-                self._changed.notify_all()
+            if self._current is job:
+                self._current = None
+            elif job in self._arrival:
+                self._waiting[job.tenant].remove(job)
+                if not self._waiting[job.tenant]:
+                    del self._waiting[job.tenant]
+            else:
+                return
+            self._arrival.pop(job, None)
+            if job.tenant not in self._waiting and (self._current is None or self._current.tenant != job.tenant):
+                self._served.pop(job.tenant, None)  # nothing of theirs left: they count as never served
+            self._advance()
+            self._changed.notify_all()
+
+    def _advance(self) -> None:
+        if self._current is None and self._waiting:
+            job = self.order()[0]
+            self._waiting[job.tenant].remove(job)
+            if not self._waiting[job.tenant]:
+                del self._waiting[job.tenant]
+            self._current = job
+            self._turn += 1
+            self._served[job.tenant] = self._turn
+            self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -366,6 +441,7 @@ class TrackerSettings:
     gpu_bytes: int
     job_timeout_s: float
     stall_s: float = STALL_S
+    max_waiting_per_tenant: int = MAX_WAITING_PER_TENANT
     overrides: tuple[str, ...] = ()  # hydra overrides of the model config, as the image model was built
 
 
@@ -379,7 +455,7 @@ class Tracker:
         self.settings = settings
         self._model: SAM2VideoPredictor | None = None
         self._model_lock = threading.Lock()
-        self._turns = _Turns()
+        self._turns = _Turns(MAX_WAITING_JOBS, settings.max_waiting_per_tenant)
         self._jobs: dict[str, _Job] = {}
         self._jobs_lock = threading.Lock()  # also guards the jobs' gauge states
         threading.Thread(target=self._reap, name="sam2-track-reaper", daemon=True).start()
@@ -405,18 +481,15 @@ class Tracker:
 
     def stream(self, data: bytes, spec: TrackSpec) -> Iterator[bytes]:
         """The records of tracking ``spec`` through the clip ``data`` (see ``protocol.py``)."""
-        job = _Job(spec.job_id, time.monotonic() + self.settings.job_timeout_s)
+        job = _Job(spec.job_id, time.monotonic() + self.settings.job_timeout_s, spec.tenant)
         with self._jobs_lock:
             if spec.job_id in self._jobs:
                 raise ValueError(f"job {spec.job_id} is already running")
-            waiting = len(self._jobs)
             self._jobs[spec.job_id] = job
             self._count(job, "queued")
-        self._turns.join(job)
         timer = StageTimer()
         try:
-            if waiting > MAX_WAITING_JOBS:  # each holds one of the service's threads while it waits
-                raise errors.ModelUnavailable(f"{waiting} clips are already being tracked or waiting here; retry later")
+            self._turns.join(job)  # refused (503) beyond the waiting room or the tenant's share of it
             with timer.stage("track_queue"):
                 while position := self._turns.wait(job, QUEUE_HEARTBEAT_S):
                     with job.step():
@@ -437,6 +510,7 @@ class Tracker:
                 "objects; the operator can lower SAM2_VIDEO_GPU_BYTES so that more of a clip stays in host memory")))
         except _Closed as closed:
             log.info("tracking job %s ended: %s", job.id, closed)
+            yield write_record(closed.failure())  # the reader learns at once that nothing more comes
         finally:
             self._end(job, "finished")
 
@@ -595,4 +669,5 @@ def build_tracker(settings: Settings, device: DeviceThread, config: str) -> Trac
     return Tracker(device, config, TrackerSettings(
         limits=settings.video_limits, offload=settings.sam2_video_offload, gpu_bytes=settings.sam2_video_gpu_bytes,
         job_timeout_s=settings.sam2_video_job_timeout_s,
+        max_waiting_per_tenant=settings.sam2_video_max_waiting_per_key,
     ))

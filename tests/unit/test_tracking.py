@@ -279,14 +279,62 @@ def test_a_rotated_clip_is_tracked_upright(tracker):
 def test_beyond_the_waiting_room_a_clip_is_turned_away(tracker, clip):
     from sam2_api.tracking import MAX_WAITING_JOBS
 
-    streams = [tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id=f"w{i}"))
+    streams = [tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id=f"w{i}", tenant=f"key{i}"))
                for i in range(MAX_WAITING_JOBS + 2)]
     firsts = [RecordReader().feed(next(stream)) for stream in streams]  # the first holds the tracker
     assert all(isinstance(found[0], TrackQueued) for found in firsts[1:-1])
     assert isinstance(firsts[-1][0], Failure) and firsts[-1][0].kind == "ModelUnavailable"
+    assert "9 clips are already being tracked or waiting" in firsts[-1][0].message
     for stream in streams:
         stream.close()
     assert tracker._jobs == {} and running_jobs() == 0
+
+
+def test_one_key_gets_its_share_of_the_waiting_room_and_another_key_still_gets_in(tracker, clip):
+    from sam2_api.tracking import MAX_WAITING_PER_TENANT
+
+    def submit(job_id, tenant):
+        stream = tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id=job_id, tenant=tenant))
+        return stream, RecordReader().feed(next(stream))
+
+    flood = [submit(f"a{i}", "key-a") for i in range(MAX_WAITING_PER_TENANT + 2)]  # one tracks, 4 wait
+    assert all(isinstance(first[0], TrackQueued) for _, first in flood[1:-1])
+    refused = flood[-1][1][0]
+    assert isinstance(refused, Failure) and refused.kind == "ModelUnavailable"
+    assert "4 clips of this API key are already waiting" in refused.message
+    assert "SAM2_VIDEO_MAX_WAITING_PER_KEY" in refused.message
+    other, first = submit("b0", "key-b")
+    assert isinstance(first[0], TrackQueued) and first[0].position == 1  # next in line, before key-a's 4
+    for stream, _ in [*flood, (other, None)]:
+        stream.close()
+    assert tracker._jobs == {} and running_jobs() == 0
+
+
+def test_waiting_clips_take_turns_across_keys():
+    from sam2_api.tracking import _Job, _Turns
+
+    turns = _Turns(max_waiting=8, max_waiting_per_tenant=4)
+    jobs = {name: _Job(name, float("inf"), tenant) for name, tenant in
+            [("a0", "A"), ("a1", "A"), ("a2", "A"), ("a3", "A"), ("b0", "B"), ("b1", "B"), ("c0", "C")]}
+    for job in jobs.values():  # in this order: a0 tracks at once, the others wait
+        turns.join(job)
+    assert turns.wait(jobs["a0"], 0) == 0
+    # least recently served key first, each key's clips in their order; first come first served
+    # would have been a1 a2 a3 b0 b1 c0
+    with turns._changed:
+        assert [job.id for job in turns.order()] == ["b0", "c0", "a1", "b1", "a2", "a3"]
+    assert [turns.wait(jobs[name], 0) for name in ("b0", "c0", "a1", "b1", "a2", "a3")] == [1, 2, 3, 4, 5, 6]
+    tracked = ["a0"]
+    for _ in range(6):
+        current = tracked[-1]
+        turns.leave(jobs[current])
+        tracked.append(next(name for name, job in jobs.items() if name not in tracked and turns.wait(job, 0) == 0))
+    assert tracked == ["a0", "b0", "c0", "a1", "b1", "a2", "a3"]
+    # a key that arrives while another's clips wait goes ahead of all but one of them
+    late = _Job("c1", float("inf"), "C")
+    turns.join(late)
+    turns.leave(jobs["a3"])
+    assert turns.wait(late, 0) == 0
 
 
 def running_jobs() -> float:
@@ -303,7 +351,8 @@ def test_cancel_stops_the_job_and_frees_it(tracker, clip):
     assert job.session is not None and running_jobs() == 1
     assert tracker.cancel("to-cancel")
     assert job.session is None  # frames and state released at once, the stream still suspended
-    assert list(stream) == []  # nothing more is computed or sent
+    # nothing more is computed: the stream ends with the reason
+    assert [(r.kind, r.message) for r in records(stream)] == [("TrackingCanceled", "the tracking job was canceled")]
     assert "to-cancel" not in tracker._jobs and running_jobs() == 0
     assert not tracker.cancel("to-cancel")
     # the tracker is free for the next job
@@ -339,6 +388,7 @@ def test_a_second_clip_waits_for_the_first(tracker, clip):
 
 def test_a_stream_nobody_reads_is_abandoned(checkpoint, clip):
     tracker = make_tracker(build_image_model(checkpoint, SMALL), SMALL, stall_s=1.0)
+    assert tracker.model is not None  # built now: building it in the job would outlast the 1 s stall bound
     stream = tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id="left"))
     reader = RecordReader()
     while not any(isinstance(r, TrackedFrame) for r in reader.feed(next(stream))):
@@ -348,4 +398,4 @@ def test_a_stream_nobody_reads_is_abandoned(checkpoint, clip):
     while job.closed is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert job.closed == "abandoned" and job.session is None
-    assert list(stream) == []
+    assert [r.kind for r in records(stream)] == ["ModelUnavailable"]
