@@ -60,6 +60,20 @@ def test_two_deployments_one_per_service_only_the_model_on_a_gpu():
     assert "R580" in MANIFEST.read_text()  # the GPU nodes' minimum driver, stated
 
 
+def test_only_the_api_pods_reach_the_model_pods_and_both_share_the_internal_token():
+    deployments = by_name("Deployment")
+    labels = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deployments.items()}
+    (policy,) = by_name("NetworkPolicy").values()
+    assert policy["spec"]["podSelector"]["matchLabels"] == labels["sam2-model"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": labels["sam2-api"]}}]
+    for deployment in deployments.values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        token = {env["name"]: env for env in container["env"]}["SAM2_INTERNAL_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"] == {"name": "sam2-internal", "key": "SAM2_INTERNAL_TOKEN"}
+
+
 def test_bentocloud_config_fits_bentomls_schema_and_keeps_secrets_out():
     from bentoml._internal.cloud.schemas.schemasv2 import DeploymentConfigSchema
     from bentoml._internal.utils.cattr import bentoml_cattr
@@ -72,7 +86,7 @@ def test_bentocloud_config_fits_bentomls_schema_and_keeps_secrets_out():
     for service in (api, model):
         assert service.scaling.max_replicas > service.scaling.min_replicas >= 0
         assert service.config_overrides["traffic"]["concurrency"] > 0
-    assert config.secrets == ["sam2-s3"]
+    assert config.secrets == ["sam2-s3", "sam2-internal"]  # sam2-internal: SAM2_INTERNAL_TOKEN, for both services
     assert {env.name for env in config.envs} == {"AWS_REGION"}  # nothing secret in plain envs
 
 
