@@ -21,7 +21,7 @@ from .everything_protocol import EverythingLimits, EverythingParams, EverythingR
 from .logitcache import LogitCache
 from .model import WeightsSource, load_sam2, pick_device, resolve_weights
 from .prompts import Prompt
-from .protocol import Failure, LowResMask, MaskBits, ModelReply, RawImage
+from .protocol import CACHE_KEY, MAX_PROMPTS, Failure, ImageLimits, LowResMask, MaskBits, ModelReply, RawImage
 from .segmenter import Embedding, Mask, Segmenter
 from .timing import StageTimer
 
@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 class Engine:
     def __init__(self, device: DeviceThread, cache: EmbeddingCache, logits: LogitCache | None = None,
                  mask_input_logit: float = MASK_INPUT_LOGIT,
-                 everything_limits: EverythingLimits = EverythingLimits()) -> None:
+                 everything_limits: EverythingLimits = EverythingLimits(),
+                 image_limits: ImageLimits = ImageLimits()) -> None:
         self.device = device
+        self.image_limits = image_limits
         self.cache = cache
         self.logits = logits if logits is not None else LogitCache(MASK_CACHE_MAX_BYTES)
         self.mask_input_logit = mask_input_logit
@@ -47,6 +49,7 @@ class Engine:
         """
         timer = StageTimer()
         try:
+            self._check_call(key, prompts, image)
             previous = self._mask_inputs(key, prompts, mask_inputs)  # an unknown id fails before any encoding
             embedding, cached = self._embedding(key, image, prompts, timer)
             if embedding is None:
@@ -60,6 +63,17 @@ class Engine:
             masks=[self._reply(key, mask) for mask in masks],
             width=width, height=height, cached=cached, seconds=timer.seconds,
         )
+
+    def _check_call(self, key: str, prompts: list[Prompt], image: RawImage | None) -> None:
+        """The bounds the API service has checked, checked again: this service trusts no caller with
+        them (sam2_api.hop). A failure means a caller that is not our API service, or one that was
+        given other limits. Each prompt was checked as it was deserialized (``Prompt``'s validators)."""
+        if not CACHE_KEY.fullmatch(key):
+            raise errors.InvalidField("the cache key is malformed")
+        if len(prompts) > MAX_PROMPTS:
+            raise errors.InvalidPrompt(f"{len(prompts)} prompts in one call; the limit is {MAX_PROMPTS}")
+        if image is not None:
+            self.image_limits.check(image.width, image.height)
 
     def _mask_inputs(self, key: str, prompts: list[Prompt], files: list[LowResMask | None] | None) -> list:
         files = files if files is not None else [None] * len(prompts)
@@ -86,6 +100,7 @@ class Engine:
         limits = self.everything_limits
         deadline_at = time.monotonic() + limits.deadline_s
         try:
+            self._check_call(key, [], image)
             pixels = None
             if image is None:
                 embedding, cached = self.cache.get(key), True
@@ -138,4 +153,5 @@ def build_engine(settings: Settings, packaged: WeightsSource | None = None) -> E
     limits = EverythingLimits(settings.sam2_everything_deadline_s, settings.sam2_everything_max_points,
                               settings.sam2_everything_max_batch_bytes)
     return Engine(thread, EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)),
-                  LogitCache(settings.sam2_mask_cache_max_bytes), settings.sam2_mask_input_logit, limits)
+                  LogitCache(settings.sam2_mask_cache_max_bytes), settings.sam2_mask_input_logit, limits,
+                  ImageLimits(settings.sam2_max_image_pixels, settings.sam2_max_image_side))

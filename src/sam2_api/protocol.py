@@ -13,7 +13,9 @@ API keys are on (:func:`scoped_key`); image ids and hashes hold no ``/``.
 from __future__ import annotations
 
 import pickle
+import re
 import struct
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -53,10 +55,29 @@ def scoped_key(tenant: str | None, image_key: str) -> str:
     return f"{tenant}/{image_key}" if tenant else image_key
 
 
+# A scoped_key: an optional tenant (guard.tenant_id: 16 hex digits), then an image_id or a SHA-256.
+CACHE_KEY = re.compile(r"(?:[0-9a-f]{16}/)?(?:id:[A-Za-z0-9._:-]{1,128}|sha256:[0-9a-f]{64})")
+MAX_PROMPTS = 32  # prompts (objects) in one call: /segment_objects' limit
+
+
 def tenant_of(key: str) -> str | None:
     """The tenant a :func:`scoped_key` was made for."""
     tenant, _, _ = key.rpartition("/")
     return tenant or None
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """``SAM2_MAX_IMAGE_PIXELS`` and ``SAM2_MAX_IMAGE_SIDE``, as the model service re-checks them."""
+
+    max_pixels: int = 50_000_000
+    max_side: int = 16384
+
+    def check(self, width: int, height: int) -> None:
+        if width * height > self.max_pixels or max(width, height) > self.max_side:
+            raise errors.ImageTooLarge(
+                f"the image is {width}x{height}; the model service takes at most {self.max_pixels} pixels "
+                f"(SAM2_MAX_IMAGE_PIXELS) and {self.max_side} on either side (SAM2_MAX_IMAGE_SIDE)")
 
 
 MASK_INPUT_SIDE = 256  # SAM 2's mask_input: 4× its 64×64 image embedding, for every model size
