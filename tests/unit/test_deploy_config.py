@@ -107,3 +107,14 @@ def test_lock_files_match_the_tested_environment():
     result = subprocess.run([sys.executable, "scripts/lock_requirements.py", "--check"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_pods_run_as_the_images_non_root_user_by_number():
+    """The image runs as BentoML's `bentoml` user (tests/integration/test_bento.py checks its USER); a
+    name cannot be checked against runAsNonRoot, so a pod without runAsUser would never start."""
+    from bentoml._internal.container.generate import BENTO_UID_GID
+
+    for name, deployment in by_name("Deployment").items():
+        context = deployment["spec"]["template"]["spec"]["securityContext"]
+        assert context["runAsNonRoot"] is True, name
+        assert context["runAsUser"] == context["runAsGroup"] == BENTO_UID_GID != 0, name
