@@ -342,7 +342,8 @@ class SAM2API:
         try:
             request = TrackRequest.parse(video.read_bytes() if video else None, video_url, objects, start_frame_index,
                                          max_frames, reverse, formats)
-            return self.tracks.run(task_id, request)
+            # the caller's key: TaskProgress lets only a task's owner retry it, so it is the owner's too
+            return self.tracks.run(task_id, request, getattr(ctx.request.state, "tenant", None))
         except errors.RequestError as exc:
             return error_response(ctx, exc)
 

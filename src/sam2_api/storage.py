@@ -37,10 +37,16 @@ CLIENT_CONFIG = Config(
 )
 
 
-def mask_key(prefix: str, now: datetime | None = None) -> str:
-    """``<prefix><UTC YYYYMMDD_HHMMSS>_<uuid4 hex>.png``; the uuid makes keys unique and unguessable."""
+def unique_name(now: datetime | None = None) -> str:
+    """``<UTC YYYYMMDD_HHMMSS>_<uuid4 hex>``: unique, and not guessable from any other name (122
+    random bits), for a mask or a tracking task's folder."""
     now = now or datetime.now(timezone.utc)
-    return f"{prefix}{now.astimezone(timezone.utc):%Y%m%d_%H%M%S}_{uuid.uuid4().hex}.png"
+    return f"{now.astimezone(timezone.utc):%Y%m%d_%H%M%S}_{uuid.uuid4().hex}"
+
+
+def mask_key(prefix: str, now: datetime | None = None) -> str:
+    """``<prefix><unique_name>.png``."""
+    return f"{prefix}{unique_name(now)}.png"
 
 
 def object_url(bucket: str, key: str, region: str, endpoint_url: str | None) -> str:

@@ -8,6 +8,12 @@ frames done there, any worker reads them. :class:`TaskProgress` wraps BentoML's 
 ``/cancel`` routes of the task: ``/status`` gains a ``progress`` object (and says ``pending``
 while the task waits for the tracker, ``canceled`` once a cancel has stopped it), and ``/cancel``
 records the request, which the task sees within half a second and passes on to the model service.
+
+Tasks belong to the API key that submitted them: :class:`TaskProgress` records the caller's tenant
+(``RequestGuard``'s ``scope["state"]["tenant"]``, None without API keys) with the task id that
+``/submit`` or ``/retry`` answers, before the answer leaves, and ``/status``, ``/get``, ``/retry`` and
+``/cancel`` of another key's task answer 404 ``task_id not found``, as for an unknown id, before
+BentoML reads its store.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ FINISHED = ("completed", "failed", "canceled")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS progress (
     task_id TEXT PRIMARY KEY, phase TEXT NOT NULL, frames_done INTEGER, frames_total INTEGER,
     queue_position INTEGER, cancel INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL)"""
+_OWNERS = """CREATE TABLE IF NOT EXISTS owner (task_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, created REAL NOT NULL)"""
+NO_KEYS = ""  # the owner of every task when API keys are off
 
 
 class TaskBoard:
@@ -37,6 +45,7 @@ class TaskBoard:
         with closing(self._connect()) as db, db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            db.execute(_OWNERS)
 
     @classmethod
     def reset(cls, path: str | Path) -> "TaskBoard":
@@ -78,6 +87,20 @@ class TaskBoard:
             )
             return done.rowcount == 1
 
+    def set_owner(self, task_id: str, tenant: str | None) -> None:
+        """Record that ``task_id`` belongs to ``tenant`` (None: API keys are off)."""
+        now = time.time()
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO owner (task_id, tenant, created) VALUES (?, ?, ?)",
+                       (task_id, tenant or NO_KEYS, now))
+            db.execute("DELETE FROM owner WHERE created < ?", (now - RETENTION_S,))
+
+    def owned_by(self, task_id: str, tenant: str | None) -> bool:
+        """Whether ``task_id`` is a task of ``tenant``; False for an unknown id."""
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT tenant FROM owner WHERE task_id = ?", (task_id,)).fetchone()
+        return row is not None and row[0] == (tenant or NO_KEYS)
+
     def cancel_requested(self, task_id: str) -> bool:
         row = self.get(task_id)
         return bool(row and row["cancel"])
@@ -91,22 +114,56 @@ def public_progress(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class TaskProgress:
-    """ASGI middleware over BentoML's ``<route>/status`` and ``<route>/cancel`` of a task (see the
-    module's docstring); every other path passes through untouched."""
+    """ASGI middleware over BentoML's task routes ``<route>/submit``, ``/status``, ``/get``,
+    ``/retry`` and ``/cancel`` (see the module's docstring); every other path passes through
+    untouched. It must run after ``RequestGuard``, which names the caller's tenant."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, route: str, board_path: str) -> None:
         self.app = app
+        self.submit_path = f"{route}/submit"
         self.status_path = f"{route}/status"
+        self.get_path = f"{route}/get"
+        self.retry_path = f"{route}/retry"
         self.cancel_path = f"{route}/cancel"
         self.board = TaskBoard(board_path)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path not in (self.submit_path, self.status_path, self.get_path, self.retry_path, self.cancel_path):
+            return await self.app(scope, receive, send)
+        tenant = scope.get("state", {}).get("tenant")
+        if path != self.submit_path and _has_task_id(scope) and not self.board.owned_by(_task_id(scope), tenant):
+            return await _send(send, 404, json.dumps({"error": "task_id not found"}).encode())
+        if path in (self.submit_path, self.retry_path) and scope["method"] == "POST":
+            return await self.app(scope, receive, self._owned_by(tenant, send))
         if path == self.status_path and scope["method"] == "GET":
             return await self._status(scope, receive, send)
         if path == self.cancel_path and scope["method"] == "PUT":
             return await self._cancel(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    def _owned_by(self, tenant: str | None, send: Any) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        """``send``, recording the new task's owner from BentoML's answer before it goes out (the
+        task itself runs after the answer, so nobody can ask about it before it is owned)."""
+        start: dict[str, Any] | None = None
+        body = bytearray()
+
+        async def recording(message: dict[str, Any]) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                return await send(message)
+            body.extend(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            if start["status"] == 200:
+                self.board.set_owner(json.loads(body)["task_id"], tenant)
+            await send(start)
+            await send({"type": "http.response.body", "body": bytes(body)})
+
+        return recording
 
     async def _status(self, scope, receive, send) -> None:
         status, headers, body = await _captured(self.app, scope, receive)
@@ -133,6 +190,11 @@ class TaskProgress:
             return await _send(send, 409, json.dumps({"error": message}).encode())
         await _captured(self.app, scope, receive)  # BentoML marks it canceled in its own store too
         await _send(send, 200, json.dumps({"task_id": task_id, "status": "canceling"}).encode())
+
+
+def _has_task_id(scope: dict[str, Any]) -> bool:
+    """Whether the query names a task_id (without one BentoML answers 400 itself)."""
+    return "task_id" in parse_qs(scope.get("query_string", b"").decode("latin-1"))
 
 
 def _task_id(scope: dict[str, Any]) -> str:

@@ -3,15 +3,18 @@
 :meth:`TrackJobs.run` checks the request and the clip's header here (a wrong field, not a video, a
 clip over the limits: answered before the model service is involved), sends the clip to the model
 service and reads its stream of records (``protocol.py``): one per processed frame, with each
-object's mask as bits. Each mask becomes a PNG under ``<prefix><task>/<object>/<frame>.png`` (the
-frame zero-padded to 6 digits), uploaded in parallel in bounded batches while the stream goes on,
+object's mask as bits. Each mask becomes a PNG under ``<prefix><folder>/<object>/<frame>.png`` (the
+frame zero-padded to 6 digits; the folder a fresh :func:`storage.unique_name` per run, never the
+task id, which would let whoever sees a mask's URL ask about the task), uploaded in parallel in
+bounded batches while the stream goes on,
 and a manifest entry (box, area, and COCO RLE when asked). The masks' bits also go to a temporary
 file, from which the preview MP4 is drawn once tracking is done; then the preview and the manifest
 go to S3. Memory stays bounded by a few frames' masks whatever the clip's length: a batch waiting
 to upload holds its sender, and so, through the connection, the model service.
 
-Progress and cancel requests go through :class:`sam2_api.taskstate.TaskBoard`; a cancel is passed
-on to the model service (``cancel_track``) within half a second.
+Progress and cancel requests go through :class:`sam2_api.taskstate.TaskBoard`; within half a second
+of a cancel, the task stops reading the model service's stream (:class:`ModelStream`, which no other
+call can cut off) and passes the cancel on (``cancel_track``).
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from .protocol import (
     Failure, RecordReader, TrackDecoding, TrackedFrame, TrackEnd, TrackPrompt, TrackQueued, TrackSpec, TrackStarted,
 )
 from .sources import ImageSources
-from .storage import MaskStore, make_s3_client
+from .storage import MaskStore, make_s3_client, unique_name
 from .taskstate import TaskBoard
+from .trackstream import ModelStream, event_loop_token
 from .trackschemas import (
     TrackResponse, parse_flag, parse_formats, parse_frame_count, parse_track_objects, parse_video_url,
 )
@@ -94,10 +98,11 @@ class TrackJobs:
         self.limits = limits
         self.max_bytes = max_bytes
 
-    def run(self, task_id: str, request: TrackRequest) -> TrackResponse:
-        """Track, store, and say where everything went; our errors as :class:`errors.RequestError`."""
+    def run(self, task_id: str, request: TrackRequest, tenant: str | None = None) -> TrackResponse:
+        """Track, store, and say where everything went; our errors as :class:`errors.RequestError`.
+        ``tenant``: the API key's tenant id, whose turn the clip takes in the tracker's queue."""
         try:
-            response = self._run(task_id, request)
+            response = self._run(task_id, request, tenant)
         except errors.TrackingCanceled:
             self.board.update(task_id, "canceled")
             raise
@@ -107,7 +112,7 @@ class TrackJobs:
         self.board.update(task_id, "completed")
         return response
 
-    def _run(self, task_id: str, request: TrackRequest) -> TrackResponse:
+    def _run(self, task_id: str, request: TrackRequest, tenant: str | None) -> TrackResponse:
         if not self.store.enabled:
             raise errors.StorageUnavailable(
                 f"video tracking stores its masks on S3, and none is configured here ({self.store.disabled_reason})")
@@ -118,18 +123,19 @@ class TrackJobs:
                 prompt.prompt.check_fits(info.width, info.height)
             except errors.InvalidPrompt as exc:
                 raise errors.InvalidPrompt(f"objects[{prompt.object_index}] on frame {prompt.frame_index}: {exc}") from None
-        spec = TrackSpec(job_id=task_id, objects=request.objects, prompts=request.prompts,
+        spec = TrackSpec(job_id=task_id, tenant=tenant, objects=request.objects, prompts=request.prompts,
                          start_frame_index=request.start_frame_index, max_frames=request.max_frames,
                          reverse=request.reverse)
         self.board.update(task_id, "queued")
+        folder = unique_name()
         with (tempfile.TemporaryDirectory(prefix="sam2-track-") as workdir, _CancelWatch(self, task_id) as watch,
               contextlib.closing(_Tracked(os.path.join(workdir, "masks.bits"))) as tracked):
-            self._track(spec, data, request.formats, watch, tracked)
+            self._track(spec, data, request.formats, watch, tracked, folder)
             self.board.update(task_id, "storing")
-            preview_url = self._preview(task_id, data, tracked, os.path.join(workdir, "preview.mp4"), watch)
+            preview_url = self._preview(folder, data, tracked, os.path.join(workdir, "preview.mp4"), watch)
         started = tracked.started
         manifest = {
-            "task_id": task_id, "width": started.width, "height": started.height, "fps": started.fps,
+            "width": started.width, "height": started.height, "fps": started.fps,
             "clip_frames": started.clip_frames, "first_frame": started.first_frame, "last_frame": started.last_frame,
             "reverse": request.reverse, "formats": list(request.formats), "preview_url": preview_url,
             "objects": [{"index": index, "prompts": [
@@ -137,7 +143,7 @@ class TrackJobs:
                 for p in request.prompts if p.object_index == index]} for index in range(request.objects)],
             "frames": [tracked.entries[index] for index in sorted(tracked.entries)],
         }
-        manifest_url = self.store.put_named(f"{task_id}/manifest.json", json.dumps(manifest).encode(),
+        manifest_url = self.store.put_named(f"{folder}/manifest.json", json.dumps(manifest).encode(),
                                             "application/json")
         if manifest_url is None:
             raise errors.StorageUnavailable("the manifest could not be stored on S3 (see the server log); retry the task")
@@ -163,14 +169,15 @@ class TrackJobs:
             raise type(exc)(str(exc).replace("image_url", "video_url")) from None
 
     def _track(self, spec: TrackSpec, data: bytes, formats: tuple[str, ...], watch: _CancelWatch,
-               tracked: _Tracked) -> None:
-        """Fill ``tracked`` from the model service's stream, uploading each frame's masks."""
+               tracked: _Tracked, folder: str) -> None:
+        """Fill ``tracked`` from the model service's stream, uploading each frame's masks under ``folder``."""
         uploads = _Uploads(self.store)
         reader = RecordReader()
         ended = False
         last_progress = 0.0
-        stream = self.model.track(video=data, spec=spec)
+        stream = ModelStream(self.model, data, spec)
         try:
+            watch.stop_on_cancel(stream.close)  # a cancel ends the read at once, not at the next chunk
             for chunk in stream:
                 watch.check()
                 for record in reader.feed(chunk):
@@ -182,7 +189,7 @@ class TrackJobs:
                         tracked.started = record
                         self.board.update(spec.job_id, "tracking", frames_done=0, frames_total=record.frames)
                     elif isinstance(record, TrackedFrame):
-                        tracked.add(record, spec.job_id, formats, uploads)
+                        tracked.add(record, folder, formats, uploads)
                         now = time.monotonic()
                         if now - last_progress >= PROGRESS_EVERY_S or len(tracked.entries) == tracked.started.frames:
                             self.board.update(spec.job_id, "tracking", frames_done=len(tracked.entries))
@@ -205,17 +212,17 @@ class TrackJobs:
         if not ended or tracked.started is None:
             raise errors.ModelUnavailable("the model service ended the tracking job early (restarted?); retry the task")
 
-    def _preview(self, task_id: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str | None:
+    def _preview(self, folder: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str | None:
         """The preview's URL; None when it could not be made or stored (the masks are what counts)."""
         try:
-            return self._make_preview(task_id, data, tracked, path, watch)
+            return self._make_preview(folder, data, tracked, path, watch)
         except errors.TrackingCanceled:
             raise
         except Exception:
-            log.exception("task %s: the preview could not be made", task_id)
+            log.exception("the preview of %s could not be made", folder)
             return None
 
-    def _make_preview(self, task_id: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str:
+    def _make_preview(self, folder: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str:
         started = tracked.started
         low, high = sorted((started.first_frame, started.last_frame))
         writer = video.PreviewWriter(path, started.width, started.height, started.fps)
@@ -230,7 +237,7 @@ class TrackJobs:
         finally:
             writer.close()
         with open(path, "rb") as mp4:
-            return self.store.put_named(f"{task_id}/preview.mp4", mp4.read(), "video/mp4")
+            return self.store.put_named(f"{folder}/preview.mp4", mp4.read(), "video/mp4")
 
 
 class _Tracked:
@@ -243,7 +250,7 @@ class _Tracked:
         self._spool = open(spool_path, "w+b")
         self._offsets: dict[int, int] = {}
 
-    def add(self, frame: TrackedFrame, task_id: str, formats: tuple[str, ...], uploads: _Uploads) -> None:
+    def add(self, frame: TrackedFrame, folder: str, formats: tuple[str, ...], uploads: _Uploads) -> None:
         started = self.started
         objects = []
         self._offsets[frame.frame_index] = self._spool.seek(0, os.SEEK_END)
@@ -251,7 +258,7 @@ class _Tracked:
             self._spool.write(bits)
             entry = {"mask_url": None, **describe(imaging.unpack_mask(bits, started.height, started.width), formats)}
             objects.append(entry)
-            name = f"{task_id}/{index}/{frame.frame_index:06d}.png"
+            name = f"{folder}/{index}/{frame.frame_index:06d}.png"
             uploads.add(name, lambda bits=bits: imaging.mask_png(bits, started.height, started.width), entry)
         self.entries[frame.frame_index] = {"frame_index": frame.frame_index, "objects": objects}
 
@@ -306,15 +313,26 @@ class _Uploads:
 
 
 class _CancelWatch:
-    """Polls the board for a cancel request while a task runs; on one, tells the model service at
-    once (its job stops after the current frame) and makes :meth:`check` raise."""
+    """Polls the board for a cancel request while a task runs; on one, makes :meth:`check` raise,
+    ends the read of the model service's stream (:meth:`stop_on_cancel`), and tells the model
+    service (its job stops after the current frame)."""
 
     def __init__(self, jobs: TrackJobs, task_id: str) -> None:
         self._jobs = jobs
         self._task_id = task_id
         self._done = threading.Event()
-        self._loop = _event_loop_token()  # BentoML's sync clients work only in its event loop's workers
+        self._loop = event_loop_token()  # BentoML's sync clients work only in its event loop's workers
+        self._lock = threading.Lock()
+        self._stop: Callable[[], None] | None = None
         self.canceled = False
+
+    def stop_on_cancel(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` (from the watch's thread) on a cancel, at once if there was one already."""
+        with self._lock:
+            self._stop = stop
+            canceled = self.canceled
+        if canceled:
+            stop()
 
     def __enter__(self) -> _CancelWatch:
         threading.Thread(target=self._watch, name="track-cancel-watch", daemon=True).start()
@@ -326,29 +344,24 @@ class _CancelWatch:
     def _watch(self) -> None:
         while not self._done.wait(CANCEL_POLL_S):
             if self._jobs.board.cancel_requested(self._task_id):
-                self.canceled = True
+                with self._lock:
+                    self.canceled = True
+                    stop = self._stop
                 try:
+                    if stop is not None:
+                        stop()  # first: the task ends now, even if the model service does not answer
                     cancel = functools.partial(self._jobs.model.cancel_track, job_id=self._task_id)
                     if self._loop is None:
                         cancel()
                     else:  # from one of the loop's worker threads, where BentoML's client works
                         anyio.from_thread.run(anyio.to_thread.run_sync, cancel, token=self._loop)
-                except Exception as exc:  # the stream's end or the job's stall timeout end it anyway
-                    log.warning("could not pass the cancel of %s to the model service: %s", self._task_id, exc)
+                except Exception as exc:  # the closed stream or the job's stall timeout end the job anyway
+                    log.warning("the cancel of %s: %s: %s", self._task_id, type(exc).__name__, exc)
                 return
 
     def check(self) -> None:
         if self.canceled:
             raise errors.TrackingCanceled(f"task {self._task_id} was canceled")
-
-
-def _event_loop_token():
-    """The token of the event loop whose worker thread this is (BentoML runs sync APIs in such
-    threads), or None outside any."""
-    try:
-        return anyio.from_thread.run_sync(anyio.lowlevel.current_token)
-    except anyio.NoEventLoopError:
-        return None
 
 
 def build_track_jobs(settings: Settings, model: TrackModel, store: MaskStore, board_path: str) -> TrackJobs:

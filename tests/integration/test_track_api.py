@@ -21,33 +21,35 @@ from pycocotools import mask as coco_mask
 from sam2_api import video
 from tests.clips import encode, moving_shapes
 from tests.conftest import REPO
-from tests.integration.conftest import BUCKET, PHOTOS, PREFIX, SECRETS
+from sam2_api.localdev import bento_server
+from tests.integration.conftest import API_KEYS, BUCKET, PHOTOS, PREFIX, SECRETS
 from tests.integration.test_segment_api import fetch_mask
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 LIMITS = video.VideoLimits(max_frames=24, max_pixels=320 * 240, max_seconds=600)
 
 
-def submit(server, clip: bytes | None, filename: str = "clip.mp4", **fields) -> str:
+def submit(server, clip: bytes | None, filename: str = "clip.mp4", headers: dict | None = None, **fields) -> str:
     files = {"video": (filename, clip, "application/octet-stream")} if clip is not None else \
         {"unrelated": ("x.txt", b"", "text/plain")}  # keeps the request multipart
-    response = httpx.post(f"{server.url}/track/submit", files=files,
+    response = httpx.post(f"{server.url}/track/submit", files=files, headers=headers,
                           data={name: json.dumps(value) for name, value in fields.items()}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()["task_id"]
 
 
-def status(server, task_id: str) -> dict:
-    response = httpx.get(f"{server.url}/track/status", params={"task_id": task_id}, timeout=10)
+def status(server, task_id: str, headers: dict | None = None) -> dict:
+    response = httpx.get(f"{server.url}/track/status", params={"task_id": task_id}, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def wait_for(server, task_id: str, timeout: float = 300, until=("completed", "failed", "canceled")) -> list[dict]:
+def wait_for(server, task_id: str, timeout: float = 300, until=("completed", "failed", "canceled"),
+             headers: dict | None = None) -> list[dict]:
     """Every status seen until the task is in one of ``until``."""
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen.append(status(server, task_id))
+        seen.append(status(server, task_id, headers))
         if seen[-1]["status"] in until:
             return seen
         time.sleep(0.3)
@@ -57,8 +59,8 @@ def wait_for(server, task_id: str, timeout: float = 300, until=("completed", "fa
                          + "\n".join(about) + "\n... and its last lines:\n" + "\n".join(log[-40:]))
 
 
-def result(server, task_id: str) -> httpx.Response:
-    response = httpx.get(f"{server.url}/track/get", params={"task_id": task_id}, timeout=10)
+def result(server, task_id: str, headers: dict | None = None) -> httpx.Response:
+    response = httpx.get(f"{server.url}/track/get", params={"task_id": task_id}, headers=headers, timeout=10)
     assert not any(secret in response.text for secret in SECRETS)
     return response
 
@@ -101,7 +103,7 @@ def test_tracked_masks_on_s3_are_exactly_the_video_predictors(server, s3, checkp
     assert {k: body[k] for k in ("frames", "objects", "width", "height", "fps", "clip_frames", "first_frame",
                                  "last_frame")} == {"frames": 3, "objects": 2, "width": 128, "height": 96, "fps": 10.0,
                                                     "clip_frames": 3, "first_frame": 0, "last_frame": 2}
-    assert body["manifest_url"].endswith(f"/{BUCKET}/{PREFIX}{task_id}/manifest.json")
+    folder = re.search(rf"/{BUCKET}/{PREFIX}(\d{{8}}_\d{{6}}_[0-9a-f]{{32}})/manifest\.json$", body["manifest_url"])[1]
     manifest = httpx.get(body["manifest_url"], timeout=10).json()  # anonymously, through the bucket policy
     assert [frame["frame_index"] for frame in manifest["frames"]] == [0, 1, 2]
     assert manifest["objects"][0]["prompts"][1] == {"frame_index": 2, "points": [[36.0, 32.0], [100.0, 80.0]],
@@ -111,7 +113,7 @@ def test_tracked_masks_on_s3_are_exactly_the_video_predictors(server, s3, checkp
     expected = reference_masks(checkpoint, list(video.frames(clip, LIMITS)), prompts, tmp_path)
     for frame in manifest["frames"]:
         for index, entry in enumerate(frame["objects"]):
-            assert re.search(rf"/{PREFIX}{task_id}/{index}/{frame['frame_index']:06d}\.png$", entry["mask_url"])
+            assert re.search(rf"/{PREFIX}{folder}/{index}/{frame['frame_index']:06d}\.png$", entry["mask_url"])
             mask = fetch_mask(entry["mask_url"]) > 0
             assert np.array_equal(mask, expected[frame["frame_index"]][index]), (frame["frame_index"], index)
             rle = {"size": entry["rle"]["size"], "counts": entry["rle"]["counts"].encode()}
@@ -231,3 +233,106 @@ def test_the_command_line_tracks_shows_progress_and_downloads_the_results(server
     assert [f["frame_index"] for f in manifest["frames"]] == [0, 1] and "rle" in manifest["frames"][0]["objects"][0]
     with av.open(str(tmp_path / "out" / "preview.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 2
+
+
+# --- Tasks of two API keys, on a server of their own --------------------------------------------
+# BentoML's client of the model service makes a new connection pool (closing the old one) every
+# 100 calls or 300 s of an API worker; here every 2 calls (runner_connection), so that a tracking
+# stream outlives several within seconds. Each key may have 1 clip waiting.
+
+
+@pytest.fixture(scope="module")
+def keyed(s3, s3_server, checkpoint, logs):
+    from tests.integration.conftest import ACCESS_KEY, SECRET_KEY
+
+    served = bento_server("bentoml-track-keys", logs, project=REPO, env={
+        "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": BUCKET, "S3_ENDPOINT_URL": s3_server.url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1",
+        "SAM2_API_KEYS": ",".join(API_KEYS), "SAM2_VIDEO_MAX_WAITING_PER_KEY": "1",
+        "SAM2_VIDEO_MAX_FRAMES": "64", "SAM2_VIDEO_MAX_PIXELS": str(320 * 240),
+        "BENTOML_CONFIG_OPTIONS": "services.SAM2Model.runner_connection.max_requests=2",
+    })
+    served.start("/readyz")
+    yield served
+    served.stop()
+
+
+KEY_A, KEY_B = ({"Authorization": f"Bearer {key}"} for key in API_KEYS)
+ONE_OBJECT = [{"frame_index": 0, "points": [[8, 8]]}]
+
+
+def long_clip(frames: int) -> bytes:
+    return encode(moving_shapes(frames, width=16, height=16))
+
+
+def frames_done(server, task_id: str, headers: dict) -> int:
+    return (status(server, task_id, headers).get("progress") or {}).get("frames_done") or 0
+
+
+def wait_for_frames(server, task_id: str, headers: dict, count: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while frames_done(server, task_id, headers) < count:
+        assert time.monotonic() < deadline, f"task {task_id}: fewer than {count} frames after {timeout} s"
+        time.sleep(0.3)
+
+
+def test_another_keys_task_is_not_found_and_runs_on_untouched(keyed, s3):
+    task_id = submit(keyed, encode(moving_shapes(3)), headers=KEY_A, objects=[{"frame_index": 0, "points": [[20, 32]]}])
+    for method, route in (("GET", "status"), ("GET", "get"), ("POST", "retry"), ("PUT", "cancel")):
+        response = httpx.request(method, f"{keyed.url}/track/{route}", params={"task_id": task_id}, headers=KEY_B,
+                                 timeout=10)
+        assert (response.status_code, response.json()) == (404, {"error": "task_id not found"}), route
+    seen = wait_for(keyed, task_id, headers=KEY_A)
+    assert seen[-1]["status"] == "completed", seen[-1]  # B's cancel did not touch it
+    body = result(keyed, task_id, KEY_A).json()
+    assert result(keyed, task_id, KEY_B).status_code == 404
+    # what is stored names no task: a mask's URL does not lead anyone to the task
+    folder = re.search(rf"/{PREFIX}([^/]+)/manifest\.json$", body["manifest_url"])[1]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}{folder}/")["Contents"]]
+    assert len(keys) == 3 + 2 and not any(task_id in key for key in keys)  # 3 masks, manifest, preview
+    assert task_id not in httpx.get(body["manifest_url"], timeout=10).text
+    # the owner may retry it: a new task, again the owner's alone
+    retried = httpx.post(f"{keyed.url}/track/retry", params={"task_id": task_id}, headers=KEY_A, timeout=30)
+    assert retried.status_code == 200, retried.text
+    again = retried.json()["task_id"]
+    assert httpx.get(f"{keyed.url}/track/status", params={"task_id": again}, headers=KEY_B, timeout=10).status_code == 404
+    assert wait_for(keyed, again, headers=KEY_A)[-1]["status"] == "completed"
+
+
+def test_a_long_clip_outlives_the_clients_reconnections_and_a_cancel_ends_it_within_seconds(keyed, s3):
+    task_id = submit(keyed, long_clip(60), headers=KEY_A, objects=ONE_OBJECT)
+    wait_for_frames(keyed, task_id, KEY_A, 1)
+    for _ in range(8):  # model calls from both API workers: each worker's connection pool is replaced
+        response = httpx.post(f"{keyed.url}/segment", json={"image_id": "never-sent", "points": [[1, 1]]},
+                              headers=KEY_B, timeout=60)
+        assert response.status_code == 404, response.text
+    # the task's stream goes on (it used to be cut off with the old pool, its reader waiting an hour)
+    wait_for_frames(keyed, task_id, KEY_A, frames_done(keyed, task_id, KEY_A) + 2)
+    response = httpx.put(f"{keyed.url}/track/cancel", params={"task_id": task_id}, headers=KEY_A, timeout=10)
+    assert response.status_code == 200, response.text
+    canceled_at = time.monotonic()
+    seen = wait_for(keyed, task_id, timeout=30, headers=KEY_A)  # stated bound: 30 s on this busy 2-core CPU
+    assert seen[-1]["status"] == "canceled" and seen[-1]["progress"]["frames_done"] < 60
+    print(f"canceled after {time.monotonic() - canceled_at:.1f} s")
+    assert result(keyed, task_id, KEY_A).status_code == 409
+    # nothing is left stuck: the next clip is tracked to its end
+    after = submit(keyed, long_clip(2), headers=KEY_A, objects=ONE_OBJECT)
+    assert wait_for(keyed, after, headers=KEY_A)[-1]["status"] == "completed"
+
+
+def test_one_key_cannot_fill_the_queue_and_another_keys_clip_goes_first(keyed, s3):
+    first = submit(keyed, long_clip(60), headers=KEY_A, objects=ONE_OBJECT)
+    wait_for_frames(keyed, first, KEY_A, 1)
+    waiting = submit(keyed, long_clip(2), headers=KEY_A, objects=ONE_OBJECT)
+    wait_for(keyed, waiting, until=("pending",), timeout=60, headers=KEY_A)
+    refused = submit(keyed, long_clip(2), headers=KEY_A, objects=ONE_OBJECT)  # over A's share: 1 waiting
+    assert wait_for(keyed, refused, timeout=60, headers=KEY_A)[-1]["status"] == "failed"
+    answer = result(keyed, refused, KEY_A)
+    assert answer.status_code == 503 and "SAM2_VIDEO_MAX_WAITING_PER_KEY" in answer.json()["error"], answer.text
+    other = submit(keyed, long_clip(2), headers=KEY_B, objects=ONE_OBJECT)  # B still gets in
+    assert status(keyed, other, KEY_B)["status"] in ("pending", "in_progress")
+    httpx.put(f"{keyed.url}/track/cancel", params={"task_id": first}, headers=KEY_A, timeout=10)
+    assert wait_for(keyed, other, headers=KEY_B)[-1]["status"] == "completed"
+    # B's clip came after A's waiting one, and tracked before it: turns across keys
+    assert status(keyed, waiting, KEY_A)["status"] != "completed"
+    assert wait_for(keyed, waiting, headers=KEY_A)[-1]["status"] == "completed"

@@ -49,3 +49,14 @@ def test_reset_starts_empty(tmp_path):
     board = TaskBoard(tmp_path / "board.db")
     board.update("t", "tracking")
     assert TaskBoard.reset(tmp_path / "board.db").get("t") is None
+
+
+def test_a_task_belongs_to_the_key_that_submitted_it(tmp_path):
+    board = TaskBoard(tmp_path / "board.db")
+    board.set_owner("a-task", "0123456789abcdef")
+    board.set_owner("open-task", None)  # API keys off: everyone is the one caller
+    assert board.owned_by("a-task", "0123456789abcdef")
+    assert not board.owned_by("a-task", "fedcba9876543210") and not board.owned_by("a-task", None)
+    assert board.owned_by("open-task", None) and not board.owned_by("open-task", "0123456789abcdef")
+    assert not board.owned_by("unknown", None)
+    assert TaskBoard(tmp_path / "board.db").owned_by("a-task", "0123456789abcdef")  # another worker sees it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 
@@ -74,17 +75,29 @@ def stored(s3, key: str) -> bytes:
     return s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
+def folder_of(response) -> str:
+    """``sam2-api-masks/<folder>/``: where a task's objects went, from its manifest's URL."""
+    found = re.search(r"/(sam2-api-masks/\d{8}_\d{6}_[0-9a-f]{32}/)manifest\.json$", response.manifest_url)
+    assert found, response.manifest_url
+    return found.group(1)
+
+
 def test_masks_manifest_and_preview_land_under_the_task(tracker, s3, tmp_path):
     clip = encode(moving_shapes(5))
     prompts = [on(0, 0, points=[[20, 32]]), on(1, 0, box=[76, 16, 104, 44]), on(1, 2, points=[[90, 40]])]
     jobs = make_jobs(tracker, tmp_path)
-    response = jobs.run("task1", TrackRequest(clip, None, 2, prompts, formats=("rle",)))
+    task_id = "8165f7e8a2b94c0d9e1f2a3b4c5d6e7f"
+    response = jobs.run(task_id, TrackRequest(clip, None, 2, prompts, formats=("rle",)))
     assert (response.frames, response.objects, response.width, response.height, response.first_frame,
             response.last_frame, response.clip_frames) == (5, 2, 128, 96, 0, 4, 5)
-    assert response.manifest_url == f"https://{BUCKET}.s3.us-east-1.amazonaws.com/sam2-api-masks/task1/manifest.json"
+    folder = folder_of(response)  # a name of its own: the task's id is nowhere in what is stored
+    assert response.manifest_url == f"https://{BUCKET}.s3.us-east-1.amazonaws.com/{folder}manifest.json"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
-    assert keys == {f"sam2-api-masks/task1/{o}/{f:06d}.png" for o in (0, 1) for f in range(5)} | {
-        "sam2-api-masks/task1/manifest.json", "sam2-api-masks/task1/preview.mp4"}
+    assert keys == {f"{folder}{o}/{f:06d}.png" for o in (0, 1) for f in range(5)} | {
+        f"{folder}manifest.json", f"{folder}preview.mp4"}
+    assert not any(task_id in key or task_id in stored(s3, key).decode("latin-1") for key in keys)
+    again = jobs.run(task_id, TrackRequest(clip, None, 2, prompts))  # BentoML's retry: a new folder
+    assert folder_of(again) != folder
 
     # the masks are the tracker's own, frame by frame
     direct = {}
@@ -93,19 +106,19 @@ def test_masks_manifest_and_preview_land_under_the_task(tracker, s3, tmp_path):
         for record in reader.feed(chunk):
             if isinstance(record, TrackedFrame):
                 direct[record.frame_index] = [unpack_mask(bits, 96, 128) for bits in record.masks]
-    manifest = json.loads(stored(s3, "sam2-api-masks/task1/manifest.json"))
+    manifest = json.loads(stored(s3, f"{folder}manifest.json"))
     assert manifest["objects"][1]["prompts"] == [{"frame_index": 0, "box": [76.0, 16.0, 104.0, 44.0]},
                                                  {"frame_index": 2, "points": [[90.0, 40.0]]}]
     for frame in manifest["frames"]:
         for index, entry in enumerate(frame["objects"]):
-            key = f"sam2-api-masks/task1/{index}/{frame['frame_index']:06d}.png"
+            key = f"{folder}{index}/{frame['frame_index']:06d}.png"
             assert entry["mask_url"].endswith(key)
             png = np.array(Image.open(io.BytesIO(stored(s3, key)))) > 0
             assert np.array_equal(png, direct[frame["frame_index"]][index])
             assert entry["area"] == int(png.sum()) and entry["rle"]["size"] == [96, 128]
-    with av.open(io.BytesIO(stored(s3, "sam2-api-masks/task1/preview.mp4"))) as container:
+    with av.open(io.BytesIO(stored(s3, f"{folder}preview.mp4"))) as container:
         assert sum(1 for _ in container.decode(video=0)) == 5
-    assert jobs.board.get("task1")["phase"] == "completed"
+    assert jobs.board.get(task_id)["phase"] == "completed"
 
 
 def test_a_reverse_range_is_stored_in_clip_order_and_its_preview_covers_it(tracker, s3, tmp_path):
@@ -113,9 +126,9 @@ def test_a_reverse_range_is_stored_in_clip_order_and_its_preview_covers_it(track
     jobs = make_jobs(tracker, tmp_path)
     response = jobs.run("rev", TrackRequest(clip, None, 1, [on(0, 4, points=[[30, 32]])], reverse=True, max_frames=3))
     assert (response.first_frame, response.last_frame, response.frames) == (4, 2, 3)
-    manifest = json.loads(stored(s3, "sam2-api-masks/rev/manifest.json"))
+    manifest = json.loads(stored(s3, f"{folder_of(response)}manifest.json"))
     assert [f["frame_index"] for f in manifest["frames"]] == [2, 3, 4]
-    with av.open(io.BytesIO(stored(s3, "sam2-api-masks/rev/preview.mp4"))) as container:
+    with av.open(io.BytesIO(stored(s3, f"{folder_of(response)}preview.mp4"))) as container:
         assert sum(1 for _ in container.decode(video=0)) == 3
 
 
@@ -130,9 +143,9 @@ def test_failed_mask_uploads_give_null_urls_and_the_task_goes_on(tracker, s3, tm
     jobs = make_jobs(tracker, tmp_path)
     s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
         "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
-        "Resource": f"arn:aws:s3:::{BUCKET}/sam2-api-masks/nulls/0/*"}]}))
+        "Resource": f"arn:aws:s3:::{BUCKET}/sam2-api-masks/*.png"}]}))
     response = jobs.run("nulls", TrackRequest(encode(moving_shapes(2)), None, 1, [on(0, 0, points=[[20, 32]])]))
-    manifest = json.loads(stored(s3, "sam2-api-masks/nulls/manifest.json"))
+    manifest = json.loads(stored(s3, f"{folder_of(response)}manifest.json"))
     assert response.frames == 2
     assert [entry["mask_url"] for frame in manifest["frames"] for entry in frame["objects"]] == [None, None]
 
