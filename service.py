@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
 import sam2_api
-from sam2_api import errors
+from sam2_api import errors, headerdeadline
 from sam2_api.config import Settings
 from sam2_api.everything_pipeline import EverythingResult, segment_everything
 from sam2_api.everything_protocol import EverythingParams, EverythingReply, parse_output, parse_params
@@ -53,6 +53,8 @@ from sam2_api.trackschemas import (
 logging.getLogger("sam2_api").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
 
 SETTINGS = Settings()
+# Before BentoML's worker starts uvicorn: a request's headers must arrive within this bound.
+headerdeadline.install(SETTINGS.sam2_header_timeout_s)
 # Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
 # `bentoml build` references the model and `bentoml containerize` copies it into the image.
 BENTO_MODEL = SETTINGS.sam2_bento_model

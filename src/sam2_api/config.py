@@ -183,6 +183,11 @@ class Settings(BaseSettings):
         description="Slowest accepted upload, in bytes per second on average after its first 5 s "
         "(408 below); 0 = no minimum rate, only SAM2_BODY_TIMEOUT_S.",
     )
+    sam2_header_timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="Longest time a client may take to send a request's headers, in seconds, from "
+        "connecting or from its previous response: the connection is then closed with 408 (both services).",
+    )
 
     # --- S3 ---
     s3_bucket_name_staging: str | None = Field(
