@@ -10,6 +10,7 @@ Locally ``bentoml serve`` runs both; BentoCloud and Kubernetes scale them separa
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -177,6 +178,8 @@ class SAM2API:
                      "(OpenAPI: /docs.json)")
             if self.pipeline.store.disabled_reason:
                 log.warning(self.pipeline.store.disabled_reason)
+            else:  # a wrong endpoint or bucket said at start-up, in a line of its own; serving does not wait for it
+                threading.Thread(target=self.pipeline.store.check_bucket, name="s3-check", daemon=True).start()
         self.tracks = build_track_jobs(SETTINGS, self.model, self.pipeline.store, TASK_BOARD)
 
     def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url,

@@ -117,6 +117,25 @@ class MaskStore:
             self._clocks = {self._pool: S3Clock(), self._bulk_pool: S3Clock()}
         self.enabled = self.disabled_reason is None
 
+    def check_bucket(self) -> bool:
+        """Ask S3 once whether the bucket is there and reachable (HeadBucket, within the client's
+        timeouts), and log one line that says so, naming the bucket and the endpoint (never a secret):
+        a wrong ``S3_ENDPOINT_URL`` or bucket name is then seen at start-up, not at the first mask.
+        Whatever the answer, uploads are still tried for every mask. True when the bucket answered."""
+        if not self.enabled:
+            return False
+        where = f"s3://{self._bucket} at {self._endpoint_url or f'AWS {self._region}'}"
+        try:
+            self._client.head_bucket(Bucket=self._bucket)
+        except (BotoCoreError, ClientError) as exc:
+            denied = _code(exc) in ("403", "AccessDenied")
+            hint = " (HeadBucket needs s3:ListBucket: uploads may still work)" if denied else ""
+            log.warning("the mask bucket %s did not answer at start-up: %s%s; the service serves on, with "
+                        "mask_url null while uploads fail", where, _reason(exc), hint)
+            return False
+        log.info("masks go to %s", where)
+        return True
+
     def put(self, png: bytes) -> str | None:
         """Store one PNG under a fresh key; its URL, or None when not stored."""
         if not self.enabled:

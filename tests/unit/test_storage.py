@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -240,3 +241,33 @@ def test_a_single_mask_never_queues_behind_bulk_uploads(aws_env):
 
 def test_put_many_without_a_bucket_makes_no_png(aws_env):
     assert make_store().put_many([lambda: pytest.fail("encoded a PNG nobody stores")]) == [None]
+
+
+def test_the_start_up_check_names_a_dead_endpoint_and_the_bucket_in_one_line(monkeypatch, caplog):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    with socket.socket() as unused:  # a loopback port nobody listens on: connections are refused
+        unused.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    store = MaskStore(make_s3_client("us-east-1", endpoint), "masks", region="us-east-1", endpoint_url=endpoint)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="sam2_api.storage"):
+        assert store.check_bucket() is False
+    assert time.monotonic() - started < 10  # the client's own timeouts: refused at once, 2 attempts
+    [line] = [record.getMessage() for record in caplog.records]
+    assert line.startswith(f"the mask bucket s3://masks at {endpoint} did not answer at start-up: EndpointConnectionError")
+    assert SECRET not in caplog.text and "AKIAIOSFODNN7EXAMPLE" not in caplog.text
+    assert store.enabled  # it serves on, and tries each upload
+
+
+def test_the_start_up_check_says_where_masks_go_or_that_the_bucket_is_missing(aws_env, caplog):
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    with caplog.at_level(logging.INFO, logger="sam2_api.storage"):
+        assert make_store("masks").check_bucket() is True
+        assert make_store("no-such-bucket").check_bucket() is False
+        assert make_store(None).check_bucket() is False  # no bucket: the service says so already, nothing more
+    assert [record.getMessage() for record in caplog.records] == [
+        "masks go to s3://masks at AWS eu-west-1",
+        "the mask bucket s3://no-such-bucket at AWS eu-west-1 did not answer at start-up: 404 (Not Found); the "
+        "service serves on, with mask_url null while uploads fail",
+    ]
