@@ -32,6 +32,10 @@ MIN_UPLOAD_BYTES_PER_S = 8 * 1024
 # Defaults of the refinement settings, also those of engine.Engine's arguments.
 MASK_CACHE_MAX_BYTES = 256 * 1024**2  # 1,024 masks' logits of 256 KiB
 MASK_INPUT_LOGIT = 10.0  # what SAM 2's video predictor makes of a mask it is handed
+# A mask_input file becomes 256x256 cells: a sharp 1-bit or 8-bit mask of 16 megapixels is a few
+# hundred KB; these bound its decoding to about 100 MB (4 bytes a pixel decoded, 2 more converted).
+MASK_INPUT_MAX_BYTES = 4 * 1024**2
+MASK_INPUT_MAX_PIXELS = 16_000_000
 
 
 class Settings(BaseSettings):
@@ -81,6 +85,14 @@ class Settings(BaseSettings):
         MASK_CACHE_MAX_BYTES, ge=0,
         description="Memory bound of the low-resolution logits kept for previous_mask_id (256 KiB per "
         "returned mask, on the model's device); 0 keeps none, so every previous_mask_id is unknown.",
+    )
+    sam2_mask_input_max_bytes: int = Field(
+        MASK_INPUT_MAX_BYTES, gt=0,
+        description="Largest accepted mask_input file, in bytes (413 beyond; it is stretched to 256×256 anyway).",
+    )
+    sam2_mask_input_max_pixels: int = Field(
+        MASK_INPUT_MAX_PIXELS, gt=0,
+        description="Largest accepted mask_input, in pixels (width × height; 413 from its header, before decoding).",
     )
     sam2_mask_input_logit: float = Field(
         MASK_INPUT_LOGIT, gt=0, le=32,

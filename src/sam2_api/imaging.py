@@ -36,9 +36,11 @@ def load_upright_rgb(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
     return decode_upright(data, max_pixels, max_side, _to_rgb_array)
 
 
-def decode_upright(data: bytes, max_pixels: int, max_side: int, convert: Callable[[Image.Image], T]) -> T:
+def decode_upright(data: bytes, max_pixels: int, max_side: int, convert: Callable[[Image.Image], T],
+                   settings: tuple[str, str] | None = None) -> T:
     """``convert`` of the decoded first frame, EXIF orientation applied, with every failure of
-    Pillow's (and of ``convert``) answered as our request errors; the size bounds as above."""
+    Pillow's (and of ``convert``) answered as our request errors; the size bounds as above, their
+    413 naming ``settings`` (the pixel limit's and the side limit's) when given."""
     if not data:
         raise InvalidImage("the image file is empty")
     try:
@@ -46,9 +48,10 @@ def decode_upright(data: bytes, max_pixels: int, max_side: int, convert: Callabl
             # Pillow's decompression-bomb guard stays on; its warning becomes our 413 below.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-            _check_size(image.size, max_pixels, max_side)
+            _check_size(image.size, max_pixels, max_side, settings)
             image.load()
-            return convert(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # not a copy of the whole image
+            return convert(image)
     except (RequestError, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -80,19 +83,20 @@ def _claimed_format(data: bytes) -> str | None:
     return next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
-def _check_size(size: tuple[int, int], max_pixels: int, max_side: int) -> None:
+def _check_size(size: tuple[int, int], max_pixels: int, max_side: int, settings: tuple[str, str] | None) -> None:
     width, height = size
+    pixels_setting, side_setting = (f" ({name})" for name in settings) if settings else ("", "")
     if width < 1 or height < 1:
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLarge(
-            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}{pixels_setting}"
         )
     if max(width, height) > max_side:
         # SAM 2 resizes every image to 1024x1024 through an intermediate of (longer side) x 1024
         # floats per channel: the side limit, not the pixel count, bounds that copy.
         raise ImageTooLarge(
-            f"the image is {width}x{height}; the limit is {max_side} pixels on either side"
+            f"the image is {width}x{height}; the limit is {max_side} pixels on either side{side_setting}"
         )
 
 

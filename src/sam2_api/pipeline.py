@@ -24,7 +24,7 @@ from typing import Callable, Protocol, TypeVar
 import httpx
 
 from . import imaging, maskformats, maskinput
-from .config import Settings
+from .config import MASK_INPUT_MAX_BYTES, MASK_INPUT_MAX_PIXELS, Settings
 from .errors import InvalidField, InvalidImageSource, MissingImage, ModelUnavailable, UnknownImageId
 from .everything_protocol import EverythingParams, EverythingReply
 from .prompts import Prompt
@@ -96,12 +96,15 @@ class _Located:
 
 class Pipeline:
     def __init__(self, model: Model, store: MaskStore, sources: ImageSources, max_image_pixels: int,
-                 max_image_side: int) -> None:
+                 max_image_side: int, mask_input_max_bytes: int = MASK_INPUT_MAX_BYTES,
+                 mask_input_max_pixels: int = MASK_INPUT_MAX_PIXELS) -> None:
         self.model = model
         self.store = store
         self.sources = sources
         self.max_image_pixels = max_image_pixels
         self.max_image_side = max_image_side
+        self.mask_input_max_bytes = mask_input_max_bytes
+        self.mask_input_max_pixels = mask_input_max_pixels
 
     def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None,
             mask_files: list[bytes | None] | None = None, formats: frozenset[str] = frozenset(),
@@ -154,7 +157,8 @@ class Pipeline:
                 inputs.append(None)
                 continue
             with timer.stage("mask_input"):
-                inputs.append(maskinput.low_res_mask(file, self.max_image_pixels, self.max_image_side))
+                inputs.append(maskinput.low_res_mask(file, self.mask_input_max_pixels, self.max_image_side,
+                                                     self.mask_input_max_bytes))
         return inputs
 
     def ask(self, image: ImageRequest, call: Callable[[str, RawImage | None], _Reply], timer: StageTimer,
@@ -269,4 +273,5 @@ def build_pipeline(settings: Settings, model: Model) -> Pipeline:
         deadline=settings.s3_upload_deadline,
     )
     sources = ImageSources(s3, settings.input_buckets, settings.sam2_max_upload_bytes)
-    return Pipeline(model, store, sources, settings.sam2_max_image_pixels, settings.sam2_max_image_side)
+    return Pipeline(model, store, sources, settings.sam2_max_image_pixels, settings.sam2_max_image_side,
+                    settings.sam2_mask_input_max_bytes, settings.sam2_mask_input_max_pixels)

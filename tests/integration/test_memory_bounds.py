@@ -4,12 +4,16 @@ at most 32 bytes per pixel of the image plus 256 MiB, across both services (docs
 from __future__ import annotations
 
 import io
+import json
 import threading
 
+import httpx
+import numpy as np
 import psutil
 from PIL import Image
 
 from tests.integration.test_segment_api import fetch_mask, post
+from tests.unit.test_maskinput import mode_i_tiff, tiff
 
 BYTES_PER_PIXEL, FIXED = 32, 256 * 2**20  # the stated bound
 
@@ -80,3 +84,43 @@ def test_32_masks_of_a_16_megapixel_image_stay_within_the_bound(server, test_ima
     assert fetch_mask(masks[-1]["mask_url"]).shape == (side, side)
     bound = BYTES_PER_PIXEL * side * side + FIXED  # 768 MiB; all 32 masks as float32 at once took 2.4 GB
     assert rss.growth < bound, f"+{rss.growth / 2**20:.0f} MiB for one request (bound {bound / 2**20:.0f} MiB)"
+
+
+def deflated_tiff(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF", compression="tiff_adobe_deflate")
+    return buffer.getvalue()
+
+
+def post_with_mask(server, image: bytes, mask: bytes, **fields) -> httpx.Response:
+    files = {"image": ("image.png", image, "image/png"), "mask_input": ("mask.tif", mask, "image/tiff")}
+    return httpx.post(f"{server.url}/segment", files=files, data={k: json.dumps(v) for k, v in fields.items()},
+                      timeout=120)
+
+
+def test_a_mask_input_bomb_is_refused_from_its_header_and_a_large_mask_costs_little(server, test_images):
+    image = (test_images / "chelsea.png").read_bytes()
+    bomb = mode_i_tiff(16384, 3000)  # 277 KB: +733 MiB and 2.7 s when it was decoded
+    post(server, image, points=[[225, 150]])  # warm: the image's embedding is cached
+    with PeakRss(server.proc.pid) as rss:
+        refused = post_with_mask(server, image, bomb, points=[[225, 150]])
+    assert refused.status_code == 413
+    assert refused.json()["error"] == (
+        "`mask_input`: the image is 16384x3000 = 49152000 pixels; the limit is 16000000 "
+        "(SAM2_MASK_INPUT_MAX_PIXELS): send the mask smaller, it becomes 256x256 cells anyway")
+    assert rss.growth < 64 * 2**20, f"+{rss.growth / 2**20:.0f} MiB"
+
+    # A legitimate large mask: 3840x3840 (14.7 megapixels) of 32-bit values, a rectangle on whole
+    # cells of 15x15 pixels, is read as the same 256x256 cells as the rectangle drawn at 256x256.
+    large = np.zeros((3840, 3840), dtype=np.int32)
+    large[15 * 40: 15 * 200, 15 * 60: 15 * 180] = 1
+    small = np.zeros((256, 256), dtype=np.uint8)
+    small[40:200, 60:180] = 255
+    with PeakRss(server.proc.pid) as rss:
+        from_large = post_with_mask(server, image, deflated_tiff(large), points=[[225, 150]])
+    from_small = post_with_mask(server, image, tiff(Image.fromarray(small)), points=[[225, 150]])
+    assert from_large.status_code == from_small.status_code == 200, from_large.text
+    assert from_large.json()["score"] == from_small.json()["score"]
+    assert np.array_equal(fetch_mask(from_large.json()["mask_url"]), fetch_mask(from_small.json()["mask_url"]))
+    # 4 bytes a pixel decoded, 2 more converted (91 MiB in-process); was 15.5 bytes a pixel
+    assert rss.growth < 7 * 3840 * 3840 + 32 * 2**20, f"+{rss.growth / 2**20:.0f} MiB"

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import time
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -98,3 +102,65 @@ def test_what_crosses_is_one_byte_per_cell():
     assert len(crossing.coverage) == 256 * 256
     with pytest.raises(ValueError):
         LowResMask(coverage=b"\0" * 100)
+
+
+def mode_i_tiff(width: int, height: int) -> bytes:
+    """A mode "I" (32-bit) mask, mostly background, deflated: a few hundred KB for tens of megapixels."""
+    pixels = np.zeros((height, width), dtype=np.int32)
+    pixels[height // 3: 2 * height // 3, width // 4: width // 2] = 7
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF", compression="tiff_adobe_deflate")
+    return buffer.getvalue()
+
+
+def test_a_mask_over_its_own_pixel_limit_is_refused_from_its_header():
+    bomb = mode_i_tiff(16384, 3000)  # 49 megapixels in 277 KB: +733 MiB and 2.7 s when it was decoded
+    assert len(bomb) < 300_000
+    started = time.monotonic()
+    with pytest.raises(ImageTooLarge) as refused:
+        low_res_mask(bomb, 16_000_000, 16384)
+    assert time.monotonic() - started < 1.5  # the header only (decoding it took 2.7 s)
+    assert str(refused.value) == (
+        "`mask_input`: the image is 16384x3000 = 49152000 pixels; the limit is 16000000 "
+        "(SAM2_MASK_INPUT_MAX_PIXELS): send the mask smaller, it becomes 256x256 cells anyway")
+
+
+def test_a_mask_file_over_its_byte_limit_is_refused_before_it_is_opened():
+    noise = png(Image.fromarray(np.random.default_rng(0).integers(0, 256, (1100, 1100), dtype=np.uint8)))
+    assert len(noise) > 1024**2
+    with pytest.raises(ImageTooLarge, match=r"^`mask_input` is \d+ bytes; the limit is 1048576 bytes "
+                       r"\(SAM2_MASK_INPUT_MAX_BYTES\): send the mask smaller"):
+        low_res_mask(noise, 16_000_000, 16384, max_bytes=1024**2)
+    assert low_res_mask(noise, 16_000_000, 16384, max_bytes=2 * 1024**2).coverage  # within it: read
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "I"])
+def test_the_coverage_is_the_area_average_of_the_object_pixels(mode):
+    # What the conversion must keep (scripts/measure_mask_input.py, docs/REFINEMENT.md): each cell
+    # the exact area average of the full-size 0/255 mask, at a ratio that is not a whole number.
+    rng = np.random.default_rng(1)
+    mask = rng.random((1000, 777)) < 0.3
+    mask[200:700, 100:500] = True
+    image = Image.fromarray(mask) if mode == "1" else Image.fromarray(
+        mask.astype({"L": np.uint8, "I": np.int32}[mode]) * {"L": 200, "I": -5}[mode])
+    assert image.mode == mode
+    data = tiff(image)
+    expected = cv2.resize(mask.astype(np.uint8) * 255, (256, 256), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(np.frombuffer(low_res_mask(data, *LIMITS).coverage, np.uint8).reshape(256, 256), expected)
+
+
+def test_a_large_legitimate_mask_costs_a_few_bytes_a_pixel():
+    # 16 megapixels of mode "I": 4 bytes a pixel decoded; the object pixels and their 0/255 copy
+    # add 2 more. It cost 248 MiB (15.5 B/px) in 4 full-size copies.
+    script = (
+        "import resource, sys; from sam2_api.maskinput import low_res_mask; "
+        "data = sys.stdin.buffer.read(); "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "cells = low_res_mask(data, 16_000_000, 16384).coverage; "
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, cells.count(255))"
+    )
+    data = mode_i_tiff(4000, 4000)
+    out = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, check=True).stdout.split()
+    growth, full_cells = int(out[0]), int(out[1])
+    assert full_cells == 85 * 64 - 64  # the object's cells (rows 1333-2666, columns 1000-2000), fully covered
+    assert growth < 7 * 16_000_000 + 16 * 2**20, f"+{growth / 2**20:.0f} MiB"
