@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Annotated, Callable, Generator, TypeVar
 
 import bentoml
-from bentoml.container import BentoMLContainer
 from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
 import sam2_api
-from sam2_api import errors, headerdeadline
+from sam2_api import errors, headerdeadline, metrics
 from sam2_api.config import Settings
 from sam2_api.everything_pipeline import EverythingResult, segment_everything
 from sam2_api.everything_protocol import EverythingParams, EverythingReply, parse_output, parse_params
@@ -31,6 +30,7 @@ from sam2_api.everything_schemas import EverythingResponse
 from sam2_api.guard import RequestGuard
 from sam2_api.hop import HopGuard, send_token, token_for_local_serve
 from sam2_api.http_metrics import label_metrics_by_route
+from sam2_api.lifecycle import BoundedReadiness, exit_after_grace
 from sam2_api.openapi import PublishedOpenAPI
 from sam2_api.pipeline import ImageRequest, Result, build_pipeline
 from sam2_api.prompts import Prompt
@@ -43,6 +43,7 @@ from sam2_api.schemas import (  # refinement, candidates, mask formats
     CandidatesField, FormatsField, MaskInputField, PolygonToleranceField, PreviousMaskIdField, parse_formats,
     parse_polygon_tolerance,
 )
+from sam2_api.serverstate import use_own_state_dir
 from sam2_api.taskstate import TaskBoard, TaskProgress
 from sam2_api.timing import StageTimer
 from sam2_api.trackjob import TrackRequest, build_track_jobs
@@ -59,8 +60,11 @@ headerdeadline.install(SETTINGS.sam2_header_timeout_s)
 # Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
 # `bentoml build` references the model and `bentoml containerize` copies it into the image.
 BENTO_MODEL = SETTINGS.sam2_bento_model
+# This server's own folder for BentoML's task store, the track board and Prometheus' files, so that
+# servers side by side on one host never wipe each other's (sam2_api.serverstate).
+STATE_DIR = use_own_state_dir(SETTINGS.sam2_state_dir)
 # Progress and cancel requests of tracking tasks, beside BentoML's own task store (one per replica).
-TASK_BOARD = str(Path(BentoMLContainer.result_store_file.get()).with_name("sam2_track_progress.db"))
+TASK_BOARD = str(STATE_DIR / "sam2_track_progress.db")
 
 
 @bentoml.service(
@@ -99,6 +103,8 @@ class SAM2Model:
         from sam2_api.engine import build_engine
         from sam2_api.model import packaged_weights
 
+        exit_after_grace(SETTINGS.sam2_shutdown_grace_s)  # first: a stop while the weights load must work too
+        metrics.forget_dead_processes(STATE_DIR / "prometheus")  # a worker killed before this one
         packaged = packaged_weights(self.weights) if self.weights is not None else None
         self.engine = build_engine(SETTINGS, packaged)
         # Video: SAM 2's video predictor, built on first use, on the engine's weights and device thread.
@@ -170,6 +176,7 @@ class SAM2API:
         token_for_local_serve()
 
     def __init__(self) -> None:
+        exit_after_grace(SETTINGS.sam2_shutdown_grace_s)
         send_token(self.model, SETTINGS.internal_token)
         self.pipeline = build_pipeline(SETTINGS, self.model)
         if bentoml.server_context.worker_index in (None, 1):  # once, not per worker
@@ -382,4 +389,6 @@ SAM2API.add_asgi_middleware(
 SAM2API.add_asgi_middleware(TaskProgress, route=SAM2API.apis["track"].route, board_path=TASK_BOARD)
 # The OpenAPI document at /docs.json: valid, and about this service (BentoML's own is neither).
 SAM2API.add_asgi_middleware(PublishedOpenAPI, spec=lambda: SAM2API.openapi_spec.asdict())
+# /readyz answers within seconds, also while the model service loads or restarts.
+SAM2API.add_asgi_middleware(BoundedReadiness)
 label_metrics_by_route()  # before BentoML builds the app: /metrics labelled by route, not raw path

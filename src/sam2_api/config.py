@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     sam2_compile: bool = Field(
         False, description="torch.compile the image encoder (CUDA; slower startup, faster encoder)."
     )
+    sam2_shutdown_grace_s: float = Field(
+        5.0, gt=0, le=25,
+        description="Seconds a worker lets requests in flight finish after SIGTERM or Ctrl+C before it "
+        "exits anyway (every process of the server is gone within about this plus 3 s).",
+    )
+    sam2_state_dir: Path | None = Field(
+        None,
+        description="Folder for this server's task store, tracking progress and Prometheus files; "
+        "default: a new temporary folder per start, so that servers side by side never share one.",
+    )
     sam2_api_workers: int = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=64,
         description="Processes of the API service (HTTP, image decoding, PNG, S3); the model service "

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 BIN = Path(sys.executable).parent
 
@@ -44,10 +45,15 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_path: str, timeout: float = 240) -> None:
+    def launch(self) -> None:
+        """Start the process and return at once."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self, ready_path: str, timeout: float = 240) -> None:
+        """Start the process and wait until ``ready_path`` answers 200."""
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -61,15 +67,29 @@ class Process:
         self.stop()
         raise RuntimeError(f"{self.name} not ready after {timeout} s:\n{self.log()[-4000:]}")
 
+    def family(self) -> list[psutil.Process]:
+        """The process and every process it started (BentoML's workers run in sessions of their own,
+        out of its process group)."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def stop(self) -> None:
+        """SIGTERM, as Ctrl+C or Kubernetes stops a server; whatever is left after 20 s is killed."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        family = self.family()
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        _, alive = psutil.wait_procs(family, timeout=1)
+        for leftover in alive:
+            leftover.kill()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -6,7 +6,11 @@ service's ``/metrics`` shows the model service's stages too; deployed separately
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import re
+from pathlib import Path
+
+import psutil
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 STAGE_SECONDS = Histogram(
     "sam2_stage_seconds",
@@ -29,3 +33,17 @@ VIDEO_JOBS = Gauge(
     multiprocess_mode="livesum",
 )
 VIDEO_FRAMES = Counter("sam2_video_frames_tracked", "Frames tracked by the model service (all objects of a frame: 1)")
+
+
+def forget_dead_processes(directory: Path) -> list[int]:
+    """Drop the live gauges (``sam2_video_jobs``) of processes that died without saying so: a
+    worker killed with SIGKILL never runs prometheus_client's ``mark_process_dead``, and its jobs
+    would stay counted until the server restarts. Call it when a worker starts. The pids dropped."""
+    dead = set()
+    for path in directory.glob("gauge_live*_*.db"):
+        pid = int(re.fullmatch(r"gauge_live\w+?_(\d+)\.db", path.name).group(1))
+        if not psutil.pid_exists(pid):
+            dead.add(pid)
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(directory))
+    return sorted(dead)
