@@ -1,10 +1,15 @@
 """Load test on loopback: N requests at concurrency C over the test images, against a real server
 and a local S3 server. Checks zero 5xx, every mask stored and byte-identical to the same request
 sent alone, no key reused, and the server's memory. Bounded: it stops after N requests.
-With --hostile, the same load runs a second time beside hostile traffic (bodies trickled at
-50 bytes/s, 1x200000 images, Content-Length with chunked, random paths; from a process of its own,
-as from other machines), and the normal requests'
-p95 is compared with the first run's.
+The server has two API keys: the load is one key's, the hostile traffic the other's. With
+--hostile, the same load runs a second time beside hostile traffic from a process of its own (as
+from other machines): bodies trickled at 50 bytes/s, 1x200000 images, Content-Length with chunked,
+random paths, mask_input bombs, format amplification (32 objects' candidates with RLE and polygons
+of a noise image; the server's response budget is 1 MiB here, so that this CPU makes the refused
+request quickly), direct calls to the model service's local socket with a pickle that would plant
+a file, the load key's task ids read, retried and canceled with the other key, and one client
+flooding /segment_everything. The normal requests' p95 is compared with the first run's; no 500
+anywhere, no 5xx but the flood's refusals, and the pickle never runs.
 
     .venv/bin/python scripts/load_test.py --requests 500 --concurrency 8
     .venv/bin/python scripts/load_test.py --requests 200 --concurrency 8 --hostile
@@ -20,10 +25,11 @@ from pathlib import Path
 import boto3
 import psutil
 
-from sam2_api.loadcheck import HostileReport, hostile_traffic, load_cases, run_load, solo_masks
+from sam2_api.loadcheck import HostileReport, Tenancy, hostile_traffic, load_cases, run_load, solo_masks
 from sam2_api.localdev import bento_server, moto_server, prepare_mask_bucket
 
 REPO = Path(__file__).resolve().parents[1]
+LOAD_KEY, HOSTILE_KEY = "load-test-key-of-the-load", "load-test-key-of-the-attacker"
 
 
 def tree_rss(pid: int) -> int:
@@ -51,18 +57,23 @@ def main() -> None:
         server = bento_server("load", Path(logs), project=REPO, env={
             "SAM2_CHECKPOINT": str(args.checkpoint), "S3_BUCKET_NAME_STAGING": "load-masks",
             "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+            "SAM2_API_KEYS": f"{LOAD_KEY},{HOSTILE_KEY}", "SAM2_MAX_RESPONSE_BYTES": str(2**20),
         })
         try:
             server.start("/readyz")
             cases = load_cases(args.images)
-            expected = solo_masks(server.url, cases)
-            warm = run_load(server.url, cases, expected, total=40, concurrency=args.concurrency, seed=0)
+            expected = solo_masks(server.url, cases, LOAD_KEY)
+            warm = run_load(server.url, cases, expected, total=40, concurrency=args.concurrency, seed=0,
+                            api_key=LOAD_KEY)
             rss_before = tree_rss(server.proc.pid)
-            report = run_load(server.url, cases, expected, args.requests, args.concurrency, seed=1)
+            report = run_load(server.url, cases, expected, args.requests, args.concurrency, seed=1, api_key=LOAD_KEY)
             rss_after = tree_rss(server.proc.pid)
             if args.hostile:
-                with hostile_traffic(server.url) as hostile:
-                    under_attack = run_load(server.url, cases, expected, args.requests, args.concurrency, seed=2)
+                tenancy = Tenancy(LOAD_KEY, HOSTILE_KEY, server.dependency_socket("SAM2Model"),
+                                  str(Path(logs) / "planted-by-a-pickle"))
+                with hostile_traffic(server.url, tenancy=tenancy) as hostile:
+                    under_attack = run_load(server.url, cases, expected, args.requests, args.concurrency, seed=2,
+                                            api_key=LOAD_KEY)
         finally:
             server.stop()
             s3_server.stop()
@@ -84,8 +95,10 @@ def main() -> None:
               f"without it; masks differing: {len(under_attack.mismatched)}, missing: {len(under_attack.missing)}")
         print("hostile requests: " + ", ".join(f"{kind} -> {status}: {count}"
                                                for (kind, status), count in sorted(hostile.statuses.items())))
+        print(f"the direct call's pickle {'RAN on the model service' if hostile.unpickled else 'never ran'}")
         ok = (ok and under_attack.server_errors == 0 and hostile.server_errors == 0 and ratio <= 2
-              and under_attack.stored == under_attack.requests and not under_attack.mismatched)
+              and under_attack.stored == under_attack.requests and not under_attack.mismatched
+              and not hostile.unpickled)
     print("PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 

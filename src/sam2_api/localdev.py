@@ -7,6 +7,7 @@ servers (and the public-read mask bucket) through this one module.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -75,6 +76,15 @@ class Process:
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+
+    def dependency_socket(self, service: str) -> str:
+        """The Unix socket on which `bentoml serve` runs the dependency ``service`` (its API workers
+        find it in BENTOML_RUNNER_MAP): the door a local user could knock on."""
+        for process in self.family():
+            runner_map = process.environ().get("BENTOML_RUNNER_MAP")
+            if runner_map:
+                return json.loads(runner_map)[service].removeprefix("file://")
+        raise LookupError(f"{self.name} runs no dependency {service} on a local socket")
 
     def stop(self) -> None:
         """SIGTERM, as Ctrl+C or Kubernetes stops a server; whatever is left after 20 s is killed."""

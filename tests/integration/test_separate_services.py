@@ -6,13 +6,11 @@ only the API service, holding the shared SAM2_INTERNAL_TOKEN, may call it (sam2_
 
 from __future__ import annotations
 
-import json
 import pickle
 import sys
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 
 from sam2_api.localdev import Process, clean_env, free_port
@@ -117,11 +115,8 @@ def test_the_model_service_on_its_own_does_not_start_without_a_token(checkpoint,
 def test_the_local_socket_of_bentoml_serve_refuses_a_caller_without_the_token(server, tmp_path):
     """`bentoml serve` runs the model service on a Unix socket that any local user may open: the
     random token of that start guards it as the shared one guards TCP."""
-    runner_maps = [proc.environ().get("BENTOML_RUNNER_MAP") for proc in psutil.Process(server.proc.pid).children(True)]
-    socket_uri = json.loads(next(found for found in runner_maps if found))["SAM2Model"]
-    assert socket_uri.startswith("file://")
     planted = tmp_path / "unpickled"
-    with httpx.Client(transport=httpx.HTTPTransport(uds=socket_uri.removeprefix("file://")),
+    with httpx.Client(transport=httpx.HTTPTransport(uds=server.dependency_socket("SAM2Model")),
                       base_url="http://model") as local:
         response = local.post("/predict", content=pickle.dumps(CreatesAFile(planted)),
                               headers={"Content-Type": PICKLE}, timeout=30)
