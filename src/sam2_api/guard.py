@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
+from .asgi import send_json
 from .config import BODY_TIMEOUT_S, MIN_UPLOAD_BYTES_PER_S
 from .errors import (
     BodyTimeout, BodyTooLarge, MalformedRequest, RequestError, Unauthorized, UnsupportedContentType,
@@ -236,11 +236,7 @@ class _WatchedBody:
 
 
 async def _reply(send: Send, exc: RequestError, close: bool = False) -> None:
-    body = json.dumps({"error": str(exc)}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if isinstance(exc, Unauthorized):
-        headers.append((b"www-authenticate", b"Bearer"))
+    headers = [(b"www-authenticate", b"Bearer")] if isinstance(exc, Unauthorized) else []
     if close:
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": int(exc.status), "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, int(exc.status), {"error": str(exc)}, headers)

@@ -20,12 +20,12 @@ to start without one.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import secrets
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
+from .asgi import App, Scope, send_json
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,6 @@ TOKEN_ENV = "SAM2_INTERNAL_TOKEN"
 TOKEN_HEADER = "X-SAM2-Internal-Token"
 # BentoML's probes and metrics: no body is read, nothing of a tenant's is shown.
 OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
-
-Scope = dict[str, Any]
-App = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 
 class HopGuard:
@@ -58,12 +55,8 @@ class HopGuard:
             return await self.app(scope, receive, send)
         if scope["type"] != "http":  # a websocket: refuse the handshake
             return await send({"type": "websocket.close", "code": 1008})
-        body = json.dumps({"error": f"this service serves only the SAM2API service: send its {TOKEN_HEADER} "
-                                    f"({TOKEN_ENV})"}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 401, {"error": f"this service serves only the SAM2API service: send its "
+                                             f"{TOKEN_HEADER} ({TOKEN_ENV})"}, [(b"connection", b"close")])
 
 
 def send_token(model: Any, token: str | None) -> None:

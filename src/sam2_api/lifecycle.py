@@ -18,20 +18,18 @@ callers see a closed connection; a tracking task is lost with the worker, as on 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import threading
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
+
+from .asgi import App, Scope, captured_response, send_json
 
 log = logging.getLogger(__name__)
 
 READINESS_BOUND_S = 3.0
 READINESS_PATH = "/readyz"
-
-Scope = dict[str, Any]
-App = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 
 class BoundedReadiness:
@@ -48,34 +46,16 @@ class BoundedReadiness:
             async with asyncio.timeout(self.bound_s):
                 status, headers, body = await captured_response(self.app, scope, receive)
         except TimeoutError:
-            status, headers, body = 503, [], _not_ready(f"the model service did not say it was ready within "
-                                                        f"{self.bound_s:g} s (loading or restarting)")
+            status, reason = None, f"the model service did not say it was ready within {self.bound_s:g} s " \
+                                   "(loading or restarting)"
         except Exception as exc:  # BentoML's probe of the model service raised: it is not there
-            status, headers, body = 503, [], _not_ready(f"the model service is not reachable ({type(exc).__name__})")
+            status, reason = None, f"the model service is not reachable ({type(exc).__name__})"
+        else:
+            reason = "no answer yet"
         if status is None:
-            status, headers, body = 503, [], _not_ready("no answer yet")
+            return await send_json(send, 503, {"error": f"not ready: {reason}"})
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-def _not_ready(reason: str) -> bytes:
-    return json.dumps({"error": f"not ready: {reason}"}).encode()
-
-
-async def captured_response(app: App, scope: Scope, receive: Callable) -> tuple[int | None, list, bytes]:
-    """Run ``app`` for this request and keep its response (status, headers, body) instead of
-    sending it; status None when the app sent none."""
-    status, headers, body = None, [], bytearray()
-
-    async def keep(message: dict[str, Any]) -> None:
-        nonlocal status, headers
-        if message["type"] == "http.response.start":
-            status, headers = message["status"], message.get("headers", [])
-        elif message["type"] == "http.response.body":
-            body.extend(message.get("body", b""))
-
-    await app(scope, receive, keep)
-    return status, headers, bytes(body)
 
 
 def exit_after_grace(grace_s: float) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
+from .asgi import captured_response, send_json
+
 RETENTION_S = 24 * 3600  # as BentoML keeps task results
 FINISHED = ("completed", "failed", "canceled")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS progress (
@@ -133,7 +135,7 @@ class TaskProgress:
             return await self.app(scope, receive, send)
         tenant = scope.get("state", {}).get("tenant")
         if path != self.submit_path and _has_task_id(scope) and not self.board.owned_by(_task_id(scope), tenant):
-            return await _send(send, 404, json.dumps({"error": "task_id not found"}).encode())
+            return await send_json(send, 404, {"error": "task_id not found"})
         if path in (self.submit_path, self.retry_path) and scope["method"] == "POST":
             return await self.app(scope, receive, self._owned_by(tenant, send))
         if path == self.status_path and scope["method"] == "GET":
@@ -166,7 +168,8 @@ class TaskProgress:
         return recording
 
     async def _status(self, scope, receive, send) -> None:
-        status, headers, body = await _captured(self.app, scope, receive)
+        status, headers, body = await captured_response(self.app, scope, receive)
+        status = status or 500
         row = self.board.get(_task_id(scope))
         if status == 200 and row is not None:
             answer = json.loads(body)
@@ -178,18 +181,18 @@ class TaskProgress:
             elif row["phase"] == "queued" and answer.get("status") == "in_progress":
                 answer["status"] = "pending"  # waiting for the tracker: not started yet
             body = json.dumps(answer).encode()
-        await _send(send, status, body, headers)
+        await send_json(send, status, body, headers or ())
 
     async def _cancel(self, scope, receive, send) -> None:
         task_id = _task_id(scope)
         row = self.board.get(task_id)
         if row is None:
-            return await _send(send, 404, json.dumps({"error": "task_id not found"}).encode())
+            return await send_json(send, 404, {"error": "task_id not found"})
         if not self.board.request_cancel(task_id):
             message = f"task {task_id} has already {'been canceled' if row['cancel'] else 'finished'} ({row['phase']})"
-            return await _send(send, 409, json.dumps({"error": message}).encode())
-        await _captured(self.app, scope, receive)  # BentoML marks it canceled in its own store too
-        await _send(send, 200, json.dumps({"task_id": task_id, "status": "canceling"}).encode())
+            return await send_json(send, 409, {"error": message})
+        await captured_response(self.app, scope, receive)  # BentoML marks it canceled in its own store too
+        await send_json(send, 200, {"task_id": task_id, "status": "canceling"})
 
 
 def _has_task_id(scope: dict[str, Any]) -> bool:
@@ -200,25 +203,3 @@ def _has_task_id(scope: dict[str, Any]) -> bool:
 def _task_id(scope: dict[str, Any]) -> str:
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("task_id", [""])
     return values[0]
-
-
-async def _captured(app, scope, receive) -> tuple[int, list, bytes]:
-    """Run ``app`` for this request and keep its response instead of sending it."""
-    status, headers, body = 500, [], bytearray()
-
-    async def keep(message: dict[str, Any]) -> None:
-        nonlocal status, headers
-        if message["type"] == "http.response.start":
-            status, headers = message["status"], message.get("headers", [])
-        elif message["type"] == "http.response.body":
-            body.extend(message.get("body", b""))
-
-    await app(scope, receive, keep)
-    return status, headers, bytes(body)
-
-
-async def _send(send, status: int, body: bytes, headers: list | None = None) -> None:
-    kept = [(k, v) for k, v in headers or [] if k.lower() not in (b"content-length", b"content-type")]
-    await send({"type": "http.response.start", "status": status, "headers": [
-        *kept, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
