@@ -4,7 +4,8 @@ BentoML 1.4 declares OpenAPI 3.0.2 but writes 3.1 constructs (``type: "null"`` i
 ``examples`` lists), types file fields ``"file"`` (neither version knows it), and describes the
 service with its own boilerplate and version "None". :func:`published_spec` turns its document into
 a valid OpenAPI 3.1 one about this service; :class:`PublishedOpenAPI` serves it at ``/docs.json``,
-where BentoML's own page at ``/`` (and any client generator) reads it.
+where the page at ``/`` (and any client generator) reads it. That page is ours too: BentoML's
+loads Google Tag Manager on the origin where ``/ui`` keeps the API key (``csp`` says why that matters).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 from importlib.metadata import version
 from typing import Any, Awaitable, Callable
+
+from .csp import DOCS_POLICY
 
 TITLE = "SAM 2 segmentation API"
 DESCRIPTION = """\
@@ -27,6 +30,27 @@ S3. Runs Meta's SAM 2.1.
 * Errors are `{"error": "<what is wrong>"}` with their HTTP status; see each route.
 * Health: `GET /livez`, `GET /readyz`; Prometheus metrics: `GET /metrics`.
 """
+
+
+# BentoML's Swagger UI page (_bentoml_impl/server/main-openapi.html) without its Google Tag Manager
+# snippet, inline script and links elsewhere: Swagger UI from BentoML's bundled files, reading /docs.json.
+DOCS_PAGE = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{TITLE}</title>
+<link rel="stylesheet" href="./static_content/swagger-ui.css">
+<link rel="stylesheet" href="./static_content/index.css">
+<link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png" sizes="32x32">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="./static_content/swagger-ui-bundle.js"></script>
+<script src="./static_content/swagger-ui-standalone-preset.js"></script>
+<script src="./static_content/swagger-initializer.js"></script>
+</body>
+</html>
+""".encode()
 
 
 # Every status our routes answer besides 200, each with the body {"error": "..."}.
@@ -121,9 +145,11 @@ def _cleaned(node: Any) -> Any:
 
 
 class PublishedOpenAPI:
-    """ASGI middleware: ``GET /docs.json`` answers :func:`published_spec` of ``spec()``."""
+    """ASGI middleware: ``GET /docs.json`` answers :func:`published_spec` of ``spec()``, and ``GET /``
+    the page that shows it (:data:`DOCS_PAGE`), with its Content-Security-Policy."""
 
     PATH = "/docs.json"
+    PAGE = "/"
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, spec: Callable[[], dict[str, Any]]) -> None:
         self.app = app
@@ -131,10 +157,16 @@ class PublishedOpenAPI:
         self._body: bytes | None = None  # the document never changes while the server runs
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] not in ("GET", "HEAD"):
+        served = scope["type"] == "http" and scope["path"] in (self.PATH, self.PAGE)
+        if not served or scope["method"] not in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
-        if self._body is None:
-            self._body = json.dumps(published_spec(self.spec())).encode()
+        if scope["path"] == self.PAGE:
+            body, headers = DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8"),
+                                        (b"content-security-policy", DOCS_POLICY.encode())]
+        else:
+            if self._body is None:
+                self._body = json.dumps(published_spec(self.spec())).encode()
+            body, headers = self._body, [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode())]})
-        await send({"type": "http.response.body", "body": self._body if scope["method"] == "GET" else b""})
+            *headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})

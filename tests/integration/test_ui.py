@@ -9,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -34,13 +35,20 @@ MARKER_REACH = 6 + 1 + 1  # radius + half the white ring + antialiasing, in scre
 
 @pytest.fixture
 def page(tmp_path):
+    """A page in a fresh browser. Anything the pages' Content-Security-Policy refused fails the test:
+    the policy must allow all that the pages do."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport=VIEWPORT)
-        yield context.new_page()
+        page = context.new_page()
+        refused = []
+        page.on("console", lambda message: refused.append(message.text)
+                if "Content Security Policy" in message.text else None)
+        yield page
         browser.close()
+    assert not refused, refused
 
 
 def open_image(page, server, image: Path) -> dict:
@@ -291,3 +299,20 @@ def test_a_mask_the_server_no_longer_holds_is_answered_by_the_clicks_alone(serve
     expected, _ = reference_mask(upright_rgb(image), points=[[300, 200], [200, 150]])
     assert np.array_equal(fetch_mask(body["mask_url"]) == 255, expected)
     assert page.text_content("#status") == "600×400, image cached."
+
+
+def test_pages_load_scripts_only_from_this_server_and_masks_only_from_the_bucket(server, s3_server, page):
+    """/ui keeps the API key in sessionStorage: no script from elsewhere may run on this origin. The
+    docs page at / was BentoML's, which loads Google Tag Manager; /ui had no policy at all."""
+    for path in ("/ui/", "/ui/app.js", "/ui/video.html"):
+        policy = httpx.get(server.url + path).headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "connect-src 'self';" in policy
+        assert f"img-src 'self' {s3_server.url};" in policy  # the masks, and nothing else
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{server.url}/")
+    page.wait_for_selector(".swagger-ui .opblock")  # Swagger UI ran, and showed the routes of /docs.json
+    assert "SAM 2 segmentation API" in page.text_content(".swagger-ui .info .title")
+    assert f"{server.url}/docs.json" in requested
+    assert [url for url in requested if not url.startswith(server.url + "/")] == []
+    assert "content-security-policy" in httpx.get(server.url + "/").headers

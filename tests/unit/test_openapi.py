@@ -7,7 +7,7 @@ import json
 import pytest
 from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
 
-from sam2_api.openapi import ERRORS, TITLE, published_spec
+from sam2_api.openapi import ERRORS, TITLE, PublishedOpenAPI, published_spec
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,43 @@ def test_every_error_status_is_documented_with_our_error_body(bentoml_spec):
         responses = spec["paths"][route]["post"]["responses"]
         assert set(responses) == {"200", *ERRORS}
         assert responses["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+
+def get(path: str):
+    """``GET path`` from PublishedOpenAPI in front of an app that answers 404 to everything."""
+    from starlette.testclient import TestClient
+
+    async def elsewhere(scope, receive, send):
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return TestClient(PublishedOpenAPI(elsewhere, spec=lambda: {})).get(path)
+
+
+def test_the_docs_page_runs_swagger_ui_from_this_origin_only():
+    """BentoML's page at / loads Google Tag Manager (an inline script that adds one from
+    googletagmanager.com) on the origin where /ui keeps the API key; ours loads nothing from elsewhere."""
+    import re
+    from pathlib import Path
+
+    import _bentoml_impl.server
+    import bentoml._internal.server
+
+    bentomls = (Path(_bentoml_impl.server.__file__).parent / "main-openapi.html").read_text()
+    assert "googletagmanager.com" in bentomls  # what ours replaces
+
+    response = get("/")
+    assert response.status_code == 200 and response.headers["content-type"] == "text/html; charset=utf-8"
+    page = response.text
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.S)
+    assert [re.search(r'src="([^"]+)"', attrs).group(1) for attrs, _ in scripts] == [
+        "./static_content/swagger-ui-bundle.js", "./static_content/swagger-ui-standalone-preset.js",
+        "./static_content/swagger-initializer.js"]
+    assert all(not body.strip() for _, body in scripts)  # no inline script
+    assert not re.search(r"(src|href)=\"(https?:)?//", page) and "googletagmanager" not in page and "<iframe" not in page
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "connect-src 'self';" in policy and "default-src 'none'" in policy
+    bundled = Path(bentoml._internal.server.__file__).parent / "static_content"  # where BentoML serves them from
+    for asset in re.findall(r'(?:src|href)="\./static_content/([^"]+)"', page):
+        assert (bundled / asset).is_file(), asset
