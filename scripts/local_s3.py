@@ -9,6 +9,8 @@ environment that points the service at it, and serves until interrupted.
 from __future__ import annotations
 
 import argparse
+import socket
+import sys
 import time
 
 import boto3
@@ -19,6 +21,17 @@ from sam2_api.localdev import prepare_mask_bucket
 CREDENTIALS = {"aws_access_key_id": "local-test-key", "aws_secret_access_key": "local-test-secret"}
 
 
+def port_taken(port: int) -> bool:
+    """Whether a server could not listen on 127.0.0.1:``port`` (options as werkzeug's server sets them)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=4566)
@@ -26,6 +39,9 @@ def main() -> None:
     parser.add_argument("--prefix", default="sam2-api-masks/")
     args = parser.parse_args()
 
+    if port_taken(args.port):  # ThreadedMotoServer.start() would wait for ever for its failed thread
+        sys.exit(f"error: 127.0.0.1:{args.port} is already in use; start the local S3 server on another port "
+                 f"(--port here, LOCAL_S3_PORT for scripts/serve.sh)")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{args.port}"

@@ -1,0 +1,71 @@
+"""scripts/serve.sh as a new user runs it: where it listens, and what it says when its S3 port is
+taken or its S3 endpoint is dead.
+
+It runs from a copy of the project's layout whose scripts/setup.sh does nothing: the real one
+reinstalls this package into the shared .venv, under the feet of every other test running from it.
+Everything else is the real thing: serve.sh, scripts/local_s3.py (moto), `bentoml serve service.py`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from sam2_api.localdev import Process, clean_env, free_port
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A folder laid out like the project, for serve.sh to cd into; setup.sh does nothing."""
+    root = tmp_path / "project"
+    (root / "scripts").mkdir(parents=True)
+    for path in ("scripts/serve.sh", "service.py"):  # BentoML wants service.py itself in its working folder
+        shutil.copy(REPO / path, root / path)
+    (root / "scripts" / "setup.sh").write_text("# the project's .venv is set up already\n")
+    for path in ("scripts/local_s3.py", ".venv"):
+        (root / path).symlink_to(REPO / path)
+    return root
+
+
+def test_a_taken_local_s3_port_is_named_at_once_with_the_variable_that_moves_it(project):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(["bash", str(project / "scripts" / "serve.sh")], capture_output=True, text=True,
+                                env=clean_env(LOCAL_S3_PORT=str(port), PORT=str(free_port())), timeout=60)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 15  # it was 20 s, then `S3_ENDPOINT_URL: unbound variable`
+    assert result.stderr.strip().splitlines() == [
+        f"error: 127.0.0.1:{port} is already in use; start the local S3 server on another port "
+        "(--port here, LOCAL_S3_PORT for scripts/serve.sh)"]
+
+
+def test_it_listens_on_loopback_only_and_names_a_dead_s3_endpoint_at_start_up(project, checkpoint, tmp_path):
+    port, dead = free_port(), f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    served = Process("serve-sh", ["bash", str(project / "scripts" / "serve.sh")], clean_env(
+        SAM2_CHECKPOINT=str(checkpoint), BENTOML_HOME=str(tmp_path / "bentoml-home"), PORT=str(port),
+        SAM2_API_WORKERS="2", S3_BUCKET_NAME_STAGING="masks", S3_ENDPOINT_URL=dead,
+        AWS_ACCESS_KEY_ID="local-test-key", AWS_SECRET_ACCESS_KEY="local-test-secret-never-logged"),
+        tmp_path, f"http://127.0.0.1:{port}")
+    served.start("/readyz", timeout=300)  # it serves all the same
+    try:
+        listening = {conn.laddr.ip for conn in psutil.net_connections("tcp")
+                     if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port}
+        assert listening == {"127.0.0.1"}  # was 0.0.0.0: every interface, with API keys off
+        deadline = time.monotonic() + 60
+        while "did not answer at start-up" not in served.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = served.log()
+        assert f"the mask bucket s3://masks at {dead} did not answer at start-up: EndpointConnectionError" in log
+        assert log.count("did not answer at start-up") == 1  # once, not per worker or per request
+        assert "warning: listening on" not in log and "local-test-secret-never-logged" not in log
+    finally:
+        served.stop()
