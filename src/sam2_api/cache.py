@@ -30,6 +30,11 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: str) -> bool:
+        """Whether ``key`` is cached or being computed (neither a use nor a hit)."""
+        with self._lock:
+            return key in self._entries or key in self._pending
+
     @property
     def nbytes(self) -> int:
         return self._bytes

@@ -1,21 +1,28 @@
-"""The one thread that drives the model's device.
+"""The one thread that drives the model's device, and the fair order in which it serves callers.
 
-Every call into the model runs on :class:`DeviceThread`'s single thread, in arrival order: CUDA
-state that is per thread (cuBLAS handles and workspaces, autocast, inference mode) is created
-once, by the warm-up, instead of by the first request on each of many threads; and the device
-never runs two requests' kernels interleaved. Request threads hand in jobs and wait for their
-results. New images that queue up together can share one encoder call (``max_batch`` > 1).
+Every call into the model runs on :class:`DeviceThread`'s single thread: CUDA state that is per
+thread (cuBLAS handles and workspaces, autocast, inference mode) is created once, by the warm-up,
+instead of by the first request on each of many threads; and the device never runs two requests'
+kernels interleaved. Request threads hand in jobs and wait for their results. New images that
+queue up together can share one encoder call (``max_batch`` > 1).
+
+Jobs wait in :class:`Lane` s, one per tenant (an API key) and route, served round-robin: first
+across tenants, then across a tenant's routes, so that a caller with many jobs queued waits behind
+its own jobs, not behind everyone else's. A long job (segment everything) calls
+:meth:`DeviceThread.checkpoint` between its steps, where every other tenant's next short job runs
+(a click waits for at most one step of it); long jobs themselves take turns whole, so that each
+finishes within its deadline instead of all of them slowing down together.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -24,15 +31,83 @@ from .prompts import Prompt
 from .segmenter import Embedding, Mask, Segmenter
 from .timing import StageTimer
 
+TYPICAL_WEIGHT = 0.2  # of the latest run in a stage's typical time (an exponential moving average)
+
+
+class Lane(NamedTuple):
+    """Whose job it is: the tenant (:func:`sam2_api.protocol.tenant_of`; None when API keys are
+    off, and for work that belongs to no key) and the route or kind of work."""
+
+    tenant: str | None
+    route: str
+
 
 @dataclass
 class _Job:
     run: Callable[[], Any] | None  # None: an encode job, run in a batch with its neighbours
+    lane: Lane
     stage: str = "encoder"  # the name its time is recorded under
     image: np.ndarray | None = None
     timer: StageTimer | None = None
+    long: bool = False  # calls checkpoint(), so never runs inside another job's checkpoint
+    expected_s: float | None = None  # its caller's estimate of its duration; None: its stage's typical time
     done: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0
+
+
+class _Lanes:
+    """Queued jobs by tenant, then by route; each level served round-robin. Not thread-safe."""
+
+    def __init__(self) -> None:
+        self._tenants: OrderedDict[str | None, OrderedDict[str, deque[_Job]]] = OrderedDict()
+
+    def put(self, job: _Job) -> None:
+        self._tenants.setdefault(job.lane.tenant, OrderedDict()).setdefault(job.lane.route, deque()).append(job)
+
+    def take(self, short_only: bool = False, skip: Sequence[str | None] = ()) -> _Job | None:
+        """The next job in turn (of a tenant not in ``skip``; not a long one if ``short_only``), or None."""
+        for tenant, routes in self._tenants.items():
+            if tenant in skip:
+                continue
+            for route, jobs in routes.items():
+                if short_only and jobs[0].long:
+                    continue
+                job = jobs.popleft()
+                self._rotate(routes, route)
+                self._rotate(self._tenants, tenant)
+                return job
+        return None
+
+    def take_encode(self) -> _Job | None:
+        """The first queued encode job in turn, from any lane (images of any caller share a batch)."""
+        for tenant, routes in self._tenants.items():
+            for route, jobs in routes.items():
+                job = next((job for job in jobs if job.run is None), None)
+                if job is not None:
+                    jobs.remove(job)
+                    if not jobs:
+                        self._rotate(routes, route)
+                    if not routes:
+                        self._rotate(self._tenants, tenant)
+                    return job
+        return None
+
+    def of_tenant(self, tenant: str | None) -> list[_Job]:
+        """``tenant``'s queued jobs, oldest first."""
+        return sorted((job for jobs in self._tenants.get(tenant, {}).values() for job in jobs),
+                      key=lambda job: job.queued_at)
+
+    def tenants(self) -> Iterator[str | None]:
+        return iter(list(self._tenants))
+
+    @staticmethod
+    def _rotate(lanes: OrderedDict, key: Any) -> None:
+        """``key`` to the end of the turn, or out when it holds nothing more."""
+        if lanes[key]:
+            lanes.move_to_end(key)
+        else:
+            del lanes[key]
 
 
 class DeviceThread:
@@ -43,23 +118,65 @@ class DeviceThread:
         self.segmenter = segmenter
         self.max_batch = max_batch
         self.max_wait = max_wait
-        self._queue: queue.Queue[_Job] = queue.Queue()
+        self._lanes = _Lanes()
+        self._ready = threading.Condition()  # guards the lanes, _running and _typical
+        self._running: _Job | None = None  # the job the device thread's loop is in (not a checkpoint's)
+        self._typical: dict[str, float] = {}  # seconds per job of each stage, recent runs weighted most
         self._thread = threading.Thread(target=self._serve, name="sam2-device", daemon=True)
         self._thread.start()
 
-    def encode(self, image: np.ndarray, timer: StageTimer) -> Embedding:
+    def encode(self, image: np.ndarray, timer: StageTimer, lane: Lane | None = None) -> Embedding:
         """The embedding of an ``(H, W, 3)`` uint8 RGB image."""
-        return self._submit(_Job(run=None, image=image, timer=timer))
+        return self._submit(_Job(run=None, lane=lane or Lane(None, "encoder"), image=image, timer=timer))
 
     def decode(self, embedding: Embedding, prompts: list[Prompt], timer: StageTimer,
-               mask_inputs: Sequence[Any] | None = None) -> list[Mask]:
+               mask_inputs: Sequence[Any] | None = None, lane: Lane | None = None) -> list[Mask]:
         """One bit-packed mask per prompt, each with its mask input if any (see
         :meth:`Segmenter.decode_many`)."""
-        return self.call(lambda: self.segmenter.decode_many(embedding, prompts, mask_inputs), "decoder", timer)
+        return self.call(lambda: self.segmenter.decode_many(embedding, prompts, mask_inputs), "decoder", timer, lane)
 
-    def call(self, run: Callable[[], Any], stage: str, timer: StageTimer | None = None) -> Any:
-        """``run()`` on the device thread; its time is recorded as ``stage``."""
-        return self._submit(_Job(run=run, stage=stage, timer=timer))
+    def call(self, run: Callable[[], Any], stage: str, timer: StageTimer | None = None, lane: Lane | None = None,
+             long: bool = False, expected_s: float | None = None) -> Any:
+        """``run()`` on the device thread, in ``lane``'s turn (default: no tenant, ``stage`` as the
+        route); its time is recorded as ``stage``. ``long``: ``run`` calls :meth:`checkpoint`
+        between its steps; ``expected_s``: how long it should take, for :meth:`seconds_ahead`."""
+        return self._submit(_Job(run=run, lane=lane or Lane(None, stage), stage=stage, timer=timer, long=long,
+                                 expected_s=expected_s))
+
+    def checkpoint(self) -> None:
+        """From inside a long job, on the device thread: run the next short job of each tenant
+        that has one queued, in turn, then return to the long job."""
+        if threading.get_ident() != self._thread.ident:
+            raise RuntimeError("checkpoint() is for jobs running on the device thread")
+        served: list[str | None] = []
+        while True:
+            with self._ready:
+                job = self._lanes.take(short_only=True, skip=served)
+            if job is None:
+                return
+            served.append(job.lane.tenant)
+            self._dispatch(job, wait=0.0)
+
+    def typical_s(self, stage: str) -> float:
+        """How long a job of ``stage`` has taken lately, in seconds (0 before the first)."""
+        with self._ready:
+            return self._typical.get(stage, 0.0)
+
+    def seconds_ahead(self, lane: Lane) -> float:
+        """An estimate of the device time that may pass before a job queued now in ``lane`` starts:
+        the rest of the running job, the tenant's own queued jobs, and, of each other tenant's, as
+        many as the turns that takes (round-robin serves each tenant one job per turn)."""
+        with self._ready:
+            ahead = 0.0
+            running = self._running
+            if running is not None and not running.done.done():  # its caller may be the one asking
+                ahead += max(0.0, self._expected(running) - (time.perf_counter() - running.started_at))
+            own = self._lanes.of_tenant(lane.tenant)
+            ahead += sum(self._expected(job) for job in own)
+            for tenant in self._lanes.tenants():
+                if tenant != lane.tenant:
+                    ahead += sum(self._expected(job) for job in self._lanes.of_tenant(tenant)[: len(own) + 1])
+            return ahead
 
     def warm_up(self) -> None:
         """Pay lazy initialisation on the device thread itself, before the first request; with
@@ -69,26 +186,45 @@ class DeviceThread:
             image = np.zeros((64, 64, 3), dtype=np.uint8)
             self.call(lambda: self.segmenter.encode_batch([image] * self.max_batch), "warm_up")
 
+    def _expected(self, job: _Job) -> float:
+        return job.expected_s if job.expected_s is not None else self._typical.get(job.stage, 0.0)
+
     def _submit(self, job: _Job) -> Any:
-        self._queue.put(job)
+        with self._ready:
+            self._lanes.put(job)
+            self._ready.notify()
         return job.done.result()
 
     def _serve(self) -> None:
-        held: list[_Job] = []  # jobs taken off the queue while gathering a batch, run next
         while True:
-            job = held.pop(0) if held else self._queue.get()
-            if job.run is not None:
-                self._run(job)
-                continue
-            batch = [job]
-            deadline = time.monotonic() + self.max_wait
+            with self._ready:
+                while (job := self._lanes.take()) is None:
+                    self._ready.wait()
+                self._running = job
+            self._dispatch(job, wait=self.max_wait)
+            with self._ready:
+                self._running = None
+
+    def _dispatch(self, job: _Job, wait: float) -> None:
+        """Run ``job``; an encode job with any other queued encodes (up to ``max_batch``), waiting
+        up to ``wait`` seconds for more to arrive."""
+        job.started_at = time.perf_counter()
+        if job.run is not None:
+            self._run(job)
+            return
+        batch = [job]
+        deadline = time.monotonic() + wait
+        with self._ready:
             while len(batch) < self.max_batch:
-                try:
-                    other = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
+                other = self._lanes.take_encode()
+                if other is not None:
+                    batch.append(other)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
-                (batch if other.run is None else held).append(other)
-            self._encode(batch)
+                self._ready.wait(left)
+        self._encode(batch)
 
     def _run(self, job: _Job) -> None:
         started = time.perf_counter()
@@ -98,7 +234,7 @@ class DeviceThread:
         except BaseException as exc:  # the caller gets it; the thread lives on
             job.done.set_exception(exc)
             return
-        _record(job, job.stage, time.perf_counter() - started)
+        self._took(job, job.stage, time.perf_counter() - started)
         job.done.set_result(result)
 
     def _encode(self, batch: list[_Job]) -> None:
@@ -115,8 +251,14 @@ class DeviceThread:
         elapsed = time.perf_counter() - started
         metrics.ENCODER_BATCH_SIZE.observe(len(batch))
         for job, embedding in zip(batch, embeddings):
-            _record(job, "encoder", elapsed)
+            self._took(job, "encoder", elapsed)
             job.done.set_result(embedding)
+
+    def _took(self, job: _Job, stage: str, seconds: float) -> None:
+        _record(job, stage, seconds)
+        with self._ready:
+            last = self._typical.get(stage)
+            self._typical[stage] = seconds if last is None else last + TYPICAL_WEIGHT * (seconds - last)
 
 
 def _record(job: _Job, stage: str, seconds: float) -> None:

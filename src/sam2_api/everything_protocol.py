@@ -121,7 +121,8 @@ class EverythingParams(BaseModel):
                 f"the bound is {_gib(limits.max_batch_bytes)} GiB (SAM2_EVERYTHING_MAX_BATCH_BYTES): use "
                 f"points_per_batch ≤ {fits}, or leave it out"
             )
-        return Plan(points=points, points_per_batch=batch, batch_bytes=batch * per_point)
+        crops = sum(crops for crops, _ in layers[1:])
+        return Plan(points=points, points_per_batch=batch, batch_bytes=batch * per_point, crops=crops)
 
 
 def _crop_layer(width: int, height: int, layer: int, overlap_ratio: float) -> tuple[int, int, int]:
@@ -153,6 +154,11 @@ class Plan:
     points: int  # decoder prompts over all crops
     points_per_batch: int
     batch_bytes: int  # the estimated peak of one batch
+    crops: int = 0  # encoder passes besides the whole image's, one per crop
+
+    @property
+    def bytes_per_point(self) -> float:
+        return self.batch_bytes / self.points_per_batch
 
 
 class EverythingObject(BaseModel):

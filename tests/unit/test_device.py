@@ -1,15 +1,17 @@
-"""The device thread: every model call on one thread, images apart, batches as Meta batches them."""
+"""The device thread: every model call on one thread, images apart, batches as Meta batches them,
+callers served in turn."""
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from sam2_api.device import DeviceThread
+from sam2_api.device import DeviceThread, Lane
 from sam2_api.prompts import Prompt
 from sam2_api.segmenter import Segmenter
 from sam2_api.timing import StageTimer
@@ -72,3 +74,101 @@ def test_a_failing_job_fails_its_callers_and_the_thread_goes_on(segmenter):
     with pytest.raises(ZeroDivisionError):
         device.call(lambda: 1 / 0, "probe")
     assert device.encode(np.zeros((32, 32, 3), dtype=np.uint8), StageTimer()).orig_hw == (32, 32)
+
+
+def queue_behind_a_busy_device(device: DeviceThread, jobs: list[tuple[str, Lane, bool]], ran: list[str],
+                               pool: ThreadPoolExecutor) -> list:
+    """Submit ``jobs`` (name, lane, long), in this order, while the device runs another job; each
+    job records its name as it runs on the device thread. Returns their futures, once all are queued."""
+    gate = threading.Event()
+    futures = [pool.submit(device.call, gate.wait, "gate", lane=Lane("someone else", "gate"))]
+    while device._running is None:
+        time.sleep(0.01)
+    for name, lane, long in jobs:
+        futures.append(pool.submit(device.call, lambda name=name: ran.append(name), "probe", lane=lane, long=long))
+        while sum(len(device._lanes.of_tenant(t)) for t in device._lanes.tenants()) < len(futures) - 1:
+            time.sleep(0.01)  # queued: the next one comes after it
+    gate.set()
+    return futures
+
+
+@pytest.mark.parametrize("tenants", [("a", "b"), (None, None)], ids=["api-keys", "no-keys"])
+def test_a_caller_with_many_jobs_queued_waits_behind_its_own_not_behind_the_others(segmenter, tenants):
+    """Before: first in, first out; the other caller's job ran after all of A's. Now each caller
+    (with API keys, each key; without, each route) gets one job per turn."""
+    device = DeviceThread(segmenter)
+    a, b = Lane(tenants[0], "everything"), Lane(tenants[1], "segment")
+    ran: list[str] = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = queue_behind_a_busy_device(
+            device, [("a1", a, False), ("a2", a, False), ("a3", a, False), ("a4", a, False), ("b1", b, False)], ran, pool)
+        for future in futures:
+            future.result(timeout=60)
+    assert ran == ["a1", "b1", "a2", "a3", "a4"]
+
+
+def test_tenants_take_turns_and_encodes_of_any_caller_still_share_a_batch(segmenter, test_images):
+    device = DeviceThread(segmenter, max_batch=4, max_wait=0.0)
+    a, b, c = Lane("a", "segment"), Lane("b", "segment"), Lane("c", "segment")
+    ran: list[str] = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = queue_behind_a_busy_device(
+            device, [("a1", a, False), ("a2", a, False), ("b1", b, False), ("b2", b, False), ("c1", c, False)], ran, pool)
+        for future in futures:
+            future.result(timeout=60)
+    assert ran == ["a1", "b1", "c1", "a2", "b2"]
+
+    # Three callers' images queued behind a busy device: one encoder call for all three.
+    images = [np.ascontiguousarray(upright_rgb(test_images / "chelsea.png")[:64 * (i + 1), :64]) for i in range(3)]
+    batches = REGISTRY.get_sample_value("sam2_encoder_batch_size_count") or 0
+    gate = threading.Event()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        blocker = pool.submit(device.call, gate.wait, "gate")
+        while device._running is None:
+            time.sleep(0.01)
+        encoded = [pool.submit(device.encode, image, StageTimer(), lane) for image, lane in zip(images, (a, b, c))]
+        while sum(len(device._lanes.of_tenant(t)) for t in device._lanes.tenants()) < 3:
+            time.sleep(0.01)
+        gate.set()
+        blocker.result(timeout=60)
+        sizes = [future.result(timeout=300).orig_hw for future in encoded]
+    assert sizes == [(64, 64), (128, 64), (192, 64)]
+    assert REGISTRY.get_sample_value("sam2_encoder_batch_size_count") - batches == 1
+
+
+def test_a_long_job_lets_every_other_caller_run_one_short_job_at_each_checkpoint(segmenter):
+    """A long job (segment everything) yields at its checkpoints to one queued short job per caller;
+    other long jobs wait for it to end, and the time queued ahead is estimated from what is queued."""
+    device = DeviceThread(segmenter)
+    ran: list[str] = []
+    queued = threading.Event()
+
+    def long_job() -> None:
+        queued.wait(60)
+        for step in range(3):
+            ran.append(f"long{step}")
+            device.checkpoint()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(device.call, long_job, "everything", lane=Lane("a", "everything"), long=True,
+                               expected_s=30.0)]
+        while device._running is None:
+            time.sleep(0.01)
+        jobs = [("b1", Lane("b", "segment"), False), ("b2", Lane("b", "segment"), False),
+                ("c-long", Lane("c", "everything"), True), ("a-click", Lane("a", "segment"), False)]
+        for name, lane, long in jobs:
+            futures.append(pool.submit(device.call, lambda name=name: ran.append(name), "probe", lane=lane,
+                                       long=long, expected_s=20.0 if long else 0.5))
+            while sum(len(device._lanes.of_tenant(t)) for t in device._lanes.tenants()) < len(futures) - 1:
+                time.sleep(0.01)
+        # Ahead of a new caller d: the rest of a's long job (30 s expected), then one job of each
+        # other caller (b's first click, c's long job, a's click); ahead of b's next: both of b's.
+        assert 45 < device.seconds_ahead(Lane("d", "everything")) <= 30 + 0.5 + 20 + 0.5
+        assert 45 < device.seconds_ahead(Lane("b", "segment")) <= 30 + 2 * 0.5 + 20 + 0.5
+        assert device.seconds_ahead(Lane("b", "segment")) - device.seconds_ahead(Lane("d", "everything")) == pytest.approx(0.5, abs=0.1)
+        queued.set()
+        for future in futures:
+            future.result(timeout=60)
+    assert ran == ["long0", "b1", "a-click", "long1", "b2", "long2", "c-long"]
+    with pytest.raises(RuntimeError, match="device thread"):
+        device.checkpoint()  # not from a request's thread

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -21,9 +23,10 @@ from PIL import Image
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
 from sam2_api.cache import EmbeddingCache
-from sam2_api.device import DeviceThread
+from sam2_api.device import DeviceThread, Lane
 from sam2_api.engine import Engine
 from sam2_api.errors import DeadlineExceeded
+from sam2_api.everything import work_per_point
 from sam2_api.everything_protocol import EverythingLimits, EverythingReply, parse_params
 from sam2_api.maskformats import bbox_and_area, from_coco_rle
 from sam2_api.prompts import Prompt
@@ -46,7 +49,9 @@ def cache() -> EmbeddingCache:
 
 @pytest.fixture(scope="module")
 def engine(device, cache) -> Engine:
-    return Engine(device, cache)
+    # The longest deadline: these tests compare objects on a CPU that others may share (the
+    # deadline has tests of its own).
+    return Engine(device, cache, everything_limits=EverythingLimits(deadline_s=290))
 
 
 def small(test_images, width: int, height: int) -> np.ndarray:
@@ -74,14 +79,14 @@ def assert_same_objects(reply: EverythingReply, expected: list[dict]) -> None:
 def test_objects_equal_meta_generators_and_a_repeat_skips_the_encoder(engine, sam2_model, test_images):
     image = small(test_images, 64, 48)
     params = dict(points_per_side=3, **KEEP_ALL)
-    first = engine.everything("cat-64", parse_params(**params), RawImage(pixels=image))
+    first = engine.everything("id:cat-64", parse_params(**params), RawImage(pixels=image))
     expected = meta_objects(sam2_model, image, **params)
     assert len(expected) == 27  # 9 points × 3 candidates: nothing dropped, so every mask is compared
     assert_same_objects(first, expected)
     assert (first.width, first.height, first.found, first.cached) == (64, 48, 27, False)
     assert "encoder" in first.seconds and "everything" in first.seconds
 
-    again = engine.everything("cat-64", parse_params(**params))  # the key alone: served from the cache
+    again = engine.everything("id:cat-64", parse_params(**params))  # the key alone: served from the cache
     assert again.cached and "encoder" not in again.seconds
     assert again.objects == first.objects
 
@@ -89,7 +94,7 @@ def test_objects_equal_meta_generators_and_a_repeat_skips_the_encoder(engine, sa
 def test_refinement_single_masks_and_max_objects_equal_meta_generators(engine, sam2_model, test_images):
     image = small(test_images, 64, 48)
     params = dict(points_per_side=2, use_m2m=True, multimask_output=False, points_per_batch=3, **KEEP_ALL)
-    reply = engine.everything("cat-64", parse_params(max_objects=3, **params), RawImage(pixels=image))
+    reply = engine.everything("id:cat-64", parse_params(max_objects=3, **params), RawImage(pixels=image))
     expected = meta_objects(sam2_model, image, **params)
     assert reply.found == len(expected) == 4
     assert_same_objects(reply, expected[:3])
@@ -98,8 +103,8 @@ def test_refinement_single_masks_and_max_objects_equal_meta_generators(engine, s
 def test_crop_layers_equal_meta_generators(engine, sam2_model, test_images):
     image = small(test_images, 48, 36)
     params = dict(points_per_side=2, crop_n_layers=1, crop_nms_thresh=1.0, **KEEP_ALL)
-    assert engine.everything("cat-48", parse_params(**params)).needs_image  # crops need the pixels
-    reply = engine.everything("cat-48", parse_params(**params), RawImage(pixels=image))
+    assert engine.everything("id:cat-48", parse_params(**params)).needs_image  # crops need the pixels
+    reply = engine.everything("id:cat-48", parse_params(**params), RawImage(pixels=image))
     expected = meta_objects(sam2_model, image, **params)
     crops = {tuple(record["crop_box"]) for record in expected}
     assert len(crops) == 5  # the whole image and each of the 4 crops kept masks
@@ -109,18 +114,18 @@ def test_crop_layers_equal_meta_generators(engine, sam2_model, test_images):
 def test_when_no_crop_keeps_a_mask_the_answer_is_empty(engine, test_images):
     # Meta's generator raises IndexError here (its cross-crop NMS indexes an empty 1-D tensor).
     image = small(test_images, 48, 36)
-    reply = engine.everything("cat-48", parse_params(points_per_side=2, crop_n_layers=1, pred_iou_thresh=0.99),
+    reply = engine.everything("id:cat-48", parse_params(points_per_side=2, crop_n_layers=1, pred_iou_thresh=0.99),
                               RawImage(pixels=image))
     assert reply.failure is None and reply.objects == [] and reply.found == 0 and reply.cached
 
 
 def test_a_request_that_would_pass_its_deadline_stops_between_batches_and_the_device_serves_on(device, cache, test_images):
     image = small(test_images, 64, 48)
-    Engine(device, cache).everything("cat-64-deadline", parse_params(points_per_side=1), RawImage(pixels=image))
+    Engine(device, cache).everything("id:cat-64-deadline", parse_params(points_per_side=1), RawImage(pixels=image))
     # 50 ms: the first batch starts within it (the embedding is cached); the second would end past it.
     hurried = Engine(device, cache, everything_limits=EverythingLimits(deadline_s=0.05))
     started = time.monotonic()
-    reply = hurried.everything("cat-64-deadline", parse_params(points_per_side=3, points_per_batch=1, **KEEP_ALL))
+    reply = hurried.everything("id:cat-64-deadline", parse_params(points_per_side=3, points_per_batch=1, **KEEP_ALL))
     elapsed = time.monotonic() - started
     assert reply.failure is not None and reply.failure.kind == "DeadlineExceeded"
     assert DeadlineExceeded.status == 503
@@ -129,15 +134,101 @@ def test_a_request_that_would_pass_its_deadline_stops_between_batches_and_the_de
     assert "reduce points_per_side (3) or crop_n_layers (0)" in message
     assert elapsed < 10  # one batch (a fraction of a second), not nine
     # The device thread is free: the same image serves a click, and segment everything again.
-    assert len(hurried.predict("cat-64-deadline", [Prompt(points=[[10, 10]])]).masks) == 1
-    assert Engine(device, cache).everything("cat-64-deadline", parse_params(points_per_side=1)).failure is None
+    assert len(hurried.predict("id:cat-64-deadline", [Prompt(points=[[10, 10]])]).masks) == 1
+    assert Engine(device, cache).everything("id:cat-64-deadline", parse_params(points_per_side=1)).failure is None
+
+
+class CheckpointLog(DeviceThread):
+    """The device thread, noting each checkpoint a long job reaches (in ``events``) before serving it."""
+
+    def __init__(self, segmenter: Segmenter, events: list[str]) -> None:
+        super().__init__(segmenter)
+        self.events = events
+
+    def checkpoint(self) -> None:
+        self.events.append("batch")
+        super().checkpoint()
+
+
+A, B = "aaaaaaaaaaaaaaaa/id:cat", "bbbbbbbbbbbbbbbb/id:cat"  # the same image id, two API keys' tenants
+
+
+def test_another_callers_click_runs_between_batches_and_the_objects_stay_metas(sam2_model, test_images):
+    """Before: the click waited for every batch of the request ahead of it. Now it waits for one."""
+    events: list[str] = []
+    engine = Engine(CheckpointLog(Segmenter(sam2_model), events), EmbeddingCache(8, 2**30))
+    image = small(test_images, 64, 48)
+    click = [Prompt(points=[[20, 15]])]
+    alone = engine.predict(B, click, RawImage(pixels=small(test_images, 40, 30))).masks[0].bits
+    engine.everything(A, parse_params(points_per_side=1), RawImage(pixels=image))  # A's embedding, cached
+    params = dict(points_per_side=3, points_per_batch=1, **KEEP_ALL)  # 9 batches
+    events.clear()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        everything = pool.submit(engine.everything, A, parse_params(**params))
+        while events.count("batch") < 2:
+            time.sleep(0.005)
+        events.append("click queued")
+        answer = engine.predict(B, click)
+        events.append("click answered")
+        reply = everything.result(timeout=600)
+    assert answer.cached and answer.masks[0].bits == alone
+    assert_same_objects(reply, meta_objects(sam2_model, image, **params))
+    assert events.count("batch") == 9
+    queued, answered = events.index("click queued"), events.index("click answered")
+    assert events[queued:answered].count("batch") <= 2  # the next checkpoint served it (and one more may pass meanwhile)
+    assert events[answered:].count("batch") >= 3  # while A's request went on
+
+
+def test_a_request_that_cannot_finish_after_the_work_queued_before_it_is_refused_before_its_first_batch(
+        engine, device, cache, test_images):
+    """Before: each request ran until its deadline check failed half-way. Now its expected time (the
+    measured pace) after the work queued ahead is checked when it arrives, and again when its turn comes."""
+    image = small(test_images, 64, 48)
+    assert engine.everything(A, parse_params(points_per_side=1, **KEEP_ALL), RawImage(pixels=image)).failure is None
+    assert engine.everything_pace.per_byte > 0  # measured by that batch
+    engine = Engine(device, cache, everything_limits=EverythingLimits(deadline_s=6.0))  # A's image cached
+    params = parse_params(points_per_side=3, **KEEP_ALL)
+    plan = params.plan(64, 48, EverythingLimits())
+    engine.everything_pace.per_byte = 0.6 / work_per_point(params, plan)  # 0.6 s a point: 5.4 s for these 9
+    gate = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Another caller's long job, expected to take 5 s more: 5 + 5.4 s pass the 6 s deadline.
+        ahead = pool.submit(device.call, lambda: gate.wait(60), "everything", lane=Lane("c" * 16, "everything"),
+                            long=True, expected_s=5.0)
+        while device.seconds_ahead(Lane("a" * 16, "everything")) < 4:
+            time.sleep(0.01)
+        started = time.monotonic()
+        refused = engine.everything(A, params)
+        assert time.monotonic() - started < 1  # at once
+        gate.set()
+        ahead.result(timeout=60)
+    message = refused.failure.message
+    assert refused.failure.kind == "DeadlineExceeded" and "everything" not in refused.seconds
+    assert "would not finish within its 6 s deadline (SAM2_EVERYTHING_DEADLINE_S): it needs about 5 s" in message
+    assert "for its 9 points, after about" in message and "s of other requests' work queued before it" in message
+    assert "nothing was computed; retry in a while, or reduce points_per_side (3)" in message
+
+    # Nothing was queued when it arrived, but a job said to be short held the device for 3 s: when its
+    # turn comes, 3 s are left of 6, fewer than the 5.4 it needs; refused then, before any batch.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(device.call, lambda: time.sleep(3), "probe", lane=Lane("c" * 16, "segment"),
+                            expected_s=0.0)
+        while device._running is None:
+            time.sleep(0.01)
+        refused = engine.everything(A, params)
+        ahead.result(timeout=60)
+    assert refused.failure.kind == "DeadlineExceeded" and "nothing was computed" in refused.failure.message
+    assert "other requests' work" not in refused.failure.message and "everything" not in refused.seconds
+    assert refused.seconds["queue"] > 2.5
+
+    assert engine.everything(A, parse_params(points_per_side=2, **KEEP_ALL)).failure is None  # 2.4 s: fits
 
 
 def test_bounds_are_checked_before_the_encoder(engine, test_images):
-    reply = engine.everything("cat-16", parse_params(points_per_side=32), RawImage(pixels=small(test_images, 16, 12)))
+    reply = engine.everything("id:cat-16", parse_params(points_per_side=32), RawImage(pixels=small(test_images, 16, 12)))
     assert reply.failure.kind == "InvalidField" and "at most 12 for this 16x12 image" in reply.failure.message
     assert "encoder" not in reply.seconds
-    reply = engine.everything("cat-16", parse_params(min_mask_region_area=100), RawImage(pixels=small(test_images, 16, 12)))
+    reply = engine.everything("id:cat-16", parse_params(min_mask_region_area=100), RawImage(pixels=small(test_images, 16, 12)))
     assert reply.failure.kind == "InvalidField" and "sam2's compiled CUDA extension" in reply.failure.message
 
 
@@ -159,7 +250,7 @@ def rss():
 model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", sys.argv[1], device="cpu")
 engine = Engine(DeviceThread(Segmenter(model)), EmbeddingCache(1, 2**30))
 image = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)  # noisy masks: the worst RLE
-engine.everything("probe", EverythingParams(points_per_side=1), RawImage(pixels=image))  # encoder, outside the probe
+engine.everything("id:probe", EverythingParams(points_per_side=1), RawImage(pixels=image))  # encoder, outside the probe
 params = EverythingParams(points_per_side=3, points_per_batch=8, pred_iou_thresh=0, stability_score_thresh=0,
                           box_nms_thresh=1)
 base, peak, running = rss(), [0], True
@@ -169,7 +260,7 @@ def sample():
         time.sleep(0.0005)
 sampler = threading.Thread(target=sample)
 sampler.start()
-reply = engine.everything("probe", params)
+reply = engine.everything("id:probe", params)
 running = False
 sampler.join()
 plan = params.plan(512, 384, EverythingLimits())
