@@ -208,7 +208,8 @@ class Settings(BaseSettings):
     sam2_header_timeout_s: float = Field(
         10.0, gt=0, le=300,
         description="Longest time a client may take to send a request's headers, in seconds, from "
-        "connecting or from its previous response: the connection is then closed with 408 (both services).",
+        "connecting or from its previous response: the connection is then closed, with 408 when part of a "
+        "request had arrived (both services).",
     )
 
     # --- S3 ---

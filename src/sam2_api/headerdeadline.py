@@ -6,8 +6,10 @@ half a request line were each held until the client gave up, a socket and a conn
 Headers are read before any ASGI app runs, so no middleware can bound them, and BentoML's worker
 builds uvicorn's ``Config`` itself (``_bentoml_impl/worker/service.py``), with uvicorn's default HTTP
 protocol, "auto". :func:`install` makes "auto" name :class:`HeaderDeadline`: uvicorn's own protocol
-(``AutoHTTPProtocol``), which also closes a connection, with a 408, when a request's headers are not
-complete ``timeout_s`` seconds after the connection opened or after its previous response ended.
+(``AutoHTTPProtocol``), which also closes a connection when a request's headers are not complete
+``timeout_s`` seconds after the connection opened or after its previous response ended: with a 408
+when part of a request had arrived, silently (as uvicorn's keep-alive timeout does) when nothing had,
+so that a client about to reuse an idle connection never reads a 408 as the answer to its request.
 """
 
 from __future__ import annotations
@@ -28,10 +30,15 @@ class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._began = False  # whether a byte of the awaited request has arrived
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._await_headers()
+
+    def data_received(self, data: bytes) -> None:
+        self._began = True
+        super().data_received(data)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may start serving a pipelined request
@@ -45,6 +52,7 @@ class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     def _await_headers(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
+        self._began = False
         self._header_timer = self.loop.call_later(self.timeout_s, self._headers_late, self.cycle)
 
     def _headers_late(self, cycle: Any) -> None:
@@ -52,7 +60,8 @@ class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         # (or none yet), means the next request's headers are still incomplete.
         waiting = self.cycle is cycle and (cycle is None or cycle.response_complete)
         if waiting and not self.transport.is_closing():
-            self.transport.write(self._timeout_response)
+            if self._began:
+                self.transport.write(self._timeout_response)
             self.transport.close()
 
 
