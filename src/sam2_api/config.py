@@ -36,6 +36,9 @@ MASK_INPUT_LOGIT = 10.0  # what SAM 2's video predictor makes of a mask it is ha
 # hundred KB; these bound its decoding to about 100 MB (4 bytes a pixel decoded, 2 more converted).
 MASK_INPUT_MAX_BYTES = 4 * 1024**2
 MASK_INPUT_MAX_PIXELS = 16_000_000
+# The formats (RLE, polygons) of one response's masks: 32 complex masks of a 4K photo with both
+# formats take about 14 MB; noisy masks, 5 MB each. In an API worker: about 13 times this at most.
+MAX_RESPONSE_BYTES = 32 * 1024**2
 
 
 class Settings(BaseSettings):
@@ -93,6 +96,11 @@ class Settings(BaseSettings):
     sam2_mask_input_max_pixels: int = Field(
         MASK_INPUT_MAX_PIXELS, gt=0,
         description="Largest accepted mask_input, in pixels (width × height; 413 from its header, before decoding).",
+    )
+    sam2_max_response_bytes: int = Field(
+        MAX_RESPONSE_BYTES, gt=0,
+        description="Most bytes of RLE strings and polygon vertices (as JSON) one response may carry, all "
+        "its masks together: counted as each mask's formats are made, 422 at the first that passes it.",
     )
     sam2_mask_input_logit: float = Field(
         MASK_INPUT_LOGIT, gt=0, le=32,
@@ -166,8 +174,9 @@ class Settings(BaseSettings):
     # --- segment everything (POST /segment_everything) ---
     sam2_everything_deadline_s: float = Field(
         60.0, gt=0, le=290,
-        description="Longest time one segment-everything request may hold the model service (queue, "
-        "encoder, point batches), in seconds; a request that would run past it gets 503 saying what to reduce.",
+        description="Longest time one segment-everything request may take, in seconds: the model service "
+        "(queue, encoder, point batches) gets what is left of it, and the API side's formats and PNGs count "
+        "too; a request that would run past it gets 503 saying what to reduce.",
     )
     sam2_everything_max_points: int = Field(
         16384, ge=1,

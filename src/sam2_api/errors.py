@@ -111,6 +111,13 @@ class ModelUnavailable(RequestError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class ResponseTooLarge(RequestError):
+    """The formats asked for would make the response larger than ``SAM2_MAX_RESPONSE_BYTES``: the
+    request is valid, but not servable as asked (422); the message says what to reduce."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
 class DeadlineExceeded(RequestError):
     """The request would take longer than the service allows it; the message says what to reduce."""
 

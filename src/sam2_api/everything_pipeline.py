@@ -6,18 +6,25 @@ decoded once to paint the label map and to describe it (box, area, and the asked
 again, in the upload threads, for its PNG. All PNGs (the label map first) go to S3 through one
 :meth:`MaskStore.put_many`, in parallel within its one deadline. At most one decoded mask per
 thread is alive at a time, whatever the number of objects.
+
+One deadline (``SAM2_EVERYTHING_DEADLINE_S``) covers the whole request: the model service gets
+what is left of it, and the work here (formats, PNGs) is checked against it too, mask by mask: past
+it, a 503 that says what to reduce. The formats are bounded as on the other routes
+(:class:`sam2_api.maskformats.FormatBudget`), before any PNG is made.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from . import imaging, maskformats
-from .errors import InvalidField
-from .everything_protocol import EverythingObject, EverythingParams, OutputOptions
+from .errors import DeadlineExceeded, InvalidField
+from .everything_protocol import EverythingLimits, EverythingObject, EverythingParams, OutputOptions
 from .labelmap import LabelMap, paint_order
-from .pipeline import ImageRequest, Pipeline
+from .pipeline import SMALLER_FORMATS, ImageRequest, Pipeline
+from .storage import PngsNotMade
 from .timing import StageTimer
 
 
@@ -41,24 +48,38 @@ class EverythingResult:
 
 
 def segment_everything(pipeline: Pipeline, image: ImageRequest, params: EverythingParams, output: OutputOptions,
-                       timer: StageTimer, tenant: str | None = None) -> EverythingResult:
-    """Every object in the image; ``tenant`` (the caller's API key id) scopes the cache."""
+                       timer: StageTimer, tenant: str | None = None,
+                       deadline_s: float = EverythingLimits.deadline_s) -> EverythingResult:
+    """Every object in the image; ``tenant`` (the caller's API key id) scopes the cache; the whole
+    request within ``deadline_s`` seconds of this call."""
     if params.needs_pixels and image.upload is None and image.url is None:
         raise InvalidField("crop_n_layers > 0 encodes crops from the image's pixels: send `image` or `image_url` "
                            "(an `image_id` alone serves only crop_n_layers 0)")
+    until = time.monotonic() + deadline_s
     reply = pipeline.ask(
-        image, lambda key, pixels: pipeline.model.everything(key=key, params=params, image=pixels),
+        image, lambda key, pixels: pipeline.model.everything(key=key, params=params, image=pixels,
+                                                             deadline_s=until - time.monotonic()),
         timer, tenant, send_image=params.needs_pixels,
     )
     height, width, objects = reply.height, reply.width, reply.objects
 
+    def late(done: str) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"segment everything would not finish within its {deadline_s:g} s deadline (SAM2_EVERYTHING_DEADLINE_S): "
+            f"the model found {len(objects)} objects, and {done} when it passed; lower max_objects "
+            f"({params.max_objects}), ask for fewer formats, set per_object_masks to false, or send a smaller image")
+
     described: list[dict | None] = [None] * len(objects)
     labels = LabelMap(height, width)
+    budget = maskformats.FormatBudget(pipeline.max_response_bytes, len(objects),
+                                      f"{SMALLER_FORMATS}, or lower max_objects ({params.max_objects})")
     with timer.stage("objects"):
-        for index in paint_order([o.predicted_iou for o in objects]):
+        for done, index in enumerate(paint_order([o.predicted_iou for o in objects])):
+            if time.monotonic() > until:
+                raise late(f"{done} of their masks were described")
             mask = maskformats.from_coco_rle(objects[index].counts, height, width)
             labels.paint(index, mask)
-            described[index] = maskformats.describe(mask, output.formats, output.polygon_tolerance)
+            described[index] = maskformats.describe(mask, output.formats, output.polygon_tolerance, budget)
 
     def label_map_png() -> bytes:
         with timer.stage("png"):
@@ -73,7 +94,10 @@ def segment_everything(pipeline: Pipeline, image: ImageRequest, params: Everythi
 
     pngs = [label_map_png] + ([mask_png(o) for o in objects] if output.per_object_masks else [])
     with timer.stage("store"):
-        label_map_url, *mask_urls = pipeline.store.put_many(pngs, bulk=True)
+        try:
+            label_map_url, *mask_urls = pipeline.store.put_many(pngs, bulk=True, until=until)
+        except PngsNotMade as cut:
+            raise late(f"{cut.made} of {cut.total} PNGs were made") from None
     if not output.per_object_masks:
         mask_urls = [None] * len(objects)
     found = [

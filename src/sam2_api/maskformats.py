@@ -4,6 +4,11 @@ Frame: pixels of the upright image, x to the right and y down, origin at the top
 A box ``[x1, y1, x2, y2]`` covers the mask's pixels ``x1 ≤ x < x2``, ``y1 ≤ y < y2`` (the edges
 of its first and past its last pixels, the frame of a prompt box). Polygon vertices are the
 centres of the mask's boundary pixels, as OpenCV traces them (integer pixel indices).
+
+RLE and polygons grow with the length of a mask's boundary: a noisy 4096×4096 mask is 5 MB of
+polygons and 0.3 MB of RLE. A :class:`FormatBudget` bounds what one response carries: each mask's
+RLE string, and each polygon ring before it becomes Python lists (about 12 times its JSON bytes),
+is charged as it is made, and the request is refused at the first one that passes the bound.
 """
 
 from __future__ import annotations
@@ -14,7 +19,41 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from .errors import ResponseTooLarge
+
 FORMATS = ("rle", "polygons")
+RLE_FIELDS_BYTES = 48  # {"size":[h,w],"counts":""} around the string
+
+
+class FormatBudget:
+    """Bytes of JSON that the formats (RLE strings, polygon vertices) of one response's masks may take
+    together (``SAM2_MAX_RESPONSE_BYTES``); ``advice``: what the caller can reduce, in words."""
+
+    def __init__(self, max_bytes: int, masks: int, advice: str) -> None:
+        self.max_bytes = max_bytes
+        self.left = max_bytes
+        self.masks = masks
+        self.masks_done = 0
+        self.advice = advice
+
+    def charge(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise ResponseTooLarge(
+                f"the formats asked for would make the response larger than {self.max_bytes} bytes "
+                f"(SAM2_MAX_RESPONSE_BYTES): {self.masks_done} of {self.masks} masks fit; {self.advice}"
+            )
+
+    def mask_done(self) -> None:
+        self.masks_done += 1
+
+
+def json_bytes(points: np.ndarray) -> int:
+    """The length of ``points`` (non-negative integer ``[x, y]`` pairs) as compact JSON,
+    ``[x,y],`` each, as the response writes them."""
+    values = points.reshape(-1)
+    digits = values.size + sum(int(np.count_nonzero(values >= 10**power)) for power in range(1, 5))
+    return digits + 4 * (values.size // 2)
 
 
 def bbox_and_area(mask: np.ndarray) -> tuple[list[int], int]:
@@ -38,13 +77,14 @@ def from_coco_rle(counts: str, height: int, width: int) -> np.ndarray:
     return coco_mask.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
 
 
-def polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[dict]:
+def polygons(mask: np.ndarray, tolerance: float = 0.0, budget: FormatBudget | None = None) -> list[dict]:
     """Every part of the mask, with its holes: ``[{"exterior": [[x, y], ...], "holes": [[[x, y], ...],
     ...]}, ...]``, largest part first. ``tolerance`` > 0 simplifies each ring (Douglas-Peucker) by
     at most that many pixels; 0 keeps every corner of the boundary.
 
     To rasterise them back (what :func:`rasterise` does): per part, largest first, fill the
     exterior; clear each hole's inside; draw the hole's ring again (its vertices are object pixels).
+    ``budget``: each ring is charged before it becomes lists.
     """
     contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
@@ -55,6 +95,8 @@ def polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[dict]:
         contour = contours[index]
         if tolerance > 0:
             contour = cv2.approxPolyDP(contour, tolerance, True)
+        if budget is not None:
+            budget.charge(json_bytes(contour))
         return contour.reshape(-1, 2).tolist()
 
     parts = []
@@ -82,12 +124,18 @@ def rasterise(parts: Iterable[dict], height: int, width: int) -> np.ndarray:
     return canvas.astype(bool)
 
 
-def describe(mask: np.ndarray, formats: Iterable[str] = (), tolerance: float = 0.0) -> dict:
-    """``bbox`` and ``area`` always; ``rle`` and ``polygons`` when ``formats`` asks for them."""
+def describe(mask: np.ndarray, formats: Iterable[str] = (), tolerance: float = 0.0,
+             budget: FormatBudget | None = None) -> dict:
+    """``bbox`` and ``area`` always; ``rle`` and ``polygons`` when ``formats`` asks for them, charged
+    to ``budget`` as they are made (:class:`ResponseTooLarge` once they pass it)."""
     box, area = bbox_and_area(mask)
     out: dict = {"bbox": box, "area": area}
     if "rle" in formats:
         out["rle"] = coco_rle(mask)
+        if budget is not None:
+            budget.charge(len(out["rle"]["counts"]) + RLE_FIELDS_BYTES)
     if "polygons" in formats:
-        out["polygons"] = polygons(mask, tolerance)
+        out["polygons"] = polygons(mask, tolerance, budget)
+    if budget is not None:
+        budget.mask_done()
     return out

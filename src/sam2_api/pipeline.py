@@ -10,7 +10,9 @@ processes, never in the process that drives the GPU.
 
 Every mask comes back with the ``mask_id`` of its logits in the model service (for the next
 click's ``previous_mask_id``), its box and area, and the ``formats`` asked for (COCO RLE,
-polygons), computed here from its bits; with ``candidates``, SAM 2's other masks too.
+polygons), computed here from its bits; with ``candidates``, SAM 2's other masks too. The formats
+are made first, within ``SAM2_MAX_RESPONSE_BYTES`` (:class:`sam2_api.maskformats.FormatBudget`),
+so that a response too large is refused before any PNG is made or stored.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from typing import Callable, Protocol, TypeVar
 import httpx
 
 from . import imaging, maskformats, maskinput
-from .config import MASK_INPUT_MAX_BYTES, MASK_INPUT_MAX_PIXELS, Settings
+from .config import MASK_INPUT_MAX_BYTES, MASK_INPUT_MAX_PIXELS, MAX_RESPONSE_BYTES, Settings
 from .errors import InvalidField, InvalidImageSource, MissingImage, ModelUnavailable, UnknownImageId
 from .everything_protocol import EverythingParams, EverythingReply
 from .prompts import Prompt
-from .protocol import LowResMask, MaskBits, ModelReply, RawImage, scoped_key
+from .protocol import LowResMask, ModelReply, RawImage, scoped_key
 from .sources import ImageSources
 from .storage import MaskStore, make_s3_client
 from .timing import StageTimer
@@ -36,6 +38,8 @@ from .timing import StageTimer
 log = logging.getLogger(__name__)
 
 STALE_CONNECTION_S = 1.0  # a reused connection the peer had closed fails within this
+SMALLER_FORMATS = ("ask for fewer `formats` (polygons are the larger), a `polygon_tolerance` of 1-2 pixels "
+                   "(a fraction of the vertices, each within that distance of the boundary)")
 
 
 class Model(Protocol):
@@ -44,7 +48,8 @@ class Model(Protocol):
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
                 mask_inputs: list[LowResMask | None] | None = None) -> ModelReply: ...
 
-    def everything(self, key: str, params: EverythingParams, image: RawImage | None = None) -> EverythingReply: ...
+    def everything(self, key: str, params: EverythingParams, image: RawImage | None = None,
+                   deadline_s: float | None = None) -> EverythingReply: ...
 
 
 _Reply = TypeVar("_Reply", ModelReply, EverythingReply)
@@ -97,7 +102,8 @@ class _Located:
 class Pipeline:
     def __init__(self, model: Model, store: MaskStore, sources: ImageSources, max_image_pixels: int,
                  max_image_side: int, mask_input_max_bytes: int = MASK_INPUT_MAX_BYTES,
-                 mask_input_max_pixels: int = MASK_INPUT_MAX_PIXELS) -> None:
+                 mask_input_max_pixels: int = MASK_INPUT_MAX_PIXELS,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.model = model
         self.store = store
         self.sources = sources
@@ -105,6 +111,7 @@ class Pipeline:
         self.max_image_side = max_image_side
         self.mask_input_max_bytes = mask_input_max_bytes
         self.mask_input_max_pixels = mask_input_max_pixels
+        self.max_response_bytes = max_response_bytes
 
     def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None,
             mask_files: list[bytes | None] | None = None, formats: frozenset[str] = frozenset(),
@@ -112,7 +119,8 @@ class Pipeline:
         """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the caches.
 
         ``mask_files[i]``: prompt i's ``mask_input`` file, if any. ``formats`` and
-        ``polygon_tolerance``: as :func:`sam2_api.maskformats.describe` takes them.
+        ``polygon_tolerance``: as :func:`sam2_api.maskformats.describe` takes them, within
+        :attr:`max_response_bytes` (422 beyond).
         """
         mask_inputs = self._mask_inputs(prompts, mask_files, timer)
         reply = self.ask(image, lambda key, pixels: self.model.predict(key=key, prompts=prompts, image=pixels,
@@ -128,20 +136,20 @@ class Pipeline:
         # Each prompt's masks, best first: the best alone, or SAM 2's candidates.
         groups = [[best, *best.others] for best in reply.masks]
         every = [mask for group in groups for mask in group]
-        with timer.stage("store"):
-            urls = iter(self.store.put_many([png(mask.bits) for mask in every]))
+        budget = maskformats.FormatBudget(
+            self.max_response_bytes, len(every),
+            SMALLER_FORMATS + (", or fewer objects or candidates" if len(every) > 1 else ""))
         with timer.stage("formats"):
-            stored = [[self._stored(mask, next(urls), height, width, formats, polygon_tolerance) for mask in group]
-                      for group in groups]
+            details = [maskformats.describe(imaging.unpack_mask(mask.bits, height, width), formats,
+                                            polygon_tolerance, budget) for mask in every]
+        with timer.stage("store"):
+            urls = self.store.put_many([png(mask.bits) for mask in every])
+        stored = iter(StoredMask(url, mask.score, mask.mask_id, described)
+                      for mask, url, described in zip(every, urls, details))
+        shown = [[next(stored) for _ in group] for group in groups]
         masks = [replace(group[0], candidates=group if prompt.candidates else [])
-                 for prompt, group in zip(prompts, stored)]
+                 for prompt, group in zip(prompts, shown)]
         return Result(masks, width, height, reply.cached)
-
-    @staticmethod
-    def _stored(mask: MaskBits, url: str | None, height: int, width: int, formats: frozenset[str],
-                polygon_tolerance: float) -> StoredMask:
-        pixels = imaging.unpack_mask(mask.bits, height, width)
-        return StoredMask(url, mask.score, mask.mask_id, maskformats.describe(pixels, formats, polygon_tolerance))
 
     def _mask_inputs(self, prompts: list[Prompt], files: list[bytes | None] | None,
                      timer: StageTimer) -> list[LowResMask | None] | None:
@@ -274,4 +282,5 @@ def build_pipeline(settings: Settings, model: Model) -> Pipeline:
     )
     sources = ImageSources(s3, settings.input_buckets, settings.sam2_max_upload_bytes)
     return Pipeline(model, store, sources, settings.sam2_max_image_pixels, settings.sam2_max_image_side,
-                    settings.sam2_mask_input_max_bytes, settings.sam2_mask_input_max_pixels)
+                    settings.sam2_mask_input_max_bytes, settings.sam2_mask_input_max_pixels,
+                    settings.sam2_max_response_bytes)

@@ -165,12 +165,14 @@ class MaskStore:
             )
         return object_url(self._bucket, key, self._region, self._endpoint_url)
 
-    def put_many(self, pngs: list[Callable[[], bytes]], *, bulk: bool = False) -> list[str | None]:
+    def put_many(self, pngs: list[Callable[[], bytes]], *, bulk: bool = False,
+                 until: float | None = None) -> list[str | None]:
         """Make and store each PNG (``pngs`` make them, in the upload threads), in parallel; the URL of
         each, or None for those not stored once the call has waited :attr:`deadline` seconds on S3
         (those may still land later, under keys nobody is given). ``bulk``: in the bulk uploads' own
-        threads."""
-        return self._all([(make, self.put) for make in pngs], bulk)
+        threads. ``until``: a ``time.monotonic()`` by which the call returns in any case; when some
+        PNG is not even made by then, :class:`PngsNotMade` (the request's own work was too much)."""
+        return self._all([(make, self.put) for make in pngs], bulk, until)
 
     def put_named_many(self, pngs: list[tuple[str, Callable[[], bytes]]], *, bulk: bool = False) -> list[str | None]:
         """:meth:`put_many` under the given names (:meth:`put_named`)."""
@@ -178,26 +180,34 @@ class MaskStore:
                          bulk)
 
     def _all(self, uploads: list[tuple[Callable[[], bytes], Callable[[bytes], str | None]]],
-             bulk: bool) -> list[str | None]:
+             bulk: bool, until: float | None = None) -> list[str | None]:
         if not self.enabled:
             return [None] * len(uploads)
         pool = self._bulk_pool if bulk else self._pool
         clock = self._clocks[pool]
+        made = [False] * len(uploads)
 
-        def upload(make: Callable[[], bytes], put: Callable[[bytes], str | None]) -> str | None:
+        def upload(index: int, make: Callable[[], bytes], put: Callable[[bytes], str | None]) -> str | None:
             with clock.making():
                 png = make()
+            made[index] = True
             return put(png)
 
         started = clock.seconds()
-        futures = [pool.submit(upload, make, put) for make, put in uploads]
+        futures = [pool.submit(upload, index, make, put) for index, (make, put) in enumerate(uploads)]
         while True:
             # The clock runs no faster than wall time: waiting what is left of the deadline, then
             # asking again, ends once S3 has had the whole deadline.
             left = self.deadline - (clock.seconds() - started)
+            if until is not None:
+                left = min(left, until - time.monotonic())
             done, late = wait(futures, timeout=max(left, 0))
             if not late or left <= 0:
                 break
+        if late and until is not None and time.monotonic() >= until and not all(made):
+            for future in late:
+                future.cancel()  # those not started yet never start
+            raise PngsNotMade(sum(made), len(made))
         if late:
             metrics.UPLOAD_FAILURES.labels(reason="RequestDeadline").inc(len(late))
             # One reason for every request cut short, so that an outage is logged once, not per request
@@ -209,6 +219,15 @@ class MaskStore:
         else:
             self._late.succeeded()
         return [future.result() if future in done else None for future in futures]
+
+
+class PngsNotMade(Exception):
+    """:meth:`MaskStore.put_many`'s ``until`` passed before every PNG was made."""
+
+    def __init__(self, made: int, total: int) -> None:
+        super().__init__(f"{made} of {total} PNGs made")
+        self.made = made
+        self.total = total
 
 
 class S3Clock:

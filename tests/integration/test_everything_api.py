@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import httpx
 import numpy as np
@@ -17,6 +18,7 @@ from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2_api.labelmap import read_png
 from sam2_api.maskformats import from_coco_rle
 from tests.conftest import upright_rgb
+from tests.integration.test_memory_bounds import noise_jpeg, stored_keys
 from tests.integration.test_segment_api import fetch_mask, post
 
 ROUTE = "/segment_everything"
@@ -131,3 +133,29 @@ def test_the_command_line_prints_the_objects_and_colours_each_in_the_overlay(ser
 
     refused = sam2_api("--url", server.url, "everything", str(image), "--points-per-side", "65")
     assert refused.returncode == 1 and "must be an integer from 1 to 64" in json.loads(refused.stdout)["error"]
+
+
+def test_formats_of_every_object_past_the_response_bound_are_refused_before_any_png(server, s3):
+    # points_per_side 4 with thresholds 0 on a noise image, both formats: on a 4096² image this
+    # was 185 MB of JSON in 94 s, past the 60 s deadline, the API worker +4.4 GB.
+    keys = stored_keys(s3)
+    refused = post(server, noise_jpeg(2048), route=ROUTE, points_per_side=4, formats=["rle", "polygons"],
+                   timeout=600, **KEEP_ALL)
+    assert refused.status_code == 422, refused.text[:200]
+    assert re.fullmatch(
+        r"the formats asked for would make the response larger than 33554432 bytes \(SAM2_MAX_RESPONSE_BYTES\): "
+        r"\d+ of \d+ masks fit; ask for fewer `formats` \(polygons are the larger\), a `polygon_tolerance` of 1-2 "
+        r"pixels \(a fraction of the vertices, each within that distance of the boundary\), or lower max_objects "
+        r"\(256\)", refused.json()["error"]), refused.json()["error"]
+    assert stored_keys(s3) == keys  # neither the label map nor any object's PNG
+    # The same objects without formats: served, within the deadline.
+    served = post(server, noise_jpeg(2048), route=ROUTE, points_per_side=4, timeout=600, **KEEP_ALL)
+    assert served.status_code == 200, served.text[:200]
+    assert len(served.json()["objects"]) == 48 and all(o["mask_url"] for o in served.json()["objects"])
+    print(f"refused after {total_s(refused):.1f} s, served without formats in {total_s(served):.1f} s")
+
+
+def total_s(response: httpx.Response) -> float:
+    """The server's time for the request, from its Server-Timing header."""
+    timing = dict(part.split(";dur=") for part in response.headers["Server-Timing"].split(", "))
+    return float(timing["total"]) / 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 
 import httpx
@@ -12,6 +13,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from tests.integration.conftest import BUCKET
 from tests.integration.test_segment_api import fetch_mask, post
 from tests.unit.test_maskinput import mode_i_tiff, tiff
 
@@ -124,3 +126,38 @@ def test_a_mask_input_bomb_is_refused_from_its_header_and_a_large_mask_costs_lit
     assert np.array_equal(fetch_mask(from_large.json()["mask_url"]), fetch_mask(from_small.json()["mask_url"]))
     # 4 bytes a pixel decoded, 2 more converted (91 MiB in-process); was 15.5 bytes a pixel
     assert rss.growth < 7 * 3840 * 3840 + 32 * 2**20, f"+{rss.growth / 2**20:.0f} MiB"
+
+
+def noise_jpeg(side: int) -> bytes:
+    """An image of noise: the random-init model's masks of it are blobs a few pixels across, whose
+    polygons and RLE are as large as masks get (a 4096² one: 490 MB of JSON for 96 masks)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
+        buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def stored_keys(s3) -> int:
+    return sum(page.get("KeyCount", 0) for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET))
+
+
+def test_formats_that_would_amplify_the_response_are_refused_before_any_png(server, s3):
+    # 32 objects with candidates and both formats on a noise image: 96 masks of blobs. Before the
+    # bound this answered 200 with about 120 MB of JSON (4096²: 490 MB, 108 s, +5.7 GB).
+    objects = [{"points": [[60 * i + 40, 1000]], "candidates": True} for i in range(32)]
+    keys = stored_keys(s3)
+    with PeakRss(server.proc.pid) as rss:
+        refused = post(server, noise_jpeg(2048), route="/segment_objects", objects=objects,
+                       formats=["rle", "polygons"], timeout=600)
+    assert refused.status_code == 422, refused.text[:200]
+    fit = re.fullmatch(
+        r"the formats asked for would make the response larger than 33554432 bytes \(SAM2_MAX_RESPONSE_BYTES\): "
+        r"(\d+) of 96 masks fit; ask for fewer `formats` \(polygons are the larger\), a `polygon_tolerance` of 1-2 "
+        r"pixels \(a fraction of the vertices, each within that distance of the boundary\), or fewer objects or "
+        r"candidates", refused.json()["error"])
+    assert fit and int(fit.group(1)) < 48, refused.json()["error"]  # stopped early, not after every mask
+    assert stored_keys(s3) == keys  # not one PNG made or stored
+    timing = dict(part.split(";dur=") for part in refused.headers["Server-Timing"].split(", "))
+    print(f"refused after {float(timing['total']) / 1000:.1f} s (formats {float(timing['formats']) / 1000:.1f} s), "
+          f"+{rss.growth / 2**20:.0f} MiB")
+    assert rss.growth < 13 * 32 * 2**20 + 256 * 2**20, f"+{rss.growth / 2**20:.0f} MiB"

@@ -15,7 +15,7 @@ from PIL import Image
 from sam2_api.cache import EmbeddingCache
 from sam2_api.device import DeviceThread
 from sam2_api.engine import Engine
-from sam2_api.errors import DeadlineExceeded, InvalidField, UnknownImageId
+from sam2_api.errors import DeadlineExceeded, InvalidField, ResponseTooLarge, UnknownImageId
 from sam2_api.everything_pipeline import segment_everything
 from sam2_api.everything_protocol import EverythingLimits, parse_output, parse_params
 from sam2_api.labelmap import read_png
@@ -47,11 +47,11 @@ def s3(monkeypatch):
         yield client
 
 
-def pipeline(device, limits: EverythingLimits = EverythingLimits()) -> Pipeline:
+def pipeline(device, limits: EverythingLimits = EverythingLimits(), **options) -> Pipeline:
     s3 = make_s3_client(REGION)
     engine = Engine(device, EmbeddingCache(8, 2**30), everything_limits=limits)
     return Pipeline(engine, MaskStore(s3, "masks", region=REGION), ImageSources(s3, frozenset(), 10**7),
-                    max_image_pixels=50_000_000, max_image_side=16384)
+                    max_image_pixels=50_000_000, max_image_side=16384, **options)
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,22 @@ def test_errors_of_the_model_side_keep_their_kind(s3, device, photo):
     with pytest.raises(DeadlineExceeded, match="would not finish within its 0.001 s deadline"):
         segment_everything(hurried, ImageRequest(upload=photo), parse_params(points_per_side=2), parse_output(),
                            StageTimer())
+
+
+def test_the_model_service_gets_what_is_left_of_the_requests_deadline(s3, device, photo):
+    # The service's limit is 60 s; this request has 1 ms left of its own when it reaches the model.
+    with pytest.raises(DeadlineExceeded, match=r"\(SAM2_EVERYTHING_DEADLINE_S\)"):
+        segment_everything(pipeline(device), ImageRequest(upload=photo), parse_params(points_per_side=2),
+                           parse_output(), StageTimer(), deadline_s=0.001)
+    assert "Contents" not in s3.list_objects_v2(Bucket="masks")
+
+
+def test_formats_past_the_response_bound_are_refused_before_any_png_is_made(s3, device, photo):
+    request, params = ImageRequest(upload=photo), parse_params(points_per_side=2, **KEEP_ALL)
+    with pytest.raises(ResponseTooLarge, match=r"larger than 300 bytes \(SAM2_MAX_RESPONSE_BYTES\): \d+ of 12 masks "
+                       r"fit; ask for fewer `formats` .*, or lower max_objects \(256\)$"):
+        segment_everything(pipeline(device, max_response_bytes=300), request, params,
+                           parse_output(["rle", "polygons"]), StageTimer())
+    assert "Contents" not in s3.list_objects_v2(Bucket="masks")
+    served = segment_everything(pipeline(device), request, params, parse_output(["rle", "polygons"]), StageTimer())
+    assert len(served.objects) == 12 and all(o.mask_url and "polygons" in o.described for o in served.objects)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from sam2_api.maskformats import bbox_and_area, coco_rle, describe, polygons, rasterise
+from sam2_api.errors import ResponseTooLarge
+from sam2_api.maskformats import RLE_FIELDS_BYTES, FormatBudget, bbox_and_area, coco_rle, describe, polygons, rasterise
 
 
 def ring_with_a_hole_and_an_island() -> np.ndarray:
@@ -62,3 +65,44 @@ def test_box_and_area():
     assert bbox_and_area(MASKS["empty"]) == ([0, 0, 0, 0], 0)
     assert describe(mask) == {"bbox": [5, 5, 77, 45], "area": int(mask.sum())}
     assert set(describe(mask, {"rle", "polygons"})) == {"bbox", "area", "rle", "polygons"}
+
+
+def compact_json(value) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def test_the_budget_counts_the_formats_json_bytes_and_refuses_the_first_mask_past_it():
+    mask = MASKS["random blobs"]
+    made = describe(mask, {"rle", "polygons"})
+    rings = [ring for part in made["polygons"] for ring in [part["exterior"], *part["holes"]]]
+    # Each ring as its JSON list's items with one separator each; the RLE string with its fields around.
+    size = len(made["rle"]["counts"]) + RLE_FIELDS_BYTES + sum(compact_json(ring) - 1 for ring in rings)
+    assert size > 2000
+    exact = FormatBudget(3 * size, masks=3, advice="ask for less")
+    for _ in range(3):
+        assert describe(mask, {"rle", "polygons"}, budget=exact) == made  # the same formats, counted
+    assert exact.left == 0
+    over = FormatBudget(3 * size - 1, masks=3, advice="ask for less")
+    describe(mask, {"rle", "polygons"}, budget=over)
+    describe(mask, {"rle", "polygons"}, budget=over)
+    with pytest.raises(ResponseTooLarge, match=rf"^the formats asked for would make the response larger than "
+                       rf"{3 * size - 1} bytes \(SAM2_MAX_RESPONSE_BYTES\): 2 of 3 masks fit; ask for less$"):
+        describe(mask, {"rle", "polygons"}, budget=over)
+
+
+def test_a_noisy_mask_is_refused_ring_by_ring_before_its_polygons_become_lists():
+    # 1024x1024 of blobs a few pixels wide: about 0.9 MB of polygons. A 64 KiB budget stops
+    # at the first rings over it, long before the rest of the boundary is listed.
+    noisy = np.random.default_rng(1).random((1024, 1024)) > 0.5
+    budget = FormatBudget(64 * 1024, masks=1, advice="")
+    with pytest.raises(ResponseTooLarge, match="0 of 1 masks fit"):
+        polygons(noisy, budget=budget)
+    assert -2000 < budget.left < 0  # charged up to the ring that passed it, not beyond
+
+
+def test_a_polygon_tolerance_makes_the_same_mask_fit():
+    blob = np.zeros((400, 400), dtype=bool)
+    yy, xx = np.mgrid[:400, :400]
+    blob[(xx - 200) ** 2 + (yy - 200) ** 2 < 150**2] = True
+    exact = compact_json(polygons(blob))
+    assert compact_json(polygons(blob, 1.5, FormatBudget(exact // 4, masks=1, advice=""))) < exact // 4

@@ -21,7 +21,10 @@ from PIL import Image
 from sam2_api.cache import EmbeddingCache
 from sam2_api.device import DeviceThread
 from sam2_api.engine import Engine
-from sam2_api.errors import InvalidImageSource, InvalidPrompt, MissingImage, ModelUnavailable, UnknownImageId
+from sam2_api.errors import (
+    InvalidImageSource, InvalidPrompt, MissingImage, ModelUnavailable, ResponseTooLarge, UnknownImageId,
+)
+from sam2_api.maskformats import RLE_FIELDS_BYTES, json_bytes
 from sam2_api.pipeline import STALE_CONNECTION_S, ImageRequest, Pipeline
 from sam2_api.prompts import Prompt
 from sam2_api.segmenter import Segmenter
@@ -50,11 +53,11 @@ def s3(monkeypatch, test_images):
         yield client
 
 
-def pipeline(device, max_entries: int = 8) -> Pipeline:
+def pipeline(device, max_entries: int = 8, **options) -> Pipeline:
     s3 = make_s3_client(REGION)
     engine = Engine(device, EmbeddingCache(max_entries, 2**30))
     return Pipeline(engine, MaskStore(s3, "masks", region=REGION), ImageSources(s3, frozenset({"photos"}), 10**7),
-                    max_image_pixels=50_000_000, max_image_side=16384)
+                    max_image_pixels=50_000_000, max_image_side=16384, **options)
 
 
 def stored_mask(s3, url: str) -> np.ndarray:
@@ -236,6 +239,25 @@ def test_a_mask_file_is_used_as_the_mask_input(s3, device, predictor, test_image
     without, _, _ = predictor.predict(point_coords=np.asarray(prompt.points, dtype=np.float32),
                                       point_labels=np.asarray([1, 0]), multimask_output=False)
     assert not np.array_equal(without[0] > 0, masks[0] > 0)  # the file made a difference
+
+
+def test_formats_past_the_response_bound_are_refused_before_any_png_is_made(s3, device, test_images):
+    data = (test_images / "rocket.jpg").read_bytes()
+    prompts = [Prompt(points=[[80 * i + 100, 200]], candidates=True) for i in range(4)]  # 12 masks
+    both = frozenset({"rle", "polygons"})
+    served = pipeline(device).run(ImageRequest(upload=data), prompts, StageTimer(), formats=both)
+    assert len(s3.list_objects_v2(Bucket="masks")["Contents"]) == 12
+    # What each mask's formats take as JSON: the RLE string with its fields, each ring's vertices.
+    sizes = [len(mask.details["rle"]["counts"]) + RLE_FIELDS_BYTES
+             + sum(json_bytes(np.array(ring)) for part in mask.details["polygons"]
+                   for ring in [part["exterior"], *part["holes"]])
+             for prompt in served.masks for mask in prompt.candidates]
+    bound = sum(sizes[:5]) + sizes[5] // 2  # 5 of the 12 masks fit, the 6th does not
+    with pytest.raises(ResponseTooLarge, match=rf"larger than {bound} bytes \(SAM2_MAX_RESPONSE_BYTES\): 5 of 12 "
+                       r"masks fit; ask for fewer `formats` \(polygons are the larger\), a `polygon_tolerance` .*"
+                       r", or fewer objects or candidates$"):
+        pipeline(device, max_response_bytes=bound).run(ImageRequest(upload=data), prompts, StageTimer(), formats=both)
+    assert len(s3.list_objects_v2(Bucket="masks")["Contents"]) == 12  # not one more PNG made or stored
 
 
 def test_without_s3_formats_still_come_back(device, test_images, monkeypatch):

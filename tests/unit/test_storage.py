@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from sam2_api.storage import FailureLog, MaskStore, make_s3_client, mask_key, object_url
+from sam2_api.storage import FailureLog, MaskStore, PngsNotMade, make_s3_client, mask_key, object_url
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 KEY_PATTERN = re.compile(r"^sam2-api-masks/\d{8}_\d{6}_[0-9a-f]{32}\.png$")
@@ -202,6 +202,24 @@ def test_making_the_pngs_does_not_count_against_the_upload_deadline(aws_env):
     assert None not in urls  # was: 8 of 12 null
     stored = [aws_env.get_object(Bucket="masks", Key=url.split(".com/")[1])["Body"].read() for url in urls]
     assert stored == [f"png {index}".encode() for index in range(12)]
+
+
+def test_until_ends_the_call_and_says_when_pngs_were_not_even_made(aws_env):
+    # segment everything's deadline covers its PNGs: past it, the call says how far it got.
+    aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    store = make_store("masks", deadline=10, parallel=2)
+
+    def encoded() -> bytes:
+        time.sleep(0.3)
+        return b"png"
+
+    started = time.monotonic()
+    with pytest.raises(PngsNotMade) as cut:
+        store.put_many([encoded] * 12, until=time.monotonic() + 0.5)
+    assert time.monotonic() - started < 1.0
+    assert 2 <= cut.value.made <= 6 and cut.value.total == 12
+    assert None not in store.put_many([encoded] * 2, until=time.monotonic() + 5)
+    store._pool.shutdown(wait=True)
 
 
 def test_the_deadline_still_holds_when_s3_hangs_between_pngs_being_made(aws_env):
