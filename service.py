@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 import sam2_api
 from sam2_api import errors, headerdeadline, metrics
 from sam2_api.config import Settings
+from sam2_api.csp import PageHeaders, mask_origin, ui_policy
 from sam2_api.everything_pipeline import EverythingResult, segment_everything
 from sam2_api.everything_protocol import EverythingParams, EverythingReply, parse_output, parse_params
 from sam2_api.everything_schemas import EverythingFields as Everything
@@ -150,8 +151,13 @@ def error_response(ctx: bentoml.Context, exc: errors.RequestError) -> JSONRespon
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
-# The click-to-segment page: static files calling the same POST /segment as any client.
-@bentoml.asgi_app(StaticFiles(directory=Path(sam2_api.__file__).parent / "ui", html=True), path="/ui")
+# The click-to-segment page: static files calling the same POST /segment as any client; its
+# Content-Security-Policy lets it load scripts and send requests here only, and show masks from the bucket.
+UI_PAGES = PageHeaders(StaticFiles(directory=Path(sam2_api.__file__).parent / "ui", html=True),
+                       headers=lambda: {"Content-Security-Policy": ui_policy(mask_origin(SETTINGS))})
+
+
+@bentoml.asgi_app(UI_PAGES, path="/ui")
 @bentoml.service(
     workers=SETTINGS.sam2_api_workers,
     # Each request mostly waits: for the model service, for S3.

@@ -5,6 +5,10 @@ from the embedding cache or says ``needs_image``; with the decoded image too it 
 when calls race for the same new image) and caches. Prompts are checked against the image's size
 before any model work, then decoded on the device thread; masks leave as packed bits, each with
 the ``mask_id`` of its low-resolution logits, which stay here for the next click to refine.
+
+Every job goes to the device in its caller's :class:`Lane` (the key's tenant and the route), so
+that the device thread takes turns between callers. :meth:`Engine.everything` refuses a request
+that could not finish within its deadline, given the work queued before it, before computing it.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import time
 from . import errors, maskinput
 from .cache import EmbeddingCache
 from .config import MASK_CACHE_MAX_BYTES, MASK_INPUT_LOGIT, Settings
-from .device import DeviceThread
-from .everything import Deadline, has_hole_filling, segment_everything
+from .device import DeviceThread, Lane
+from .everything import Deadline, Pace, has_hole_filling, segment_everything
 from .everything_protocol import EverythingLimits, EverythingParams, EverythingReply, Plan
 from .logitcache import LogitCache
 from .model import WeightsSource, load_sam2, pick_device, resolve_weights
 from .prompts import Prompt
-from .protocol import CACHE_KEY, MAX_PROMPTS, Failure, ImageLimits, LowResMask, MaskBits, ModelReply, RawImage
+from .protocol import (
+    CACHE_KEY, MAX_PROMPTS, Failure, ImageLimits, LowResMask, MaskBits, ModelReply, RawImage, tenant_of,
+)
 from .segmenter import Embedding, Mask, Segmenter
 from .timing import StageTimer
 
@@ -39,6 +45,7 @@ class Engine:
         self.logits = logits if logits is not None else LogitCache(MASK_CACHE_MAX_BYTES)
         self.mask_input_logit = mask_input_logit
         self.everything_limits = everything_limits
+        self.everything_pace = Pace()
 
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
                 mask_inputs: list[LowResMask | None] | None = None) -> ModelReply:
@@ -51,12 +58,13 @@ class Engine:
         try:
             self._check_call(key, prompts, image)
             previous = self._mask_inputs(key, prompts, mask_inputs)  # an unknown id fails before any encoding
-            embedding, cached = self._embedding(key, image, prompts, timer)
+            lane = Lane(tenant_of(key), "segment")
+            embedding, cached = self._embedding(key, image, prompts, timer, lane)
             if embedding is None:
                 return ModelReply(needs_image=True)
             height, width = embedding.orig_hw
             _check_fits(prompts, width, height)
-            masks = self.device.decode(embedding, prompts, timer, previous)
+            masks = self.device.decode(embedding, prompts, timer, previous, lane)
         except errors.RequestError as exc:
             return ModelReply(failure=Failure.of(exc), seconds=timer.seconds)
         return ModelReply(
@@ -102,6 +110,7 @@ class Engine:
         limits = self.everything_limits
         seconds = limits.deadline_s if deadline_s is None else min(limits.deadline_s, deadline_s)
         deadline_at = time.monotonic() + seconds
+        lane = Lane(tenant_of(key), "everything")
         try:
             self._check_call(key, [], image)
             pixels = None
@@ -109,22 +118,34 @@ class Engine:
                 embedding, cached = self.cache.get(key), True
                 if embedding is None or params.needs_pixels:
                     return EverythingReply(needs_image=True)
+                plan = self._everything_plan(params, embedding.orig_hw[1], embedding.orig_hw[0])
+                deadline = self._everything_deadline(deadline_at, params, plan, lane, encode=False)
             else:
-                self._everything_plan(params, image.width, image.height)  # before the encoder, not after
+                plan = self._everything_plan(params, image.width, image.height)  # before the encoder, not after
+                deadline = self._everything_deadline(deadline_at, params, plan, lane, encode=key not in self.cache)
                 pixels = image.pixels
-                embedding, cached = self.cache.get_or_compute(key, lambda: self.device.encode(pixels, timer))
+                embedding, cached = self.cache.get_or_compute(key, lambda: self.device.encode(pixels, timer, lane))
             height, width = embedding.orig_hw
-            plan = self._everything_plan(params, width, height)
-            deadline = Deadline(deadline_at, limits.deadline_s, params, plan)
             crops_from = pixels if params.needs_pixels else None
             objects, found = self.device.call(
-                lambda: segment_everything(self.device.segmenter, embedding, crops_from, params, plan, deadline),
-                "everything", timer,
+                lambda: segment_everything(self.device.segmenter, embedding, crops_from, params, plan, deadline,
+                                           self.device.checkpoint),
+                "everything", timer, lane, long=True, expected_s=deadline.expected_s,
             )
         except errors.RequestError as exc:
             return EverythingReply(failure=Failure.of(exc), seconds=timer.seconds)
         return EverythingReply(objects=objects, found=found, width=width, height=height, cached=cached,
                                seconds=timer.seconds)
+
+    def _everything_deadline(self, at: float, params: EverythingParams, plan: Plan, lane: Lane,
+                             encode: bool) -> Deadline:
+        """The request's deadline, once it is known to be reachable: the work queued for the device
+        before it, then its own (an encoder pass if ``encode``, and ``plan``), as measured so far."""
+        encoder_s = self.device.typical_s("encoder")
+        deadline = Deadline(at, self.everything_limits.deadline_s, params, plan,
+                            self.everything_pace.seconds(params, plan, encoder_s), self.everything_pace)
+        deadline.check_start(self.device.seconds_ahead(lane), encoder_s if encode else 0.0)
+        return deadline
 
     def _everything_plan(self, params: EverythingParams, width: int, height: int) -> Plan:
         if params.min_mask_region_area and not has_hole_filling(self.device.segmenter.device):
@@ -135,11 +156,11 @@ class Engine:
         return params.plan(width, height, self.everything_limits)
 
     def _embedding(self, key: str, image: RawImage | None, prompts: list[Prompt],
-                   timer: StageTimer) -> tuple[Embedding | None, bool]:
+                   timer: StageTimer, lane: Lane) -> tuple[Embedding | None, bool]:
         if image is None:
             return self.cache.get(key), True
         _check_fits(prompts, image.width, image.height)  # before the encoder, not after
-        return self.cache.get_or_compute(key, lambda: self.device.encode(image.pixels, timer))
+        return self.cache.get_or_compute(key, lambda: self.device.encode(image.pixels, timer, lane))
 
 
 def _check_fits(prompts: list[Prompt], width: int, height: int) -> None:
