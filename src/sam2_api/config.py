@@ -244,8 +244,8 @@ class Settings(BaseSettings):
     )
     s3_upload_deadline: float = Field(
         10.0, gt=0, le=120,
-        description="Seconds a request waits for all its mask uploads together; masks not stored by "
-        "then get mask_url null.",
+        description="Seconds a request waits on S3 for all its mask uploads together (making the PNGs "
+        "does not count); masks not stored by then get mask_url null.",
     )
 
     @property
