@@ -48,7 +48,7 @@ def test_a_taken_local_s3_port_is_named_at_once_with_the_variable_that_moves_it(
         "(--port here, LOCAL_S3_PORT for scripts/serve.sh)"]
 
 
-def test_it_listens_on_loopback_only_and_names_a_dead_s3_endpoint_at_start_up(project, checkpoint, tmp_path):
+def test_it_listens_on_loopback_only_names_a_dead_s3_endpoint_and_bounds_header_time(project, checkpoint, tmp_path):
     port, dead = free_port(), f"http://127.0.0.1:{free_port()}"  # nobody listens there
     served = Process("serve-sh", ["bash", str(project / "scripts" / "serve.sh")], clean_env(
         SAM2_CHECKPOINT=str(checkpoint), BENTOML_HOME=str(tmp_path / "bentoml-home"), PORT=str(port),
@@ -67,5 +67,12 @@ def test_it_listens_on_loopback_only_and_names_a_dead_s3_endpoint_at_start_up(pr
         assert f"the mask bucket s3://masks at {dead} did not answer at start-up: EndpointConnectionError" in log
         assert log.count("did not answer at start-up") == 1  # once, not per worker or per request
         assert "warning: listening on" not in log and "local-test-secret-never-logged" not in log
+        # a request whose headers stop half-way: 408 and closed after SAM2_HEADER_TIMEOUT_S (10 s), not held
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
+            slow.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Le")
+            started, answer = time.monotonic(), b""
+            while chunk := slow.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408 ") and 9 < time.monotonic() - started < 40
     finally:
         served.stop()
