@@ -59,7 +59,7 @@ ERRORS = {
     "401": "API keys are configured and the request has none of them",
     "403": "An image_url this service may not read",
     "404": "An image_id sent alone that this server does not (or no longer) hold",
-    "408": "The request body arrived too slowly",
+    "408": "The request (its headers or its body) arrived too slowly",
     "413": "The upload, a form field or the image is too large",
     "415": "The file is not an image in an accepted format, or the body's media type is not accepted",
     "429": "Too many requests in flight on this replica; retry shortly",
