@@ -29,7 +29,7 @@ from sam2_api.everything_protocol import EverythingParams, EverythingReply, pars
 from sam2_api.everything_schemas import EverythingFields as Everything
 from sam2_api.everything_schemas import EverythingResponse
 from sam2_api.guard import RequestGuard
-from sam2_api.hop import HopGuard, send_token, token_for_local_serve
+from sam2_api.hop import HopGuard, prepare_client, token_for_local_serve
 from sam2_api.http_metrics import label_metrics_by_route
 from sam2_api.lifecycle import BoundedReadiness, exit_after_grace
 from sam2_api.openapi import PublishedOpenAPI
@@ -184,7 +184,7 @@ class SAM2API:
 
     def __init__(self) -> None:
         exit_after_grace(SETTINGS.sam2_shutdown_grace_s)
-        send_token(self.model, SETTINGS.internal_token)
+        prepare_client(self.model, SETTINGS.internal_token)
         self.pipeline = build_pipeline(SETTINGS, self.model)
         if bentoml.server_context.worker_index in (None, 1):  # once, not per worker
             log = logging.getLogger("sam2_api")

@@ -7,7 +7,7 @@ that the API service would refuse. So the model service serves only callers that
 secret ``SAM2_INTERNAL_TOKEN`` in the ``X-SAM2-Internal-Token`` header: :class:`HopGuard` checks
 it (constant-time) before BentoML reads a byte of the body, and answers 401 otherwise. Health
 probes and metrics stay open (they read no body). The API service sends the token with every call
-(:func:`send_token`); the model service re-checks every bound it is given (``engine.py``) all the
+(:func:`prepare_client`); the model service re-checks every bound it is given (``engine.py``) all the
 same.
 
 Where the token comes from: the environment (a Kubernetes Secret, a BentoCloud secret), the same
@@ -19,11 +19,14 @@ to start without one.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
 import secrets
 from typing import Any, Callable
+
+from _bentoml_impl.client.proxy2 import SessionManager
 
 from .asgi import App, Scope, send_json
 from .config import Settings
@@ -59,16 +62,43 @@ class HopGuard:
                                              f"{TOKEN_HEADER} ({TOKEN_ENV})"}, [(b"connection", b"close")])
 
 
-def send_token(model: Any, token: str | None) -> None:
-    """Make BentoML's client of the model service (a ``RemoteProxy``) send ``token`` with every call.
+def prepare_client(model: Any, token: str | None) -> None:
+    """Our two changes to BentoML's client of the model service (a ``RemoteProxy``); call it
+    before the first call. In-process (the model is an object of this process, not a proxy)
+    there is no hop and nothing to do.
 
-    BentoML 1.4's proxy takes no headers of its own. Its sync client calls through its async one,
-    whose session manager makes each aiohttp session (a new one every few minutes) with the very
-    ``default_headers`` dict changed here. In-process (the model is an object of this process, not
-    a proxy) there is no hop and nothing to do. Call it before the first call."""
+    - ``token`` goes with every call. BentoML 1.4's proxy takes no headers of its own; its sync
+      client calls through its async one, whose session manager makes each aiohttp session with
+      the very ``default_headers`` dict changed here.
+    - A session it replaces is closed once no call is using it (:class:`DrainingSessions`), not at
+      once: BentoML replaces its session every 100 calls or 300 s of a worker, and closing it cut
+      off every call still running on it (under load, three 503s at a time every few seconds)."""
     client = getattr(model, "to_async", None)
-    if token and client is not None:
+    if client is None:
+        return
+    if token:
         client.default_headers[TOKEN_HEADER] = token
+    client._session_manager.__class__ = DrainingSessions
+
+
+class DrainingSessions(SessionManager):
+    """BentoML's session manager, but a replaced session is closed when its last call has ended
+    (or when a call could not last any longer: the client's timeout)."""
+
+    async def get_session(self) -> Any:
+        if self._session is not None and self._should_refresh():
+            replaced, self._session = self._session, None
+            asyncio.get_running_loop().create_task(_close_when_idle(replaced, self._timeout.total or 3600))
+        return await super().get_session()
+
+
+async def _close_when_idle(session: Any, limit_s: float, poll_s: float = 0.5) -> None:
+    waited = 0.0
+    # aiohttp keeps the connections that calls are using in the connector's _acquired
+    while getattr(session.connector, "_acquired", None) and waited < limit_s:
+        await asyncio.sleep(poll_s)
+        waited += poll_s
+    await session.close()
 
 
 def token_for_local_serve() -> None:

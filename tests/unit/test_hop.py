@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from _bentoml_impl.client import RemoteProxy
 
-from sam2_api.hop import TOKEN_HEADER, HopGuard, send_token
+from sam2_api.hop import TOKEN_HEADER, HopGuard, prepare_client
 
 TOKEN = "the-shared-internal-token"
 
@@ -63,7 +63,7 @@ def test_probes_and_metrics_stay_open(path):
 
 def test_the_model_client_sends_the_token_with_every_call():
     proxy = RemoteProxy("http://127.0.0.1:9")
-    send_token(proxy, TOKEN)
+    prepare_client(proxy, TOKEN)
 
     async def sessions() -> list[str]:
         manager = proxy.to_async._session_manager  # BentoML's: a new aiohttp session every few minutes
@@ -80,4 +80,59 @@ def test_the_model_client_sends_the_token_with_every_call():
 
 def test_an_in_process_model_is_left_alone():
     model = object()
-    send_token(model, TOKEN)  # no proxy, no hop: nothing to set and nothing raised
+    prepare_client(model, TOKEN)  # no proxy, no hop: nothing to set and nothing raised
+
+
+async def calls_across_a_session_refresh(manager_class) -> list[str]:
+    """Two slow calls through one BentoML session manager whose sessions age in 0.05 s (BentoML's
+    replace theirs every 100 calls or 300 s): what each call got."""
+    from aiohttp import web
+    from _bentoml_impl.client.proxy2 import SessionManager
+
+    async def slow(request):
+        await asyncio.sleep(0.5)
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    manager = SessionManager(url=f"http://127.0.0.1:{port}", timeout=30, headers={}, max_age=0.05)
+    manager.__class__ = manager_class
+
+    async def call() -> str:
+        session = await manager.get_session()
+        try:
+            async with session.get("/slow") as response:
+                return await response.text()
+        except Exception as exc:
+            return type(exc).__name__
+
+    first = asyncio.create_task(call())
+    await asyncio.sleep(0.1)  # the first call is in flight when the second replaces the session
+    results = await asyncio.gather(first, call())
+    await manager.close()
+    await asyncio.sleep(0.6)
+    await runner.cleanup()
+    return results
+
+
+def test_a_session_replaced_under_a_running_call_is_closed_only_after_it():
+    from _bentoml_impl.client.proxy2 import SessionManager
+
+    from sam2_api.hop import DrainingSessions
+
+    assert asyncio.run(calls_across_a_session_refresh(SessionManager))[0] != "done"  # BentoML's own: cut off
+    assert asyncio.run(calls_across_a_session_refresh(DrainingSessions)) == ["done", "done"]
+
+
+def test_prepare_client_installs_the_draining_sessions():
+    from sam2_api.hop import DrainingSessions
+
+    proxy = RemoteProxy("http://127.0.0.1:9")
+    prepare_client(proxy, None)
+    assert isinstance(proxy.to_async._session_manager, DrainingSessions)
+    assert TOKEN_HEADER not in proxy.to_async.default_headers  # no token configured, none sent
