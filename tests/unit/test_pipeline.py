@@ -34,6 +34,7 @@ from sam2_api.timing import StageTimer
 from tests.conftest import upright_rgb
 
 REGION = "us-east-1"
+TENANT_A, TENANT_B = "a" * 16, "b" * 16  # two API keys' ids, as RequestGuard makes them (16 hex digits)
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +120,14 @@ def test_tenants_never_share_embeddings(s3, device, reference_mask, test_images)
     flow = pipeline(device)
     cat, cup = (test_images / "chelsea.png").read_bytes(), (test_images / "coffee.png").read_bytes()
     box = [Prompt(box=[20, 20, 300, 280])]
-    assert not flow.run(ImageRequest(upload=cat, image_id="shared-name"), box, StageTimer(), tenant="a").cached
+    assert not flow.run(ImageRequest(upload=cat, image_id="shared-name"), box, StageTimer(), tenant=TENANT_A).cached
     with pytest.raises(UnknownImageId):
-        flow.run(ImageRequest(image_id="shared-name"), box, StageTimer(), tenant="b")
-    b = flow.run(ImageRequest(upload=cup, image_id="shared-name"), box, StageTimer(), tenant="b")
+        flow.run(ImageRequest(image_id="shared-name"), box, StageTimer(), tenant=TENANT_B)
+    b = flow.run(ImageRequest(upload=cup, image_id="shared-name"), box, StageTimer(), tenant=TENANT_B)
     assert not b.cached and (b.width, b.height) == (600, 400)  # b's own image, not a's cat
     expected, _ = reference_mask(upright_rgb(test_images / "coffee.png"), box=[20, 20, 300, 280])
     assert np.array_equal(stored_mask(s3, b.masks[0].url), expected)
-    assert not flow.run(ImageRequest(upload=cat), box, StageTimer(), tenant="b").cached  # same bytes, other tenant
+    assert not flow.run(ImageRequest(upload=cat), box, StageTimer(), tenant=TENANT_B).cached  # same bytes, other tenant
 
 
 def test_request_errors_keep_their_kind_across_the_model_call(s3, device, test_images):
@@ -202,20 +203,21 @@ def test_a_mask_id_of_another_image_or_caller_or_unknown_is_refused_before_any_w
 
     flow = pipeline(device)
     cat, cup = (test_images / "chelsea.png").read_bytes(), (test_images / "coffee.png").read_bytes()
-    mask_id = flow.run(ImageRequest(upload=cat), [Prompt(points=[[225, 150]])], StageTimer(), tenant="a").masks[0].mask_id
+    first = flow.run(ImageRequest(upload=cat), [Prompt(points=[[225, 150]])], StageTimer(), tenant=TENANT_A)
+    mask_id = first.masks[0].mask_id
     again = [Prompt(points=[[225, 150], [300, 100]], previous_mask_id=mask_id)]
     timer = StageTimer()
     with pytest.raises(MaskIdOfAnotherImage, match="belongs to a mask of another image"):
-        flow.run(ImageRequest(upload=cup), again, timer, tenant="a")
+        flow.run(ImageRequest(upload=cup), again, timer, tenant=TENANT_A)
     assert "encoder" not in timer.seconds and "image_decode" not in timer.seconds  # the cup was never decoded
     with pytest.raises(UnknownMaskId, match="is not known here"):
-        flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant="b")
+        flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant=TENANT_B)
     with pytest.raises(UnknownMaskId):
         flow.run(ImageRequest(upload=cat), [Prompt(points=[[1, 1]], previous_mask_id="m_" + "A" * 22)], StageTimer(),
-                 tenant="a")
+                 tenant=TENANT_A)
     with pytest.raises(InvalidField, match="not both"):
-        flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant="a", mask_files=[b"any"])
-    assert flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant="a").cached
+        flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant=TENANT_A, mask_files=[b"any"])
+    assert flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant=TENANT_A).cached
 
 
 def test_a_mask_file_is_used_as_the_mask_input(s3, device, predictor, test_images):
