@@ -9,8 +9,9 @@ queue up together can share one encoder call (``max_batch`` > 1).
 Jobs wait in :class:`Lane` s, one per tenant (an API key) and route, served round-robin: first
 across tenants, then across a tenant's routes, so that a caller with many jobs queued waits behind
 its own jobs, not behind everyone else's. A long job (segment everything) calls
-:meth:`DeviceThread.checkpoint` between its steps, where every other tenant's next short job runs
-(a click waits for at most one step of it); long jobs themselves take turns whole, so that each
+:meth:`DeviceThread.checkpoint` between its steps, where other callers' short jobs run, one of each
+tenant in turn, for at most as long as the step took (a click waits for about one step; the long
+job keeps about half of the device or more); long jobs themselves take turns whole, so that each
 finishes within its deadline instead of all of them slowing down together.
 """
 
@@ -32,6 +33,7 @@ from .segmenter import Embedding, Mask, Segmenter
 from .timing import StageTimer
 
 TYPICAL_WEIGHT = 0.2  # of the latest run in a stage's typical time (an exponential moving average)
+STRETCH_WEIGHT = 0.2  # of the latest checkpoint in the measured stretch of long jobs (likewise)
 
 
 class Lane(NamedTuple):
@@ -122,6 +124,8 @@ class DeviceThread:
         self._ready = threading.Condition()  # guards the lanes, _running and _typical
         self._running: _Job | None = None  # the job the device thread's loop is in (not a checkpoint's)
         self._typical: dict[str, float] = {}  # seconds per job of each stage, recent runs weighted most
+        self._stretch = 0.0  # seconds of others' jobs at checkpoints per second of a long job's own work
+        self._resumed = 0.0  # when the long job on the device thread last started or left a checkpoint
         self._thread = threading.Thread(target=self._serve, name="sam2-device", daemon=True)
         self._thread.start()
 
@@ -144,18 +148,25 @@ class DeviceThread:
                                  expected_s=expected_s))
 
     def checkpoint(self) -> None:
-        """From inside a long job, on the device thread: run the next short job of each tenant
-        that has one queued, in turn, then return to the long job."""
+        """From inside a long job, on the device thread: run other callers' queued short jobs, one
+        of each tenant in turn, round after round for at most as long as the long job's step since
+        its previous checkpoint took (one round at least), then return to the long job."""
         if threading.get_ident() != self._thread.ident:
             raise RuntimeError("checkpoint() is for jobs running on the device thread")
-        served: list[str | None] = []
-        while True:
+        paused_at = time.perf_counter()
+        step = paused_at - self._resumed
+        while self._serve_round() and time.perf_counter() - paused_at < step:
+            pass
+        self._resumed = time.perf_counter()
+        if step > 0:
             with self._ready:
-                job = self._lanes.take(short_only=True, skip=served)
-            if job is None:
-                return
-            served.append(job.lane.tenant)
-            self._dispatch(job, wait=0.0)
+                self._stretch += STRETCH_WEIGHT * ((self._resumed - paused_at) / step - self._stretch)
+
+    def stretch(self) -> float:
+        """How much longer than its own work a long job takes lately, as a fraction of it (0 to
+        about 1): the share of other callers' jobs run at its checkpoints."""
+        with self._ready:
+            return self._stretch
 
     def typical_s(self, stage: str) -> float:
         """How long a job of ``stage`` has taken lately, in seconds (0 before the first)."""
@@ -205,10 +216,23 @@ class DeviceThread:
             with self._ready:
                 self._running = None
 
+    def _serve_round(self) -> bool:
+        """Run the next queued short job of each tenant that has one; False if there was none."""
+        served: list[str | None] = []
+        while True:
+            with self._ready:
+                job = self._lanes.take(short_only=True, skip=served)
+            if job is None:
+                return bool(served)
+            served.append(job.lane.tenant)
+            self._dispatch(job, wait=0.0)
+
     def _dispatch(self, job: _Job, wait: float) -> None:
         """Run ``job``; an encode job with any other queued encodes (up to ``max_batch``), waiting
         up to ``wait`` seconds for more to arrive."""
         job.started_at = time.perf_counter()
+        if job.long:
+            self._resumed = job.started_at
         if job.run is not None:
             self._run(job)
             return

@@ -127,11 +127,14 @@ class Engine:
                 embedding, cached = self.cache.get_or_compute(key, lambda: self.device.encode(pixels, timer, lane))
             height, width = embedding.orig_hw
             crops_from = pixels if params.needs_pixels else None
-            objects, found = self.device.call(
-                lambda: segment_everything(self.device.segmenter, embedding, crops_from, params, plan, deadline,
-                                           self.device.checkpoint),
-                "everything", timer, lane, long=True, expected_s=deadline.expected_s,
-            )
+
+            def run() -> tuple[list, int]:
+                deadline.expected_s = self._everything_seconds(params, plan)  # as measured while it waited
+                return segment_everything(self.device.segmenter, embedding, crops_from, params, plan, deadline,
+                                          self.device.checkpoint)
+
+            objects, found = self.device.call(run, "everything", timer, lane, long=True,
+                                              expected_s=deadline.expected_s)
         except errors.RequestError as exc:
             return EverythingReply(failure=Failure.of(exc), seconds=timer.seconds)
         return EverythingReply(objects=objects, found=found, width=width, height=height, cached=cached,
@@ -140,12 +143,18 @@ class Engine:
     def _everything_deadline(self, at: float, params: EverythingParams, plan: Plan, lane: Lane,
                              encode: bool) -> Deadline:
         """The request's deadline, once it is known to be reachable: the work queued for the device
-        before it, then its own (an encoder pass if ``encode``, and ``plan``), as measured so far."""
-        encoder_s = self.device.typical_s("encoder")
+        before it, then its own (an encoder pass if ``encode``, and ``plan``, stretched by other
+        callers' jobs between its batches), as measured so far."""
         deadline = Deadline(at, self.everything_limits.deadline_s, params, plan,
-                            self.everything_pace.seconds(params, plan, encoder_s), self.everything_pace)
-        deadline.check_start(self.device.seconds_ahead(lane), encoder_s if encode else 0.0)
+                            self._everything_seconds(params, plan), self.everything_pace)
+        deadline.check_start(self.device.seconds_ahead(lane), self.device.typical_s("encoder") if encode else 0.0)
         return deadline
+
+    def _everything_seconds(self, params: EverythingParams, plan: Plan) -> float:
+        """The expected device time of ``plan``: at the pace measured so far, stretched by the
+        other callers' jobs that run between batches lately."""
+        encoder_s = self.device.typical_s("encoder")
+        return self.everything_pace.seconds(params, plan, encoder_s) * (1 + self.device.stretch())
 
     def _everything_plan(self, params: EverythingParams, width: int, height: int) -> Plan:
         if params.min_mask_region_area and not has_hole_filling(self.device.segmenter.device):

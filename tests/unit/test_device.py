@@ -137,8 +137,9 @@ def test_tenants_take_turns_and_encodes_of_any_caller_still_share_a_batch(segmen
 
 
 def test_a_long_job_lets_every_other_caller_run_one_short_job_at_each_checkpoint(segmenter):
-    """A long job (segment everything) yields at its checkpoints to one queued short job per caller;
-    other long jobs wait for it to end, and the time queued ahead is estimated from what is queued."""
+    """A long job (segment everything) yields at its checkpoints to queued short jobs, one per caller
+    in turn, round after round for as long as its step took (here: its wait, longer than theirs);
+    other long jobs wait for it to end; the time queued ahead is estimated from what is queued."""
     device = DeviceThread(segmenter)
     ran: list[str] = []
     queued = threading.Event()
@@ -169,6 +170,7 @@ def test_a_long_job_lets_every_other_caller_run_one_short_job_at_each_checkpoint
         queued.set()
         for future in futures:
             future.result(timeout=60)
-    assert ran == ["long0", "b1", "a-click", "long1", "b2", "long2", "c-long"]
+    assert ran == ["long0", "b1", "a-click", "b2", "long1", "long2", "c-long"]
+    assert 0 < device.stretch() < 1  # others' jobs took part of the long job's time, less than its own
     with pytest.raises(RuntimeError, match="device thread"):
         device.checkpoint()  # not from a request's thread
