@@ -94,7 +94,7 @@ class Deadline:
         expected time, end in time with :data:`ESTIMATE_MARGIN` to spare."""
         needs = encoder_s + self.expected_s
         if time.monotonic() + ESTIMATE_MARGIN * (ahead_s + needs) > self.at:
-            why = f"it needs about {needs:.0f} s of device time for its {self.plan.points} points"
+            why = f"it needs about {needs:.0f} s on the device for its {self.plan.points} points"
             if ahead_s >= 0.5:
                 why += f", after about {ahead_s:.0f} s of other requests' work queued before it"
             left = max(0.0, self.at - time.monotonic())
