@@ -55,7 +55,7 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from . import errors, metrics, video
 from .config import Settings
-from .device import DeviceThread
+from .device import DeviceThread, Lane
 from .protocol import (
     Failure, TrackDecoding, TrackedFrame, TrackEnd, TrackPrompt, TrackQueued, TrackSpec, TrackStarted,
     write_record,
@@ -516,6 +516,7 @@ class Tracker:
 
     def _run(self, job: _Job, data: bytes, spec: TrackSpec, timer: StageTimer) -> Iterator[bytes]:
         model = self.model
+        lane = Lane(spec.tenant, "track")  # each frame takes its turn on the device with its key's other work
         start = _default_start(spec)
         first, last = processed_range(self.settings.limits.max_frames, start, spec.max_frames, spec.reverse)
         low, high = min(first, last), max(first, last)
@@ -552,7 +553,7 @@ class Tracker:
             return new_inference_state(model, store, count, info.height, info.width, offload_video, offload_state)
 
         job.session = Session(
-            model, self.device.call(on_device, "track_setup", timer),
+            model, self.device.call(on_device, "track_setup", timer, lane),
             spec.prompts, spec.objects, start, spec.max_frames, spec.reverse, self.device.segmenter.pack,
         )
         job.store = store = None  # the session holds the frames now
@@ -560,10 +561,10 @@ class Tracker:
                                         first_frame=first,
                                         last_frame=last, offload_video=offload_video, offload_state=offload_state))
         with job.step():
-            self.device.call(lambda: self._on_device(job, Session.add_prompts), "track_prompts", timer)
+            self.device.call(lambda: self._on_device(job, Session.add_prompts), "track_prompts", timer, lane)
         while True:
             with job.step():
-                frame = self.device.call(lambda: self._on_device(job, Session.next_frame), "track_frame", timer)
+                frame = self.device.call(lambda: self._on_device(job, Session.next_frame), "track_frame", timer, lane)
             if frame is None:
                 return
             metrics.VIDEO_FRAMES.inc()
