@@ -17,6 +17,11 @@ Each line gets one result line (errors included, the batch goes on); --resume sk
 that already have a result and retries only those that failed for want of a server. Ctrl+C stops
 a batch: nothing new is sent, requests in flight get a few seconds to finish, every result that
 arrived is written, and the command that resumes it is printed (exit status 130).
+
+Results go to stdout as JSON, everything else to stderr. What stops a command (no server at --url,
+a file that cannot be read, a refused API key) is one line, `error: …`, and exit status 1; a
+request the server refuses prints its JSON answer and exits 1 too. When stdout is closed early
+(`sam2-api … | head`), the command stops quietly with status 141, as a Unix tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ DEFAULT_URL = "http://localhost:3000"
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_CONCURRENCY = 4
 INTERRUPT_GRACE_S = 10.0  # after Ctrl+C, how long requests already sent may take to finish
+CLOSED_PIPE_STATUS = 128 + signal.SIGPIPE  # what a shell reports for a tool that SIGPIPE ended
 REFERENCE_SCHEMES = ("s3://", "https://")
 
 # The overlay's look, the same as the /ui page's (RGB).
@@ -53,10 +59,15 @@ OBJECT_COLOUR, BACKGROUND_COLOUR = (34, 197, 94), (239, 68, 68)
 RING_COLOUR, BOX_COLOUR = (255, 255, 255), (250, 204, 21)
 
 
+class CommandError(Exception):
+    """What stops a command, in one line for the person who typed it."""
+
+
 class Client:
     """A thin client for POST /segment; one per thread (httpx clients are not shared)."""
 
     def __init__(self, url: str, api_key: str | None, timeout: float):
+        self.has_key = bool(api_key)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
@@ -123,11 +134,14 @@ def draw_overlay(image: Image.Image, mask: np.ndarray, points: Sequence[Sequence
     return drawn
 
 
-def overlay(image_bytes: bytes, mask_png: bytes, points=(), labels=(), box=None) -> Image.Image:
-    """``draw_overlay`` of an encoded image (EXIF orientation applied, as the server does) and mask PNG."""
+def overlay(image_bytes: bytes, rle: Mapping, points=(), labels=(), box=None) -> Image.Image:
+    """``draw_overlay`` of an encoded image (EXIF orientation applied, as the server does) and the
+    mask's COCO RLE as the server returns it (``{"size": [h, w], "counts": str}``)."""
+    from .maskformats import from_coco_rle  # pycocotools: only when an overlay is drawn
+
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes)))
-    mask = np.array(Image.open(io.BytesIO(mask_png)).convert("L")) > 127
-    return draw_overlay(image, mask, points, labels, box)
+    height, width = rle["size"]
+    return draw_overlay(image, from_coco_rle(rle["counts"], height, width), points, labels, box)
 
 
 def read_image(source: str, timeout: float) -> bytes:
@@ -161,13 +175,27 @@ def parse_box(text: str) -> list[float]:
     return [float(p) for p in parts]
 
 
-def printed_body(response: httpx.Response) -> dict:
-    """The response's JSON (or its text as an error), printed."""
+def check_api_key(response: httpx.Response, client: Client) -> None:
+    """A 401 as the command line's own words (the server's speak of HTTP headers)."""
+    if response.status_code == 401:
+        raise CommandError(refused_key_advice(client.has_key))
+
+
+def refused_key_advice(had_key: bool) -> str:
+    if had_key:
+        return "the server refused this API key (--api-key, or SAM2_API_KEY in the environment)"
+    return "the server wants an API key: pass --api-key KEY, or set SAM2_API_KEY in the environment"
+
+
+def printed_body(response: httpx.Response, client: Client, leave_out: Iterable[str] = ()) -> dict:
+    """The response's JSON (or its text as an error), printed without the fields ``leave_out``;
+    all of it is returned. A 401 raises :class:`CommandError` instead."""
+    check_api_key(response, client)
     try:
         body = response.json()
     except ValueError:
         body = {"error": response.text}
-    print(json.dumps(body, indent=2))
+    print(json.dumps({name: value for name, value in body.items() if name not in leave_out}, indent=2))
     return body
 
 
@@ -185,18 +213,18 @@ def overlay_source(body: dict, field: str, timeout: float) -> bytes | None:
 def command_segment(args: argparse.Namespace) -> int:
     points = [p for p, _ in args.point] or None
     labels = [label for _, label in args.point] or None
+    # The overlay is drawn from the mask's RLE: it comes back with or without S3 on the server.
+    formats = set(args.format) | ({"rle"} if args.overlay else set())
     fields = {"points": points, "labels": labels, "box": args.box, "multimask_output": args.multimask,
               "candidates": args.candidates or None, "previous_mask_id": args.previous_mask_id,
-              "formats": sorted(set(args.format)) or None, "polygon_tolerance": args.polygon_tolerance}
-    response = Client(args.url, args.api_key, args.timeout).segment(args.image, fields, args.mask_input)
-    body = printed_body(response)
+              "formats": sorted(formats) or None, "polygon_tolerance": args.polygon_tolerance}
+    client = Client(args.url, args.api_key, args.timeout)
+    response = client.segment(args.image, fields, args.mask_input)
+    body = printed_body(response, client, leave_out=formats - set(args.format))
     if response.status_code != 200:
         return 1
     if args.overlay:
-        mask = overlay_source(body, "mask_url", args.timeout)
-        if mask is None:
-            return 1
-        drawn = overlay(read_image(args.image, args.timeout), mask, points or (), labels or (), args.box)
+        drawn = overlay(read_image(args.image, args.timeout), body["rle"], points or (), labels or (), args.box)
         drawn.save(args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
@@ -260,8 +288,9 @@ def command_everything(args: argparse.Namespace) -> int:
     fields = dict(args.param)
     fields.update({name: value for name, value in (("points_per_side", args.points_per_side),
                                                    ("max_objects", args.max_objects)) if value is not None})
-    response = Client(args.url, args.api_key, args.timeout).everything(args.image, fields)
-    body = printed_body(response)
+    client = Client(args.url, args.api_key, args.timeout)
+    response = client.everything(args.image, fields)
+    body = printed_body(response, client)
     if response.status_code != 200:
         return 1
     print(f"{len(body['objects'])} objects", file=sys.stderr)
@@ -350,12 +379,12 @@ def send_request(client: Client, request: dict, line: int) -> dict:
 
 def finished_lines(output: Path) -> set[int]:
     """Lines of an earlier run with a final answer: a mask or a 4xx. Server and network failures
-    (5xx, status 0) are not final: --resume sends them again."""
+    (5xx, status 0) and a refused API key (401) are not final: --resume sends them again."""
     done = set()
     if output.exists():
         for line in output.read_text().splitlines():
             result = json.loads(line)
-            if result.get("ok") or 400 <= result.get("status", 0) < 500:
+            if result.get("ok") or (400 <= result.get("status", 0) < 500 and result["status"] != 401):
                 done.add(result["line"])
     return done
 
@@ -376,7 +405,7 @@ def command_batch(args: argparse.Namespace) -> int:
     done = finished_lines(args.output) if args.resume else set()
     todo = [i for i in range(len(requests)) if i not in done]
     clients = [Client(args.url, args.api_key, args.timeout) for _ in range(min(args.concurrency, len(todo)))]
-    ok = failed = 0
+    ok = failed = refused = 0
     started = None  # set by the first Ctrl+C: the requests sent by then; no more are sent
     with (Interrupts() as interrupts, args.output.open("a") as out,
           tqdm(total=len(todo), unit="image", disable=args.quiet) as progress):
@@ -398,8 +427,11 @@ def command_batch(args: argparse.Namespace) -> int:
             out.flush()
             ok += result["ok"]
             failed += not result["ok"]
+            refused += result["status"] == 401
             progress.update()
     summary = f"{ok} ok, {failed} failed, {len(done)} already done; results in {args.output}"
+    if refused:
+        print(f"error: {refused} requests refused: {refused_key_advice(bool(args.api_key))}", file=sys.stderr)
     if ok + failed == len(todo):
         print(summary, file=sys.stderr)
         return 1 if failed else 0
@@ -442,7 +474,8 @@ def parse_tracked_object(text: str) -> dict:
 def command_track(args: argparse.Namespace) -> int:
     """Submit the clip as a `track` task, show its progress, then fetch the result's manifest and
     preview into ``--output-dir``. Ctrl+C cancels the task on the server."""
-    http = Client(args.url, args.api_key, args.timeout).http
+    client = Client(args.url, args.api_key, args.timeout)
+    http = client.http
     fields = {"objects": args.object, "start_frame_index": args.start, "max_frames": args.max_frames,
               "reverse": args.reverse or None, "formats": ["rle"] if args.rle else None}
     form = {name: json.dumps(value) for name, value in fields.items() if value is not None}
@@ -452,6 +485,7 @@ def command_track(args: argparse.Namespace) -> int:
     else:
         files = {"video": (Path(args.video).name, Path(args.video).read_bytes())}
     submitted = http.post("/track/submit", data=form, files=files)
+    check_api_key(submitted, client)
     if submitted.status_code != 200:
         print(json.dumps(_json(submitted), indent=2))
         return 1
@@ -583,12 +617,49 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return run(argv)
+        finally:
+            sys.stdout.flush()  # here, so that a closed pipe is seen here rather than at exit
+    except BrokenPipeError:
+        # Nobody reads stdout any more (`| head` has what it wanted). Point it at /dev/null so that
+        # Python's own flush at exit has nowhere to fail, and stop as SIGPIPE would stop a Unix tool.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE_STATUS
+
+
+def run(argv: Sequence[str] | None) -> int:
+    """The command's exit status; what stopped it, if anything, in one line on stderr."""
     args = parse_args(argv)
     try:
         return args.run(args)
     except KeyboardInterrupt:  # outside a batch's own handling: nothing half-done to report
         print("interrupted", file=sys.stderr)
         return 130
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except httpx.HTTPError as exc:
+        print(f"error: {http_failure(exc, args)}", file=sys.stderr)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a file that cannot be read or written
+        print(f"error: {exc.filename}: {exc.strerror}" if exc.filename else f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+def http_failure(exc: httpx.HTTPError, args: argparse.Namespace) -> str:
+    """An HTTP failure that ended a command, in words: the server's address and how to change it
+    when it was the server that could not be reached, else the address that failed."""
+    url = str(exc.request.url)
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{exc.request.method} {url}: {exc.response.status_code} {exc.response.reason_phrase}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer from {url} within {args.timeout:g} s (--timeout)"
+    if isinstance(exc, httpx.ConnectError) and url.startswith(args.url.rstrip("/") + "/"):
+        return (f"no server answers at {args.url} ({exc}); start one (scripts/serve.sh) or give its "
+                f"address with --url or SAM2_API_URL")
+    return f"{exc.request.method} {url}: {type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

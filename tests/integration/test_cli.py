@@ -1,22 +1,32 @@
-"""The `sam2-api` command against a real server: one image with an overlay, options from the
-environment or either side of the command, a resumable batch, and Ctrl+C in the middle of one."""
+"""The `sam2-api` command against a real server: one image with an overlay (with S3 on the server
+or without), options from the environment or either side of the command, a resumable batch, Ctrl+C
+in the middle of one, and what stops a command: no server, a missing file, a refused API key, a
+closed stdout."""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import numpy as np
+import pytest
+import uvicorn
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from tests.conftest import REPO, upright_rgb
 from tests.integration.conftest import PHOTOS
-from sam2_api.localdev import clean_env
+from sam2_api.guard import RequestGuard
+from sam2_api.localdev import clean_env, free_port
 from tests.integration.test_segment_api import fetch_mask
 
 # The module, not the installed console script: this runs the checkout's own code wherever it is.
@@ -43,11 +53,29 @@ def test_segment_prints_the_result_and_draws_the_overlay(server, reference_mask,
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert (body["width"], body["height"]) == (451, 300)
+    assert "rle" not in body  # asked of the server for the overlay, not by the user: not printed
     expected, _ = reference_mask(upright_rgb(image), points=[[225, 150], [50, 50]], labels=[1, 0])
     assert np.array_equal(fetch_mask(body["mask_url"]) == 255, expected)
+    assert_overlay_of_chelsea(out, expected)
 
+
+def test_without_s3_on_the_server_the_overlay_is_drawn_from_the_masks_rle(server_without_s3, reference_mask,
+                                                                          test_images, tmp_path):
+    image = test_images / "chelsea.png"
+    out = tmp_path / "overlay.png"
+    result = sam2_api("--url", server_without_s3.url, "segment", str(image), "--point", "225,150",
+                      "--point", "50,50,0", "--overlay", str(out), "--format", "rle")
+    assert result.returncode == 0, result.stderr  # it refused: "the server returned no mask_url"
+    body = json.loads(result.stdout)
+    assert body["mask_url"] is None and body["rle"]["size"] == [300, 451]  # asked for: printed
+    expected, _ = reference_mask(upright_rgb(image), points=[[225, 150], [50, 50]], labels=[1, 0])
+    assert_overlay_of_chelsea(out, expected)
+
+
+def assert_overlay_of_chelsea(out, expected: np.ndarray) -> None:
+    """The overlay at ``out`` shows the mask ``expected`` and the clicks (225, 150) and (50, 50, 0)."""
     drawn = np.array(Image.open(out).convert("RGB")).astype(int)
-    original = upright_rgb(image).astype(int)
+    original = upright_rgb(REPO / "tests" / "data" / "chelsea.png").astype(int)
     assert drawn.shape == original.shape
     assert drawn[150, 225].tolist() == [34, 197, 94] and drawn[50, 50].tolist() == [239, 68, 68]  # the clicks
     rows, cols = np.mgrid[:300, :451]
@@ -122,7 +150,85 @@ def test_server_options_come_from_the_environment_or_either_side_of_the_command(
                           SAM2_API_URL=dead)
     assert flag_after.returncode == 0, flag_after.stderr
     env_only = sam2_api("segment", image, "--point", "225,150", SAM2_API_URL=dead)
-    assert env_only.returncode != 0 and "ConnectError" in env_only.stderr
+    assert env_only.returncode == 1 and env_only.stderr.startswith(f"error: no server answers at {dead} ")
+
+
+def test_no_server_and_a_missing_file_are_one_line_each_and_exit_1(test_images, tmp_path):
+    closed = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
+    image, missing = str(test_images / "chelsea.png"), str(tmp_path / "missing.jpg")
+    for argv, message in [
+        (["segment", image, "--point", "225,150"],
+         f"error: no server answers at {closed} ([Errno 111] Connection refused); start one (scripts/serve.sh) "
+         "or give its address with --url or SAM2_API_URL"),
+        (["everything", image], f"error: no server answers at {closed} ([Errno 111] Connection refused); "
+         "start one (scripts/serve.sh) or give its address with --url or SAM2_API_URL"),
+        (["segment", missing, "--point", "225,150"], f"error: {missing}: No such file or directory"),
+        (["track", missing, "--object", "0:1,1"], f"error: {missing}: No such file or directory"),
+        (["batch", missing, "--output", str(tmp_path / "out.jsonl")], f"error: {missing}: No such file or directory"),
+    ]:
+        result = sam2_api("--url", closed, *argv)
+        assert (result.returncode, result.stdout, result.stderr.splitlines()) == (1, "", [message]), argv
+
+
+@pytest.fixture(scope="module")
+def keyed_server():
+    """The service's own API-key check (RequestGuard, as service.py mounts it) on a real HTTP server,
+    with one key, in front of an app that answers every request that gets past it alike."""
+
+    async def passed(request):
+        return JSONResponse({"passed": "the API key check"})
+
+    port = free_port()
+    app = RequestGuard(Starlette(routes=[Route("/segment", passed, methods=["POST"])]), paths={"/segment"},
+                       api_keys=["the-right-key"], max_upload_bytes=10_000_000)
+    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=served.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not served.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    served.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_401_names_the_options_that_carry_the_api_key(keyed_server, test_images):
+    image = str(test_images / "chelsea.png")
+    without = sam2_api("--url", keyed_server, "segment", image, "--point", "1,1")
+    assert (without.returncode, without.stdout, without.stderr.splitlines()) == (1, "", [
+        "error: the server wants an API key: pass --api-key KEY, or set SAM2_API_KEY in the environment"])
+    wrong = sam2_api("--url", keyed_server, "segment", image, "--point", "1,1", SAM2_API_KEY="a-wrong-key")
+    assert (wrong.returncode, wrong.stdout, wrong.stderr.splitlines()) == (1, "", [
+        "error: the server refused this API key (--api-key, or SAM2_API_KEY in the environment)"])
+    right = sam2_api("--url", keyed_server, "segment", image, "--point", "1,1", "--api-key", "the-right-key")
+    assert (right.returncode, json.loads(right.stdout)) == (0, {"passed": "the API key check"})
+
+
+def test_a_batch_refused_for_its_api_key_says_so_and_resume_sends_it_again(keyed_server, test_images, tmp_path):
+    requests, results = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    requests.write_text(json.dumps({"image": str(test_images / "chelsea.png"), "points": [[1, 1]]}) + "\n")
+    first = sam2_api("--url", keyed_server, "batch", str(requests), "--output", str(results), "--quiet")
+    assert first.returncode == 1
+    assert first.stderr.splitlines()[0] == ("error: 1 requests refused: the server wants an API key: pass --api-key "
+                                            "KEY, or set SAM2_API_KEY in the environment")
+    again = sam2_api("--url", keyed_server, "batch", str(requests), "--output", str(results), "--quiet", "--resume",
+                     "--api-key", "the-right-key")
+    assert (again.returncode, again.stderr.splitlines()[-1]) == (
+        0, f"1 ok, 0 failed, 0 already done; results in {results}")
+    assert [json.loads(line)["status"] for line in results.read_text().splitlines()] == [401, 200]
+
+
+def test_a_closed_stdout_ends_the_command_quietly_with_sigpipes_status(server, test_images):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `sam2-api … | head` once head has what it wanted
+    try:
+        result = subprocess.run([*SAM2_API, "--url", server.url, "segment", str(test_images / "chelsea.png"),
+                                 "--point", "225,150"], cwd=REPO, env=clean_env(), stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")  # was a BrokenPipeError traceback
 
 
 def test_ctrl_c_stops_a_batch_keeps_every_result_and_resume_sends_only_the_rest(server, test_images, tmp_path):
