@@ -31,7 +31,7 @@ def main() -> None:
     variant = args.model.split("/")[-1]
     if args.checkpoint is None:
         try:
-            checkpoint = hugging_face_checkpoint(args.model)
+            checkpoint = hugging_face_checkpoint(args.model, remedy="give a local file with --checkpoint FILE.pt")
         except ModelLoadError as exc:
             raise SystemExit(f"error: {exc}") from None
         source = args.source or f"huggingface:{args.model}"

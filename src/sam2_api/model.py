@@ -60,16 +60,17 @@ def resolve_weights(settings: Settings, packaged: WeightsSource | None = None, d
                          settings.sam2_model)
 
 
-def hugging_face_checkpoint(model_id: str, download: bool = True) -> Path:
+def hugging_face_checkpoint(model_id: str, download: bool = True,
+                            remedy: str = "set SAM2_CHECKPOINT to a local checkpoint file") -> Path:
     """The checkpoint file of ``model_id`` in Hugging Face's local cache, downloaded first when
-    it is not there and ``download`` allows; :class:`ModelLoadError` in one line otherwise."""
+    it is not there and ``download`` allows; :class:`ModelLoadError` in one line otherwise, ending
+    with ``remedy``: how the caller's user gives a local file instead."""
     from huggingface_hub import constants, hf_hub_download
 
     _, filename = HF_MODEL_ID_TO_FILENAMES[model_id]
 
     def failed(reason: str) -> ModelLoadError:
-        return ModelLoadError(f"could not fetch {model_id} from Hugging Face ({reason}); "
-                              "set SAM2_CHECKPOINT to a local checkpoint file")
+        return ModelLoadError(f"could not fetch {model_id} from Hugging Face ({reason}); {remedy}")
 
     try:
         return Path(hf_hub_download(repo_id=model_id, filename=filename, local_files_only=True))

@@ -57,6 +57,16 @@ def test_weights_that_cannot_be_downloaded_say_to_set_sam2_checkpoint(tmp_path):
     ) in result.stderr
 
 
+def test_import_model_offline_says_to_pass_its_checkpoint_option(tmp_path):
+    """scripts/import_model.py reads no SAM2_CHECKPOINT: its way to a local file is --checkpoint."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "BENTOML_HOME": str(tmp_path / "bentoml")}
+    result = subprocess.run([sys.executable, "scripts/import_model.py"], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert (result.returncode, result.stderr.splitlines()) == (1, [
+        "error: could not fetch facebook/sam2.1-hiera-tiny from Hugging Face (LocalEntryNotFoundError); "
+        "give a local file with --checkpoint FILE.pt"])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU paths")
 def test_device_policy_without_a_gpu():
     assert pick_device("auto") == torch.device("cpu")
