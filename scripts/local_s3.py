@@ -9,32 +9,21 @@ environment that points the service at it, and serves until interrupted.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 
 import boto3
 from moto.server import ThreadedMotoServer
 
-from sam2_api.localdev import prepare_mask_bucket
+from sam2_api.localdev import port_taken, prepare_mask_bucket
 
 CREDENTIALS = {"aws_access_key_id": "local-test-key", "aws_secret_access_key": "local-test-secret"}
 
 
-def port_taken(port: int) -> bool:
-    """Whether a server could not listen on 127.0.0.1:``port`` (options as werkzeug's server sets them)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=4566)
+    parser.add_argument("--port", type=int, default=4566,
+                        help="default 4566, LocalStack's port too (scripts/serve.sh passes LOCAL_S3_PORT)")
     parser.add_argument("--bucket", default="sam2-local-masks")
     parser.add_argument("--prefix", default="sam2-api-masks/")
     args = parser.parse_args()

@@ -30,6 +30,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could not listen on ``host``:``port`` (with SO_REUSEADDR, as werkzeug's and
+    uvicorn's servers set it)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any AWS/S3/SAM2 setting, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "SAM2_"))}

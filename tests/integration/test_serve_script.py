@@ -1,5 +1,5 @@
-"""scripts/serve.sh as a new user runs it: where it listens, and what it says when its S3 port is
-taken or its S3 endpoint is dead.
+"""scripts/serve.sh as a new user runs it: its usage text, where it listens, and what it says when
+its port or its S3 port is taken or its S3 endpoint is dead.
 
 It runs from a copy of the project's layout whose scripts/setup.sh does nothing: the real one
 reinstalls this package into the shared .venv, under the feet of every other test running from it.
@@ -11,8 +11,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import errno
+import re
 import time
 
+import httpx
 import psutil
 import pytest
 
@@ -46,6 +49,54 @@ def test_a_taken_local_s3_port_is_named_at_once_with_the_variable_that_moves_it(
     assert result.stderr.strip().splitlines() == [
         f"error: 127.0.0.1:{port} is already in use; start the local S3 server on another port "
         "(--port here, LOCAL_S3_PORT for scripts/serve.sh)"]
+
+
+def test_usage_names_the_ports_and_the_variables_that_move_them(project):
+    result = subprocess.run(["bash", str(project / "scripts" / "serve.sh"), "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("Usage: scripts/serve.sh")
+    variables = re.findall(r"^  ([A-Z0-9_]+)  ", result.stdout, flags=re.MULTILINE)
+    assert variables == ["PORT", "LOCAL_S3_PORT", "BENTOML_HOST"]
+
+
+def test_a_taken_port_is_named_at_once_with_the_variable_that_moves_it(project):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(["bash", str(project / "scripts" / "serve.sh")], capture_output=True, text=True,
+                                env=clean_env(PORT=str(port)), timeout=60)
+    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert result.stderr.strip().splitlines() == [
+        f"error: 127.0.0.1:{port} is already in use; serve on another port with PORT (e.g. PORT=3001 scripts/serve.sh)"]
+
+
+def test_with_4566_taken_and_no_local_s3_port_set_the_local_s3_server_takes_a_free_one(project, tmp_path):
+    with socket.socket() as localstack:  # LocalStack's default port, as a new user's machine may have it taken
+        try:
+            localstack.bind(("127.0.0.1", 4566))
+            localstack.listen()
+        except OSError as exc:
+            assert exc.errno == errno.EADDRINUSE  # taken already: all the same to serve.sh
+        served = Process("serve-sh-4566-taken", ["bash", str(project / "scripts" / "serve.sh")], clean_env(
+            PORT=str(free_port()), BENTOML_HOME=str(tmp_path / "bentoml-home")), tmp_path, "")
+        served.launch()
+        try:
+            deadline = time.monotonic() + 60
+            while "local S3 server: http://" not in served.log():
+                assert served.proc.poll() is None and time.monotonic() < deadline, served.log()
+                time.sleep(0.2)
+            log = served.log()
+            endpoint = log.split("local S3 server: ", 1)[1].split(",", 1)[0]
+            s3_port = int(endpoint.rsplit(":", 1)[1])
+            assert s3_port != 4566
+            assert (f"127.0.0.1:4566 is taken (LocalStack's port?): the local S3 server takes {s3_port} instead "
+                    "(LOCAL_S3_PORT chooses)") in log
+            assert httpx.get(endpoint, timeout=10).status_code == 200  # moto answers there (its bucket list)
+        finally:
+            served.stop()
 
 
 def test_it_listens_on_loopback_only_names_a_dead_s3_endpoint_and_bounds_header_time(project, checkpoint, tmp_path):
