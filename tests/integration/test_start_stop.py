@@ -36,16 +36,22 @@ def served(s3, s3_server, checkpoint, logs):
     server.stop()
 
 
+def probe(server) -> tuple[float, int | str]:
+    """One /readyz answer: the seconds it took, and its status or the error."""
+    started = time.monotonic()
+    try:
+        answer = httpx.get(server.url + "/readyz", timeout=30).status_code
+    except httpx.TransportError as exc:
+        answer = type(exc).__name__
+    return time.monotonic() - started, answer
+
+
 def probe_until_ready(server, timeout: float = 240) -> list[tuple[float, int | str]]:
     """Every /readyz answer (seconds it took, status or the error) until one is 200."""
     answers, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
-        started = time.monotonic()
-        try:
-            answer = httpx.get(server.url + "/readyz", timeout=30).status_code
-        except httpx.TransportError as exc:
-            answer = type(exc).__name__
-        answers.append((time.monotonic() - started, answer))
+        answers.append(probe(server))
+        answer = answers[-1][1]
         if answer == 200:
             return answers
         assert server.proc.poll() is None, server.log()[-3000:]
@@ -62,11 +68,22 @@ def test_readyz_answers_within_seconds_while_the_model_loads(served):
     served.launch()
     answers = answered(probe_until_ready(served))
     assert answers[-1][1] == 200 and all(status in (200, 503) for _, status in answers), answers
-    assert [status for _, status in answers].count(503) >= 2, answers  # the model loads for longer than that
     # The first answer waits in the port's backlog until the API worker has started (seconds); from
-    # then on every answer comes within the bound, "not ready" until the model service is.
+    # then on every answer comes within the bound, "not ready" until the model service is. (How many
+    # 503s come before the 200 depends on how fast the test checkpoint loads: not asserted.)
     slow = [(seconds, status) for seconds, status in answers[1:] if seconds > READY_WITHIN_S]
     assert not slow, f"/readyz took longer than {READY_WITHIN_S} s: {slow} (all: {answers})"
+
+    # A model service that does not answer at all (as while its event loop is busy loading weights):
+    # stopped with SIGSTOP, so the test does not depend on how long loading takes.
+    worker = model_worker(served)
+    worker.suspend()
+    try:
+        stalled = [probe(served) for _ in range(3)]
+    finally:
+        worker.resume()
+    assert all(status == 503 and seconds <= READY_WITHIN_S for seconds, status in stalled), stalled
+    assert answered(probe_until_ready(served, timeout=60))[-1][1] == 200
     assert post(served, (REPO / "tests/data/chelsea.png").read_bytes(), points=[[225, 150]]).status_code == 200
 
 
