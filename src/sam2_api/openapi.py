@@ -5,11 +5,15 @@ BentoML 1.4 declares OpenAPI 3.0.2 but writes 3.1 constructs (``type: "null"`` i
 service with its own boilerplate and version "None". :func:`published_spec` turns its document into
 a valid OpenAPI 3.1 one about this service; :class:`PublishedOpenAPI` serves it at ``/docs.json``,
 where the page at ``/`` (and any client generator) reads it. That page is ours too: BentoML's
-loads Google Tag Manager on the origin where ``/ui`` keeps the API key (``csp`` says why that matters).
+loads Google Tag Manager on the origin where ``/ui`` keeps the API key (``csp`` says why that matters),
+and hides the document's title. The same middleware answers what a newcomer tries first: ``/docs``
+leads to the page, and a route called with a method it does not take (``GET /segment``) gets a 405
+in our error shape, saying which methods it takes, from the same document.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from importlib.metadata import version
 from typing import Any, Awaitable, Callable
@@ -42,6 +46,9 @@ DOCS_PAGE = f"""<!doctype html>
 <link rel="stylesheet" href="./static_content/swagger-ui.css">
 <link rel="stylesheet" href="./static_content/index.css">
 <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png" sizes="32x32">
+<style>/* BentoML's index.css hides the title and shows only its version badge */
+.swagger-ui .info .main .title, .swagger-ui .info .main .title span {{ visibility: visible; position: static; }}
+</style>
 </head>
 <body>
 <div id="swagger-ui"></div>
@@ -62,7 +69,17 @@ ERRORS = {
     "408": "The request (its headers or its body) arrived too slowly",
     "413": "The upload, a form field or the image is too large",
     "415": "The file is not an image in an accepted format, or the body's media type is not accepted",
+    "422": "The formats asked for would make the response larger than SAM2_MAX_RESPONSE_BYTES (the message says "
+           "what to reduce)",
     "429": "Too many requests in flight on this replica; retry shortly",
+    "503": "The model service is not reachable right now (restarting, scaling up); retry shortly",
+}
+# Statuses whose meaning on one route is more than ERRORS says.
+ROUTE_ERRORS = {
+    "/segment_everything": {
+        "503": "The request would run past SAM2_EVERYTHING_DEADLINE_S (the message says how many seconds it needs "
+               "and what to reduce: points_per_side, crop_n_layers), or the model service is not reachable right now",
+    },
 }
 
 
@@ -77,15 +94,18 @@ def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
     schemas["Error"] = {"type": "object", "required": ["error"], "properties": {
         "error": {"type": "string", "description": "What is wrong, in words."}}}
     _task_routes(spec)
-    for item in spec["paths"].values():
+    for path, item in spec["paths"].items():
         for operation in item.values():
+            if "description" in operation:  # a docstring: its indentation would make code blocks in Markdown
+                operation["description"] = inspect.cleandoc(operation["description"])
             content = operation.get("requestBody", {}).get("content", {})
             if "multipart/form-data" in content:
                 _form_and_json(content)
+                errors = {**ERRORS, **ROUTE_ERRORS.get(path, {})}
                 operation["responses"] = {
                     **{k: v for k, v in operation["responses"].items() if k.startswith("2")},
                     **{status: {"description": text, "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Error"}}}} for status, text in ERRORS.items()},
+                        "schema": {"$ref": "#/components/schemas/Error"}}}} for status, text in errors.items()},
                 }
     return spec
 
@@ -146,18 +166,37 @@ def _cleaned(node: Any) -> Any:
 
 class PublishedOpenAPI:
     """ASGI middleware: ``GET /docs.json`` answers :func:`published_spec` of ``spec()``, and ``GET /``
-    the page that shows it (:data:`DOCS_PAGE`), with its Content-Security-Policy."""
+    the page that shows it (:data:`DOCS_PAGE`), with its Content-Security-Policy; ``/docs`` redirects
+    there. A path of the document called with a method it does not list is a 405 ``{"error": ...}``
+    with ``Allow`` (instead of Starlette's plain text)."""
 
     PATH = "/docs.json"
     PAGE = "/"
+    ALIASES = ("/docs", "/docs/")  # where people look for the docs first
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, spec: Callable[[], dict[str, Any]]) -> None:
         self.app = app
         self.spec = spec
         self._body: bytes | None = None  # the document never changes while the server runs
+        self._methods: dict[str, frozenset[str]] | None = None  # path: its methods, from the document
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        served = scope["type"] == "http" and scope["path"] in (self.PATH, self.PAGE)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] in self.ALIASES:
+            return await _send(send, 308, b"", [(b"location", self.PAGE.encode())])
+        allowed = self._allowed(scope["path"])
+        if allowed and scope["method"] not in allowed | {"OPTIONS"}:  # OPTIONS: CORS preflights, when configured
+            shown = sorted(allowed - {"HEAD"})
+            how = " or ".join(shown)
+            body = json.dumps({"error": (
+                f"{scope['path']} takes {how}, not {scope['method']}"
+                + (": send the fields in the body (multipart/form-data, a url-encoded form or JSON); "
+                   f"the API is described at {self.PAGE} (OpenAPI: {self.PATH})" if shown == ["POST"] else "")
+            )}).encode()
+            return await _send(send, 405, body, [(b"content-type", b"application/json"),
+                                                 (b"allow", ", ".join(shown).encode())])
+        served = scope["path"] in (self.PATH, self.PAGE)
         if not served or scope["method"] not in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
         if scope["path"] == self.PAGE:
@@ -167,6 +206,21 @@ class PublishedOpenAPI:
             if self._body is None:
                 self._body = json.dumps(published_spec(self.spec())).encode()
             body, headers = self._body, [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            *headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+        await _send(send, 200, body if scope["method"] == "GET" else b"", headers, len(body))
+
+    def _allowed(self, path: str) -> frozenset[str]:
+        """The methods the document lists for ``path`` (GET with HEAD); none for paths it does not have."""
+        if self._methods is None:
+            self._methods = {
+                route: frozenset(m.upper() for m in item) | ({"HEAD"} if "get" in item else set())
+                for route, item in self.spec().get("paths", {}).items()
+            }
+        return self._methods.get(path, frozenset())
+
+
+async def _send(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
+                length: int | None = None) -> None:
+    """One whole response; ``length``: its Content-Length, when ``body`` is left out (HEAD)."""
+    await send({"type": "http.response.start", "status": status, "headers": [
+        *headers, (b"content-length", str(len(body) if length is None else length).encode())]})
+    await send({"type": "http.response.body", "body": body})

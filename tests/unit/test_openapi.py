@@ -7,7 +7,7 @@ import json
 import pytest
 from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
 
-from sam2_api.openapi import ERRORS, TITLE, PublishedOpenAPI, published_spec
+from sam2_api.openapi import ERRORS, ROUTE_ERRORS, TITLE, PublishedOpenAPI, published_spec
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +56,61 @@ def test_every_error_status_is_documented_with_our_error_body(bentoml_spec):
         responses = spec["paths"][route]["post"]["responses"]
         assert set(responses) == {"200", *ERRORS}
         assert responses["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    everything = spec["paths"]["/segment_everything"]["post"]["responses"]
+    assert set(everything) == {"200", *ERRORS} and "503" in ERRORS and "422" in ERRORS
+    assert everything["503"]["description"] == ROUTE_ERRORS["/segment_everything"]["503"]
+    assert "SAM2_EVERYTHING_DEADLINE_S" in everything["503"]["description"]
+
+
+def test_route_descriptions_are_markdown_paragraphs_not_code_blocks(bentoml_spec):
+    """A docstring's indented lines would be an indented code block in the page's Markdown."""
+    raw = bentoml_spec["paths"]["/segment"]["post"]["description"]
+    assert "\n        Give the image" in raw  # as BentoML takes it from the docstring
+    for path, item in published_spec(bentoml_spec)["paths"].items():
+        for operation in item.values():
+            lines = operation.get("description", "").splitlines()
+            assert not [line for line in lines if line.startswith("    ")], path
+    segment = published_spec(bentoml_spec)["paths"]["/segment"]["post"]["description"]
+    assert "\n\nGive the image as `image` (a file)" in segment
 
 
 
-def get(path: str):
-    """``GET path`` from PublishedOpenAPI in front of an app that answers 404 to everything."""
+def get(path: str, method: str = "GET", spec: dict | None = None):
+    """``GET path`` (or ``method``) from PublishedOpenAPI in front of an app that answers 404 to everything."""
     from starlette.testclient import TestClient
 
     async def elsewhere(scope, receive, send):
         await send({"type": "http.response.start", "status": 404, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    return TestClient(PublishedOpenAPI(elsewhere, spec=lambda: {})).get(path)
+    client = TestClient(PublishedOpenAPI(elsewhere, spec=lambda: spec or {}), follow_redirects=False)
+    return client.request(method, path)
+
+
+def test_docs_leads_to_the_page():
+    for path in ("/docs", "/docs/"):
+        response = get(path)
+        assert response.status_code == 308 and response.headers["location"] == "/"
+
+
+def test_a_route_called_with_a_method_it_does_not_take_is_a_json_405_saying_which(bentoml_spec):
+    response = get("/segment", spec=bentoml_spec)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json() == {"error": "/segment takes POST, not GET: send the fields in the body "
+                                        "(multipart/form-data, a url-encoded form or JSON); the API is described "
+                                        "at / (OpenAPI: /docs.json)"}
+    assert get("/track/cancel", spec=bentoml_spec).json() == {"error": "/track/cancel takes PUT, not GET"}
+    # what the document lists goes on; so do paths it does not have
+    assert get("/track/status", spec=bentoml_spec).status_code == 404
+    assert get("/readyz", "HEAD", spec=bentoml_spec).status_code == 404
+    assert get("/segment", "OPTIONS", spec=bentoml_spec).status_code == 404
+    assert get("/ui/index.html", "DELETE", spec=bentoml_spec).status_code == 404
+
+
+def test_the_page_shows_the_documents_title():
+    """BentoML's index.css hides `.info .main .title` (but for its version badge); the page shows it again."""
+    page = get("/").text
+    assert ".swagger-ui .info .main .title, .swagger-ui .info .main .title span { visibility: visible;" in page
 
 
 def test_the_docs_page_runs_swagger_ui_from_this_origin_only():
