@@ -1,4 +1,4 @@
-"""What a multipart form may hold before BentoML parses it.
+"""What a request body may hold before BentoML parses it: a multipart form, a url-encoded form, JSON.
 
 BentoML 1.4 parses an API's form with Starlette, then JSON-decodes every field that is not a file
 field, and downloads the *text* value of a file field as a URL (``MultipartSerde.ensure_file``).
@@ -7,6 +7,12 @@ field), a part without a name, a malformed body, a field nested 5,000 deep (``Re
 an integer of 5,000 digits (``ValueError``), a file part that is not text. :class:`FormInspector`
 sees the same bytes first, as they stream in, through the same parser (python-multipart), and
 refuses each of those with our own 4xx before BentoML reads the part that would fail.
+
+BentoML reads a url-encoded form as a multipart one (the same JSON-decoding of every field), and
+any other body as JSON, validated by pydantic against the route's fields: a file field in JSON (an
+image as base64) or a body that is not a JSON object comes back as pydantic's report ("1
+validation error for Input"). :class:`UrlEncodedInspector` and :class:`JsonInspector` hold those
+bodies (they are small: ``guard.MAX_JSON_BODY_BYTES``) and refuse the same with a message in words.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from typing import Iterable
+from urllib.parse import unquote_plus
 
 import numpy as np
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
 
-from .errors import BodyTooLarge, MalformedRequest
+from .errors import BodyTooLarge, MalformedRequest, UnsupportedContentType
 
 MAX_PARTS = 64  # the largest form (/segment_everything) has 21 fields; Starlette's own limit (1,000) is a 500
 MAX_FIELD_BYTES = 256 * 1024  # 32 objects of 64 points each take about 100 KB of JSON
@@ -156,17 +164,139 @@ class FormInspector:
             try:
                 text = raw.decode(json.detect_encoding(raw), "surrogatepass")
             except UnicodeDecodeError:
-                raise MalformedRequest(f"form field `{self._name}` is not text in a JSON encoding") from None
+                # a binary file under another name: `curl -F file=@photo.jpg`
+                raise MalformedRequest(
+                    f"form field `{self._name}` is a file that is not text, and no file field of this API is "
+                    f"called `{self._name}`: {_file_fields_hint(self._file_fields)}"
+                ) from None
         else:
             text = _decode(raw, self._charset)
-        check_json_safe(self._name, text)
+        check_json_safe(f"form field `{self._name}`", text)
 
     def _on_end(self) -> None:
         self._ended = True
 
 
+class UrlEncodedInspector:
+    """Feed it an ``application/x-www-form-urlencoded`` body, which it reads field by field as
+    Starlette does (python-multipart's parser, names and values percent-decoded from latin-1), and
+    checks each field as BentoML will read it (JSON-decoded where it parses). Such a form cannot
+    carry a file, and BentoML would download a text value of a file field as a URL: those are a 415."""
+
+    def __init__(self, file_fields: frozenset[str]) -> None:
+        self._file_fields = file_fields
+        self._fields = 0
+        self._name = bytearray()
+        self._value = bytearray()
+        self._parser = QuerystringParser({
+            "on_field_start": self._on_field_start,
+            "on_field_name": self._on_field_name,
+            "on_field_data": self._on_field_data,
+            "on_field_end": self._on_field_end,
+        })
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except FormParserError as exc:
+            raise MalformedRequest(f"the url-encoded form is malformed: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self._parser.finalize()
+        except FormParserError as exc:
+            raise MalformedRequest(f"the url-encoded form is malformed: {exc}") from None
+
+    def _on_field_start(self) -> None:
+        self._fields += 1
+        if self._fields > MAX_PARTS:
+            raise BodyTooLarge(f"the form has more than {MAX_PARTS} fields")
+        self._name, self._value = bytearray(), bytearray()
+
+    def _on_field_name(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def _on_field_data(self, data: bytes, start: int, end: int) -> None:
+        if len(self._value) + (end - start) > MAX_FIELD_BYTES:
+            raise BodyTooLarge(f"form field `{unquote_plus(self._name.decode('latin-1'))}` is over "
+                               f"{MAX_FIELD_BYTES} bytes")
+        self._value += data[start:end]
+
+    def _on_field_end(self) -> None:
+        name = unquote_plus(self._name.decode("latin-1"))
+        if name in self._file_fields:
+            raise UnsupportedContentType(
+                f"`{name}` is a file, which a url-encoded form cannot carry: send the request as "
+                f"multipart/form-data ({_curl(name)}){_by_url(name)}"
+            )
+        check_json_safe(f"form field `{name}`", unquote_plus(self._value.decode("latin-1")))
+
+
+class JsonInspector:
+    """Feed it a body BentoML reads as JSON; :meth:`close` refuses, in words, what its pydantic
+    validation would answer with a report: not JSON, not an object, a file field (e.g. a base64 image)."""
+
+    def __init__(self, file_fields: frozenset[str]) -> None:
+        self._file_fields = file_fields
+        self._body = bytearray()  # within the JSON body limit, which the guard enforces as it arrives
+
+    def feed(self, chunk: bytes) -> None:
+        self._body += chunk
+
+    def close(self) -> None:
+        raw = bytes(self._body)
+        if not raw.strip():
+            return  # BentoML reads an empty body as {}
+        try:
+            text = raw.decode(json.detect_encoding(raw))
+            check_json_safe("the JSON body", text)
+            fields = json.loads(text)
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+            raise MalformedRequest(
+                f"the body is not valid JSON ({exc}): send a JSON object of fields, e.g. "
+                '{"image_url": "s3://bucket/key", "points": [[x, y]]}, or a multipart/form-data form'
+            ) from None
+        if not isinstance(fields, dict):
+            raise MalformedRequest(
+                'a JSON body must be an object of fields, e.g. {"image_id": "photo-42", "points": [[x, y]]}; '
+                f"got {_JSON_TYPES.get(type(fields), type(fields).__name__)}"
+            )
+        files = sorted(self._file_fields & fields.keys())
+        if files:
+            name = files[0]
+            raise MalformedRequest(
+                f"`{name}` is a file and cannot be sent in a JSON body (base64 neither): send the request as "
+                f"multipart/form-data ({_curl(name)}){_by_url(name)}"
+            )
+
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
+# What each file field takes, for the messages that send a file where it belongs.
+_EXAMPLE_FILES = {"image": "photo.jpg", "mask_input": "mask.png", "video": "clip.mp4"}
+
+
+def _curl(name: str) -> str:
+    return f"curl -F {name}=@{_EXAMPLE_FILES.get(name, 'file')}"
+
+
+def _by_url(name: str) -> str:
+    return f", or name it by `{name}_url`" if name in ("image", "video") else ""
+
+
+def _file_fields_hint(file_fields: Iterable[str]) -> str:
+    names = sorted(file_fields, key=lambda name: (name != "image", name))  # the image first: the usual one
+    if not names:
+        return "this API takes no files"
+    others = ", ".join(f"`{name}`" for name in names[1:])
+    return (f"the image goes in `{names[0]}` ({_curl(names[0])})"
+            + (f"; the other file fields are {others}" if others else ""))
+
+
 def check_json_safe(name: str, text: str) -> None:
-    """Refuse what makes ``json.loads`` raise something other than a JSONDecodeError (which BentoML
+    """``name``: what holds ``text``, for the message ("form field `points`").
+
+    Refuse what makes ``json.loads`` raise something other than a JSONDecodeError (which BentoML
     treats as "a plain string"): nesting past the recursion limit, integers past Python's digit limit.
 
     Both are judged on the raw text, strings included: a refusal of a string holding 65 brackets
@@ -175,9 +305,9 @@ def check_json_safe(name: str, text: str) -> None:
     codes = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
     steps = np.isin(codes, _BRACKETS_OPEN).astype(np.int32) - np.isin(codes, _BRACKETS_CLOSE)
     if steps.size and int(np.cumsum(steps).max()) > MAX_JSON_DEPTH:
-        raise MalformedRequest(f"form field `{name}` is nested more than {MAX_JSON_DEPTH} levels deep")
+        raise MalformedRequest(f"{name} is nested more than {MAX_JSON_DEPTH} levels deep")
     if _LONG_NUMBER.search(text):
-        raise MalformedRequest(f"form field `{name}` holds a number of more than {MAX_NUMBER_DIGITS} digits")
+        raise MalformedRequest(f"{name} holds a number of more than {MAX_NUMBER_DIGITS} digits")
 
 
 def _decode(data: bytes, charset: str) -> str:

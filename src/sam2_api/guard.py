@@ -11,7 +11,8 @@ nothing. The body is then watched while BentoML reads it:
   Timeout and MaxConcurrency middlewares run *outside* this one, so a trickling body holds one
   of the replica's ``max_concurrency`` slots for as long as it takes;
 - a multipart form is inspected part by part (``forms.py``) for what BentoML's own form
-  handling would turn into a 500 or into a download.
+  handling would turn into a 500 or into a download; a url-encoded form and a JSON body, once
+  complete, for what BentoML would download or answer with pydantic's report instead of a message.
 
 A refusal is answered at once with our ``{"error": ...}`` and ``Connection: close`` (the rest of
 the body is not wanted), and BentoML's handler, which is waiting in ``receive()``, is unwound
@@ -31,7 +32,7 @@ from .config import BODY_TIMEOUT_S, MIN_UPLOAD_BYTES_PER_S
 from .errors import (
     BodyTimeout, BodyTooLarge, MalformedRequest, RequestError, Unauthorized, UnsupportedContentType,
 )
-from .forms import FormInspector, boundary_of
+from .forms import FormInspector, JsonInspector, UrlEncodedInspector, boundary_of
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -41,6 +42,7 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_GRACE_S = 5.0  # the start of a body (TCP slow start, a client warming up) is not rate-checked
 MAX_JSON_BODY_BYTES = 1024 * 1024  # a JSON request carries prompts and references, never image bytes
+PICKLE = "application/vnd.bentoml+pickle"  # BentoML's own between services; its refusal here is not our shape
 # Fields that BentoML treats as files; a text value of one would be downloaded as a URL.
 FILE_FIELDS = ("image",)
 
@@ -132,15 +134,20 @@ class RequestGuard:
         # case-sensitively (a "Multipart/Form-Data" body goes to its JSON parser).
         content_type = headers.get(b"content-type", [b""])[0]
         media_type = content_type.decode("latin-1").split(";")[0].strip()
-        limit, limit_name, inspector = self.max_upload_bytes, self.setting_names[0], None
+        limit, limit_name = self.max_upload_bytes, self.setting_names[0]
+        inspector: FormInspector | UrlEncodedInspector | JsonInspector
         if media_type == "multipart/form-data":
             boundary, charset = boundary_of(content_type)
             inspector = FormInspector(boundary, charset, self.file_fields)
-        elif media_type == "application/x-www-form-urlencoded":
-            # BentoML would read a text `image` of such a form as a URL to download; it cannot carry a file anyway.
-            raise UnsupportedContentType("send the request as multipart/form-data (or JSON without an image)")
-        elif MAX_JSON_BODY_BYTES < limit:  # anything else is read as JSON by BentoML
-            limit, limit_name = MAX_JSON_BODY_BYTES, "for a JSON body"
+        elif media_type == PICKLE:
+            raise UnsupportedContentType("send the request as multipart/form-data, a url-encoded form or JSON")
+        else:
+            # Anything else is read as JSON by BentoML; a url-encoded form (prompts and references: it
+            # cannot carry a file) as a multipart one. Both are held whole to be checked, so they are small.
+            inspector = (UrlEncodedInspector(self.file_fields) if media_type == "application/x-www-form-urlencoded"
+                         else JsonInspector(self.file_fields))
+            if MAX_JSON_BODY_BYTES < limit:
+                limit, limit_name = MAX_JSON_BODY_BYTES, "for a JSON body"
 
         if lengths:
             if not lengths[0].isdigit():
@@ -162,7 +169,7 @@ class _Refused(BaseException):
 class _BodyRules:
     max_bytes: int
     limit_name: str  # what sets the limit, for the message
-    inspector: FormInspector | None  # for multipart forms
+    inspector: FormInspector | UrlEncodedInspector | JsonInspector  # checks the body as it arrives
 
 
 class _WatchedBody:
@@ -198,10 +205,9 @@ class _WatchedBody:
                 if self._received > self._rules.max_bytes:
                     raise BodyTooLarge(f"the upload is more than {self._rules.max_bytes} bytes; the limit is "
                                        f"{self._rules.max_bytes} bytes ({self._rules.limit_name})")
-                if self._rules.inspector is not None:
-                    self._rules.inspector.feed(chunk)
-                    if self._complete:
-                        self._rules.inspector.close()
+                self._rules.inspector.feed(chunk)
+                if self._complete:
+                    self._rules.inspector.close()
             except RequestError as exc:
                 await self._refuse(exc)
         return message

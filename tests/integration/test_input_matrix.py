@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -153,3 +154,45 @@ def test_a_text_image_field_is_refused_and_never_downloaded(server, listener):
     assert urlencoded.status_code == 415 and "multipart/form-data" in urlencoded.json()["error"]
     time.sleep(0.5)
     assert accepted == []  # BentoML's MultipartSerde.ensure_file would have fetched it
+
+
+# --- what a newcomer tries first (issue 18) ---
+
+def test_an_image_under_another_field_name_says_where_it_goes(server, test_images):
+    # curl -F file=@photo.jpg
+    response = httpx.post(f"{server.url}/segment", files=form_of(("file", (test_images / "rocket.jpg").read_bytes(),
+                                                                          "photo.jpg")), timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(
+        "form field `file` is a file that is not text, and no file field of this API is called `file`: "
+        "the image goes in `image` (curl -F image=@photo.jpg)")
+
+
+def test_a_base64_image_in_json_is_one_error_in_words(server, test_images):
+    image = base64.b64encode((test_images / "chelsea.png").read_bytes()).decode()
+    response = httpx.post(f"{server.url}/segment", json={"image": image, "points": [[225, 150]]}, timeout=30)
+    assert response.status_code == 400
+    assert response.json() == {"error": "`image` is a file and cannot be sent in a JSON body (base64 neither): send "
+                                        "the request as multipart/form-data (curl -F image=@photo.jpg), or name it "
+                                        "by `image_url`"}
+    not_json = httpx.post(f"{server.url}/segment", content=b"points=[[1,1]]",
+                          headers={"content-type": "application/json"}, timeout=30)
+    assert not_json.status_code == 400 and not_json.json()["error"].startswith("the body is not valid JSON")
+
+
+def test_get_on_a_route_is_a_json_405_and_docs_leads_to_the_page(server):
+    response = httpx.get(f"{server.url}/segment", timeout=30)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json()["error"].startswith("/segment takes POST, not GET")
+    docs = httpx.get(f"{server.url}/docs", timeout=30, follow_redirects=True)
+    assert docs.status_code == 200 and str(docs.url) == f"{server.url}/" and "swagger-ui" in docs.text
+
+
+def test_a_url_encoded_form_of_an_image_id_is_served(server, test_images):
+    first = post(server, (test_images / "chelsea.png").read_bytes(), image_id="issue18-chelsea", points=[[225, 150]])
+    assert first.status_code == 200, first.text
+    # curl -d image_id=issue18-chelsea -d 'points=[[225,150]]'
+    again = httpx.post(f"{server.url}/segment", data={"image_id": "issue18-chelsea", "points": "[[225,150]]"},
+                       timeout=60)
+    assert again.status_code == 200, again.text
+    assert again.headers["x-embedding-cache"] == "hit" and again.json()["score"] == first.json()["score"]

@@ -24,7 +24,7 @@ seen: list[dict] = []  # what the app behind the guard got: one entry per reques
 
 
 async def segment(request):
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await request.form()
         seen.append({"fields": sorted(form.keys()), "tenant": getattr(request.state, "tenant", None)})
     else:
@@ -119,14 +119,14 @@ def file(name: str, value: bytes, filename: str = "x.png") -> tuple[bytes, bytes
 # --- API keys ---
 
 def test_without_keys_everything_passes_and_no_tenant_is_set():
-    assert client().post("/segment", content=b"x" * 10).json() == {"ok": True}
+    assert client().post("/segment", content=b" " * 10).json() == {"ok": True}
     assert seen == [{"bytes": 10, "tenant": None}]
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "bearer", "Basic a2V5LW9uZQ==", "key-one", "Bearer key-one2"])
 def test_a_missing_or_wrong_key_is_401_before_the_body_is_read(header):
     headers = {"Authorization": header} if header else {}
-    response = client(api_keys=["key-one", "key-two"]).post("/segment", content=b"x" * 10, headers=headers)
+    response = client(api_keys=["key-one", "key-two"]).post("/segment", content=b" " * 10, headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert "missing or invalid API key" in response.json()["error"]
@@ -137,7 +137,7 @@ def test_a_missing_or_wrong_key_is_401_before_the_body_is_read(header):
 @pytest.mark.parametrize("key", ["key-one", "key-two"])
 def test_any_configured_key_is_accepted_and_names_its_tenant(key):
     response = client(api_keys=["key-one", "key-two"]).post(
-        "/segment", content=b"x", headers={"Authorization": f"Bearer {key}"})
+        "/segment", content=b" ", headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 200
     assert seen == [{"bytes": 1, "tenant": hashlib.sha256(key.encode()).hexdigest()[:16]}]
 
@@ -152,7 +152,7 @@ def test_tenant_ids_are_stable_distinct_and_not_the_key():
                                     [b"Bearer key-one", b"Bearer wrong"]])
 def test_several_authorization_headers_are_400_whatever_they_hold(values):
     headers = [(b"authorization", value) for value in values] + [(b"content-length", b"1")]
-    answer = exchange(guard(api_keys=["key-one"]), headers, [b"x"])
+    answer = exchange(guard(api_keys=["key-one"]), headers, [b" "])
     assert answer.status == 400
     assert answer.error() == "send one Authorization header, not several"
     assert seen == []
@@ -167,17 +167,17 @@ def test_health_and_metrics_stay_open():
 # --- the size of the body ---
 
 def test_uploads_declared_over_the_limit_are_413_before_the_body_is_read():
-    response = client().post("/segment", content=b"x" * 1001)
+    response = client().post("/segment", content=b" " * 1001)
     assert response.status_code == 413
     assert response.json()["error"] == "the upload is 1001 bytes; the limit is 1000 bytes (SAM2_MAX_UPLOAD_BYTES)"
     assert seen == []
-    assert client().post("/segment", content=b"x" * 1000).status_code == 200
+    assert client().post("/segment", content=b" " * 1000).status_code == 200
 
 
 def test_chunked_uploads_are_counted_as_they_arrive():
     def chunks(total):
         for _ in range(total // 100):
-            yield b"x" * 100
+            yield b" " * 100
 
     response = client().post("/segment", content=chunks(1000))
     assert response.status_code == 200 and seen == [{"bytes": 1000, "tenant": None}]
@@ -191,7 +191,7 @@ def test_chunked_uploads_are_counted_as_they_arrive():
 
 def test_a_body_longer_than_declared_is_cut_at_the_limit_not_at_the_declaration():
     # uvicorn stops at Content-Length itself; an ASGI server that did not would still be bounded here.
-    answer = exchange(guard(), [(b"content-length", b"10")], [b"x" * 600, b"x" * 600])
+    answer = exchange(guard(), [(b"content-length", b"10")], [b" " * 600, b" " * 600])
     assert answer.status == 413 and seen == []
 
 
@@ -203,7 +203,7 @@ def test_a_body_longer_than_declared_is_cut_at_the_limit_not_at_the_declaration(
     ([(b"transfer-encoding", b"gzip, chunked")], "the only Transfer-Encoding accepted is chunked"),
 ])
 def test_ambiguous_framing_is_400_before_the_body_is_read(headers, words):
-    answer = exchange(guard(), headers, [b"x" * 10])
+    answer = exchange(guard(), headers, [b" " * 10])
     assert answer.status == 400 and words in answer.error()
     assert seen == []
 
@@ -228,11 +228,64 @@ def test_bodies_are_classified_as_bentoml_picks_its_parser():
     assert answer.status == 200 and seen == [{"fields": ["points"], "tenant": None}]
 
 
-def test_url_encoded_forms_are_415():
-    answer = exchange(guard(), [(b"content-type", b"application/x-www-form-urlencoded")],
-                      [b"image=http%3A%2F%2F10.0.0.1%2Fx.png"])
-    assert answer.status == 415 and "multipart/form-data" in answer.error()
+URL_ENCODED = [(b"content-type", b"application/x-www-form-urlencoded")]
+
+
+def test_url_encoded_forms_without_a_file_reach_the_app():
+    # curl -d image_id=photo-42 -d 'points=[[1,1]]'
+    answer = exchange(guard(), URL_ENCODED, [b"image_id=photo-42&points=%5B%5B1%2C1%5D%5D", b"&labels=[1]"])
+    assert answer.status == 200 and seen == [{"fields": ["image_id", "labels", "points"], "tenant": None}]
+
+
+@pytest.mark.parametrize("chunks", [[b"image=http%3A%2F%2F10.0.0.1%2Fx.png&points=[[1,1]]"],
+                                    [b"points=[[1,1]]&ima%67e=http://10.0.0.1/x.png"],  # names are decoded too
+                                    [b"points=[[1,1]]&im", b"age=http://10.0.0.1/x.png"]])
+def test_a_file_field_in_a_url_encoded_form_is_415_and_never_downloaded(chunks):
+    answer = exchange(guard(), URL_ENCODED, chunks)
+    assert answer.status == 415 and answer.error() == (
+        "`image` is a file, which a url-encoded form cannot carry: send the request as multipart/form-data "
+        "(curl -F image=@photo.jpg), or name it by `image_url`")
     assert seen == []
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"points=" + b"%5B" * 65 + b"%5D" * 65, 400, "form field `points` is nested more than 64 levels deep"),
+    (b"&".join(b"f%d=1" % i for i in range(65)), 413, "the form has more than 64 fields"),
+    (b"points=" + b"9" * 262_145, 413, "form field `points` is over 262144 bytes"),
+])
+def test_url_encoded_forms_are_checked_as_bentoml_will_read_them(body, status, words):
+    answer = exchange(guard(max_upload_bytes=10**7), URL_ENCODED, [body])
+    assert answer.status == status and answer.error() == words and seen == []
+
+
+JSON = [(b"content-type", b"application/json")]
+
+
+@pytest.mark.parametrize("body, words", [
+    (b'{"image": "iVBORw0KGgo=", "points": [[1, 1]]}',
+     "`image` is a file and cannot be sent in a JSON body (base64 neither): send the request as "
+     "multipart/form-data (curl -F image=@photo.jpg), or name it by `image_url`"),
+    (b'{"mask_input": "iVBORw0KGgo="}', "`mask_input` is a file and cannot be sent in a JSON body (base64 "
+     "neither): send the request as multipart/form-data (curl -F mask_input=@mask.png)"),
+    (b'[[1, 1]]', 'a JSON body must be an object of fields, e.g. {"image_id": "photo-42", "points": [[x, y]]}; '
+     "got an array"),
+    (b'{"points": [[1, 1]', "the body is not valid JSON (Expecting ',' delimiter: line 1 column 19 (char 18))"),
+    (b'{"points": ' + b"[" * 65 + b"]" * 65 + b"}", "the JSON body is nested more than 64 levels deep"),
+])
+def test_json_bodies_pydantic_would_refuse_with_its_report_are_400_in_words(body, words):
+    answer = exchange(guard(file_fields=("image", "mask_input")), JSON, [body[:10], body[10:]])
+    assert answer.status == 400 and answer.error().startswith(words) and seen == []
+
+
+def test_json_bodies_of_fields_reach_the_app():
+    for body in (b'{"image_url": "s3://b/k.png", "points": [[1, 1]]}', b"", b"  "):
+        assert exchange(guard(), JSON, [body]).status == 200
+    assert [entry["bytes"] for entry in seen] == [49, 0, 2]
+
+
+def test_bentomls_pickle_is_415_in_our_shape():
+    answer = exchange(guard(), [(b"content-type", b"application/vnd.bentoml+pickle")], [b"\x80\x04."])
+    assert answer.status == 415 and "multipart/form-data" in answer.error() and seen == []
 
 
 # --- the time the body takes ---
@@ -244,7 +297,7 @@ def slow(**options) -> RequestGuard:
 def test_a_trickling_body_is_408_soon_after_the_grace_period():
     # 10 bytes every 0.1 s = 100 B/s against a minimum of 1000 B/s after 0.3 s of grace
     answer = exchange(slow(min_upload_bytes_per_s=1000, upload_grace_s=0.3, body_timeout_s=20),
-                      [], [b"x" * 10] * 100, delay=0.1)
+                      [], [b" " * 10] * 100, delay=0.1)
     assert answer.status == 408
     assert answer.headers[b"connection"] == b"close"
     assert "slower than 1000 bytes/s (SAM2_MIN_UPLOAD_BYTES_PER_S)" in answer.error()
@@ -254,21 +307,21 @@ def test_a_trickling_body_is_408_soon_after_the_grace_period():
 
 def test_a_body_that_never_ends_is_408_at_the_total_deadline():
     # fast enough for the rate (no minimum here), but never complete
-    answer = exchange(slow(min_upload_bytes_per_s=0, body_timeout_s=0.5), [], [b"x"], delay=0.05, endless=True)
+    answer = exchange(slow(min_upload_bytes_per_s=0, body_timeout_s=0.5), [], [b" "], delay=0.05, endless=True)
     assert answer.status == 408
     assert answer.error() == "the request body did not arrive within 0.5 s (SAM2_BODY_TIMEOUT_S)"
     assert 0.5 <= answer.seconds < 0.8
 
 
 def test_a_silent_client_is_408_at_the_grace_period():
-    answer = exchange(slow(min_upload_bytes_per_s=1000, upload_grace_s=0.3), [], [b"x"], delay=5)
+    answer = exchange(slow(min_upload_bytes_per_s=1000, upload_grace_s=0.3), [], [b" "], delay=5)
     assert answer.status == 408 and 0.3 <= answer.seconds < 0.5
 
 
 def test_a_body_at_a_fair_rate_is_served():
     # 100 bytes every 0.02 s = 5000 B/s against a minimum of 1000 B/s
     answer = exchange(slow(min_upload_bytes_per_s=1000, upload_grace_s=0.1, body_timeout_s=5),
-                      [], [b"x" * 100] * 30, delay=0.02)
+                      [], [b" " * 100] * 30, delay=0.02)
     assert answer.status == 200 and seen == [{"bytes": 3000, "tenant": None}]
 
 
@@ -284,7 +337,7 @@ def test_after_the_body_the_app_may_wait_on_receive_without_a_deadline():
         await send({"type": "http.response.body", "body": b""})
 
     guarded = RequestGuard(listens_after_the_body, paths={"/segment"}, max_upload_bytes=100, body_timeout_s=0.2)
-    assert exchange(guarded, [(b"content-length", b"1")], [b"x"]).status == 204
+    assert exchange(guarded, [(b"content-length", b"1")], [b" "]).status == 204
 
 
 # --- the form ---
@@ -312,7 +365,11 @@ REFUSED_FORMS = {
     "digits as UTF-16": (multipart(file("points", ("[[" + "9" * 5000 + ", 1]]").encode("utf-16-le"))), 400,
                          "more than 1000 digits"),
     "a file part that is not text": (multipart(file("points", b"[\xff]")), 400,
-                                     "not text in a JSON encoding"),
+                                     "form field `points` is a file that is not text"),
+    # curl -F file=@photo.jpg
+    "an image under another name": (multipart(file("file", b"\xff\xd8\xff\xe0 a JPEG", "photo.jpg")), 400,
+                                    "form field `file` is a file that is not text, and no file field of this API "
+                                    "is called `file`: the image goes in `image` (curl -F image=@photo.jpg)"),
     "a part without a name": (multipart((b"Content-Disposition: form-data", b"1")), 400, "form part 1 has no name"),
     "a part without headers": (multipart((b"", b"1")), 400, "has no name"),
     "huge part headers": (multipart((b"X-Pad: " + b"a" * 20_000 + b"\r\n" + field("a", b"")[0], b"1")), 400,
