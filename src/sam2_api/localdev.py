@@ -138,7 +138,7 @@ def bento_server(name: str, log_dir: Path, env: dict[str, str], project: Path, t
 
 
 def prepare_mask_bucket(s3, bucket: str, prefix: str, *others: str) -> None:
-    """``bucket`` with the README's public-read policy on ``prefix`` (anyone may GET a mask, nothing
+    """``bucket`` with docs/CONFIGURATION.md's public-read policy on ``prefix`` (anyone may GET a mask, nothing
     else), and the plain buckets ``others``; safe to repeat (moto keeps buckets in memory only)."""
     from .storage import public_read_policy
 

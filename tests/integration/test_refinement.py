@@ -48,7 +48,7 @@ def post_json(server, **fields) -> httpx.Response:
 @pytest.mark.parametrize("name", SESSIONS)
 def test_each_click_refines_the_last_answer_exactly_as_the_predictor_does(server, predictor, test_images, name):
     """Click 1 uploads the image under an image_id; clicks 2 and 3 are JSON requests naming it,
-    with every click so far and the previous answer's mask_id (the README's curl session)."""
+    with every click so far and the previous answer's mask_id (docs/API.md's curl session)."""
     image = upright_rgb(test_images / name)
     predictor.set_image(image)
     points, labels = [p for p, _ in SESSIONS[name]], [label for _, label in SESSIONS[name]]
