@@ -132,6 +132,8 @@ class SAM2Model:
     @bentoml.api
     def everything(self, key: str, params: EverythingParams, image: RawImage | None = None,
                    deadline_s: float | None = None) -> EverythingReply:
+        # a grid left out is this device's default: Meta's 32 on a GPU, smaller on a CPU (everything_protocol)
+        params = params.with_default_grid(self.engine.device.segmenter.device.type)
         return self.engine.everything(key, params, image, deadline_s)
 
 

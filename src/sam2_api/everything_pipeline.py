@@ -24,13 +24,17 @@ from .errors import DeadlineExceeded, InvalidField
 from .everything_protocol import EverythingLimits, EverythingObject, EverythingParams, OutputOptions
 from .labelmap import LabelMap, paint_order
 from .pipeline import SMALLER_FORMATS, ImageRequest, Pipeline
-from .storage import PngsNotMade
+from .storage import PngsNotMade, Upload
 from .timing import StageTimer
+
+
+# Why an object has no mask_url when the request set per_object_masks to false (beside storage.UPLOAD_ERRORS).
+NOT_REQUESTED = "not requested"
 
 
 @dataclass(frozen=True)
 class FoundObject:
-    mask_url: str | None
+    mask: Upload  # its PNG's URL, or why there is none
     described: dict  # maskformats.describe: bbox, area (and rle, polygons when asked for)
     predicted_iou: float
     stability_score: float
@@ -40,7 +44,7 @@ class FoundObject:
 @dataclass(frozen=True)
 class EverythingResult:
     objects: list[FoundObject]  # largest first
-    label_map_url: str | None
+    label_map: Upload
     width: int
     height: int
     cached: bool  # the whole image's encoder pass was skipped
@@ -95,13 +99,13 @@ def segment_everything(pipeline: Pipeline, image: ImageRequest, params: Everythi
     pngs = [label_map_png] + ([mask_png(o) for o in objects] if output.per_object_masks else [])
     with timer.stage("store"):
         try:
-            label_map_url, *mask_urls = pipeline.store.put_many(pngs, bulk=True, until=until)
+            label_map, *masks = pipeline.store.put_many(pngs, bulk=True, until=until)
         except PngsNotMade as cut:
             raise late(f"{cut.made} of {cut.total} PNGs were made") from None
     if not output.per_object_masks:
-        mask_urls = [None] * len(objects)
+        masks = [Upload(None, NOT_REQUESTED)] * len(objects)
     found = [
-        FoundObject(url, description, o.predicted_iou, o.stability_score, o.point_coords)
-        for url, description, o in zip(mask_urls, described, objects)
+        FoundObject(mask, description, o.predicted_iou, o.stability_score, o.point_coords)
+        for mask, description, o in zip(masks, described, objects)
     ]
-    return EverythingResult(found, label_map_url, width, height, reply.cached, reply.found)
+    return EverythingResult(found, label_map, width, height, reply.cached, reply.found)

@@ -29,6 +29,17 @@ from .errors import InvalidField
 from .protocol import Failure
 
 MAX_POINTS_PER_SIDE = 64
+# The grid when a request leaves points_per_side out: Meta's 32 on a GPU. On a CPU its 1,024 decoder
+# prompts take minutes (about 0.15 s each on 2 cores: docs/PERFORMANCE-everything.md) and run past
+# the 60 s deadline (a 503 after ~53 s); 12 (144 prompts) finishes in about 25 s there, encoder included.
+GPU_POINTS_PER_SIDE = 32
+CPU_POINTS_PER_SIDE = 12
+
+
+def default_points_per_side(device_type: str) -> int:
+    """The grid a request without ``points_per_side`` gets on a device of ``device_type`` ("cuda", "cpu")."""
+    return GPU_POINTS_PER_SIDE if device_type == "cuda" else CPU_POINTS_PER_SIDE
+
 MAX_CROP_LAYERS = 2
 MAX_OBJECTS = 1024  # the label map is 16-bit; this keeps replies and uploads bounded
 DEFAULT_MAX_OBJECTS = 256
@@ -48,10 +59,11 @@ class EverythingParams(BaseModel):
     """``SAM2AutomaticMaskGenerator``'s parameters (its names and defaults), checked for type and range.
 
     ``points_per_batch`` is None when the request left it out: :meth:`plan` picks Meta's 64, or
-    fewer when 64 would not fit the memory bound for the image.
+    fewer when 64 would not fit the memory bound for the image. ``points_per_side`` is None when the
+    request left it out: the model service fills in its device's default (:meth:`with_default_grid`).
     """
 
-    points_per_side: int = 32
+    points_per_side: int | None = None
     points_per_batch: int | None = None
     pred_iou_thresh: float = 0.8
     stability_score_thresh: float = 0.95
@@ -66,6 +78,17 @@ class EverythingParams(BaseModel):
     multimask_output: bool = True
     max_objects: int = DEFAULT_MAX_OBJECTS
 
+    def with_default_grid(self, device_type: str) -> "EverythingParams":
+        """These parameters with ``points_per_side`` filled in, if left out, for a device of ``device_type``."""
+        if self.points_per_side is not None:
+            return self
+        return self.model_copy(update={"points_per_side": default_points_per_side(device_type)})
+
+    @property
+    def grid(self) -> int:
+        """Points per side: as asked, else Meta's default (the model service fills in its device's first)."""
+        return GPU_POINTS_PER_SIDE if self.points_per_side is None else self.points_per_side
+
     @property
     def needs_pixels(self) -> bool:
         """Crops are encoded from the image's pixels; without crops the cached embedding suffices."""
@@ -74,17 +97,17 @@ class EverythingParams(BaseModel):
     def generator_kwargs(self, points_per_batch: int) -> dict[str, Any]:
         """The keyword arguments of ``SAM2AutomaticMaskGenerator`` for these parameters."""
         kwargs = self.model_dump(exclude={"max_objects", "points_per_batch"})
-        return {**kwargs, "points_per_batch": points_per_batch}
+        return {**kwargs, "points_per_side": self.grid, "points_per_batch": points_per_batch}
 
     def plan(self, width: int, height: int, limits: "EverythingLimits") -> "Plan":
         """The work for a ``width × height`` image, or :class:`InvalidField` naming the limit it exceeds."""
         layers = []
         for layer in range(self.crop_n_layers + 1):
-            per_side = int(self.points_per_side / self.crop_n_points_downscale_factor**layer)  # as Meta's grids
+            per_side = int(self.grid / self.crop_n_points_downscale_factor**layer)  # as Meta's grids
             crops, crop_w, crop_h = _crop_layer(width, height, layer, self.crop_overlap_ratio)
             if per_side < 1:
                 raise InvalidField(
-                    f"crop layer {layer} would get no points: points_per_side {self.points_per_side} / "
+                    f"crop layer {layer} would get no points: points_per_side {self.grid} / "
                     f"crop_n_points_downscale_factor {self.crop_n_points_downscale_factor}^{layer} < 1; lower "
                     "crop_n_layers or crop_n_points_downscale_factor"
                 )
@@ -100,7 +123,7 @@ class EverythingParams(BaseModel):
         if points > limits.max_points:
             shown = " + ".join(f"{crops}×{per_crop}" for crops, per_crop in layers)
             raise InvalidField(
-                f"points_per_side {self.points_per_side} with crop_n_layers {self.crop_n_layers} means {points} "
+                f"points_per_side {self.grid} with crop_n_layers {self.crop_n_layers} means {points} "
                 f"decoder points ({shown}); the limit is {limits.max_points} (SAM2_EVERYTHING_MAX_POINTS): lower "
                 "points_per_side or crop_n_layers, or raise crop_n_points_downscale_factor"
             )

@@ -7,13 +7,17 @@ that a malformed field gets one message in words.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from .everything_pipeline import EverythingResult
-from .everything_protocol import DEFAULT_MAX_OBJECTS, MAX_CROP_LAYERS, MAX_OBJECTS, MAX_POINTS_PER_SIDE
-from .schemas import _documented
+from .everything_pipeline import NOT_REQUESTED, EverythingResult
+from .everything_protocol import (
+    CPU_POINTS_PER_SIDE, DEFAULT_MAX_OBJECTS, GPU_POINTS_PER_SIDE, MAX_CROP_LAYERS, MAX_OBJECTS, MAX_POINTS_PER_SIDE,
+)
+from .schemas import MASK_ERROR, UploadError, _documented, _unless_asked
+
+ObjectMaskError = Literal[UploadError, NOT_REQUESTED]
 
 _META = "As in Meta's SAM2AutomaticMaskGenerator, whose default it keeps."
 
@@ -23,7 +27,8 @@ class EverythingFields:
 
     points_per_side = _documented(
         int, f"Points sampled along each side of the image (a grid of n×n prompts), 1 to {MAX_POINTS_PER_SIDE}; "
-        f"default 32. {_META}", examples=[32])
+        f"default {GPU_POINTS_PER_SIDE} (Meta's) on a GPU, {CPU_POINTS_PER_SIDE} on a CPU, where Meta's would run "
+        "past the deadline.", examples=[32])
     points_per_batch = _documented(
         int, "Points run through the decoder at once. Default 64, lowered to fit the memory bound "
         "(SAM2_EVERYTHING_MAX_BATCH_BYTES) for large images; given explicitly and too large: 400.")
@@ -76,7 +81,10 @@ class FoundObjectResponse(BaseModel):
     # The optional formats are left out of the JSON when not asked for (not sent as null).
     model_config = ConfigDict(json_schema_mode_override="validation")
 
-    mask_url: str | None = Field(description="URL of this object's PNG mask (as in /segment); null when not stored.")
+    mask_url: str | None = Field(description="URL of this object's PNG mask (as in /segment); null when not stored, "
+                                 "and then `mask_error` says why.")
+    mask_error: ObjectMaskError | None = Field(None, description=f'{MASK_ERROR} "not requested": per_object_masks '
+                                               "was false.")
     bbox: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the upright image: the mask's pixels "
                             "x1 ≤ x < x2, y1 ≤ y < y2 (x2, y2 exclusive).")
     area: int = Field(description="The mask's pixel count.")
@@ -98,16 +106,19 @@ class EverythingResponse(BaseModel):
     objects: list[FoundObjectResponse]
     label_map_url: str | None = Field(
         description="URL of a 16-bit grayscale PNG at the image's size: 0 = no object, i = the i-th object of "
-        "`objects` (1-based); where objects overlap, the higher predicted_iou wins. Null when not stored."
+        "`objects` (1-based); where objects overlap, the higher predicted_iou wins. Null when not stored, and then "
+        "`label_map_error` says why."
     )
+    label_map_error: UploadError | None = _unless_asked(MASK_ERROR.replace("`mask_url`", "`label_map_url`"))
     width: int = Field(description="Width of the upright image, of the label map and of every mask, in pixels.")
     height: int = Field(description="Height of the upright image, of the label map and of every mask, in pixels.")
 
     @classmethod
     def of(cls, result: EverythingResult) -> "EverythingResponse":
         objects = [
-            FoundObjectResponse(mask_url=o.mask_url, predicted_iou=o.predicted_iou, stability_score=o.stability_score,
-                                point_coords=o.point_coords, **o.described)
+            FoundObjectResponse(mask_url=o.mask.url, mask_error=o.mask.error, predicted_iou=o.predicted_iou,
+                                stability_score=o.stability_score, point_coords=o.point_coords, **o.described)
             for o in result.objects
         ]
-        return cls(objects=objects, label_map_url=result.label_map_url, width=result.width, height=result.height)
+        return cls(objects=objects, label_map_url=result.label_map.url, label_map_error=result.label_map.error,
+                   width=result.width, height=result.height)

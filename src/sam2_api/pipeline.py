@@ -76,10 +76,12 @@ class StoredMask:
     mask_id: str = ""
     details: dict = field(default_factory=dict)
     candidates: list["StoredMask"] = field(default_factory=list)
+    url_error: str | None = None  # why ``url`` is None (:data:`sam2_api.storage.UPLOAD_ERRORS`)
 
     def response_fields(self) -> dict:
         """This mask as the response shows it (:class:`sam2_api.schemas.Mask`), candidates included."""
-        fields = {"mask_url": self.url, "score": self.score, "mask_id": self.mask_id, **self.details}
+        fields = {"mask_url": self.url, "mask_error": self.url_error, "score": self.score, "mask_id": self.mask_id,
+                  **self.details}
         if self.candidates:
             fields["candidates"] = [candidate.response_fields() for candidate in self.candidates]
         return fields
@@ -143,9 +145,9 @@ class Pipeline:
             details = [maskformats.describe(imaging.unpack_mask(mask.bits, height, width), formats,
                                             polygon_tolerance, budget) for mask in every]
         with timer.stage("store"):
-            urls = self.store.put_many([png(mask.bits) for mask in every])
-        stored = iter(StoredMask(url, mask.score, mask.mask_id, described)
-                      for mask, url, described in zip(every, urls, details))
+            uploads = self.store.put_many([png(mask.bits) for mask in every])
+        stored = iter(StoredMask(upload.url, mask.score, mask.mask_id, described, url_error=upload.error)
+                      for mask, upload, described in zip(every, uploads, details))
         shown = [[next(stored) for _ in group] for group in groups]
         masks = [replace(group[0], candidates=group if prompt.candidates else [])
                  for prompt, group in zip(prompts, shown)]

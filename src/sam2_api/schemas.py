@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, WithJsonSchema
 
+from . import storage
 from .errors import InvalidField, InvalidPrompt
 from .maskformats import FORMATS
 from .prompts import MAX_POINTS, Box, Label, Point, Prompt
@@ -168,8 +169,17 @@ def _shown(value: Any, limit: int = 60) -> str:
 
 
 def _unless_asked(description: str) -> Any:
-    """A field left out of the response unless the request asked for it."""
+    """A field left out of the response unless the request asked for it (or, for an error, unless there was one)."""
     return Field(None, description=description, exclude_if=lambda value: value is None)
+
+
+# Why a URL is null: for programs to branch on; the server's log has the details (never in the response).
+UploadError = Literal[storage.NOT_CONFIGURED, storage.UNREACHABLE, storage.FAILED, storage.LATE]
+MASK_ERROR = (
+    "Only when `mask_url` is null: why the mask was not stored. \"s3 not configured\" (no bucket or no "
+    "credentials on the server), \"s3 unreachable\" (no connection or no answer in time), \"upload failed\" (S3 "
+    "refused it: permissions, bucket), \"upload deadline passed\" (not stored within S3_UPLOAD_DEADLINE)."
+)
 
 
 class Mask(BaseModel):
@@ -180,8 +190,9 @@ class Mask(BaseModel):
 
     mask_url: str | None = Field(
         description="URL of the PNG mask (single-channel 8-bit, 0 = background, 255 = object, "
-        "width × height pixels); null when S3 is not configured or the upload failed."
+        "width × height pixels); null when it was not stored, and then `mask_error` says why."
     )
+    mask_error: UploadError | None = _unless_asked(MASK_ERROR)
     score: float = Field(description="SAM 2's predicted IoU of this mask, 0–1.")
     mask_id: str = Field(
         description="Names this mask's low-resolution logits on the server: send it as `previous_mask_id` "

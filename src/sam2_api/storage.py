@@ -2,7 +2,8 @@
 
 A mask store never fails a request. When the bucket or credentials are missing it stores nothing
 and says why (:attr:`MaskStore.disabled_reason`, which the service logs once at startup); when an upload fails it logs the reason (never a secret) and the
-caller gets ``None`` instead of a URL.
+caller gets an :class:`Upload` without a URL, whose ``error`` says in a few words why (responses
+show it as ``mask_error``: one of :data:`UPLOAD_ERRORS`, never a secret).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from . import metrics
 
@@ -35,6 +37,21 @@ CLIENT_CONFIG = Config(
     read_timeout=3,
     retries={"total_max_attempts": 2, "mode": "standard"},
 )
+
+
+# Why something was not stored, as responses say it: short, stable, for programs to branch on.
+NOT_CONFIGURED = "s3 not configured"  # no bucket or no credentials (the log says which, at start-up)
+UNREACHABLE = "s3 unreachable"  # no connection, or no answer in time
+FAILED = "upload failed"  # S3 answered with an error (AccessDenied, NoSuchBucket…: the log says which)
+LATE = "upload deadline passed"  # not stored within S3_UPLOAD_DEADLINE
+UPLOAD_ERRORS = (NOT_CONFIGURED, UNREACHABLE, FAILED, LATE)
+
+
+class Upload(NamedTuple):
+    """Where one object went: its URL, or None and why (one of :data:`UPLOAD_ERRORS`)."""
+
+    url: str | None
+    error: str | None = None
 
 
 def unique_name(now: datetime | None = None) -> str:
@@ -136,19 +153,19 @@ class MaskStore:
         log.info("masks go to %s", where)
         return True
 
-    def put(self, png: bytes) -> str | None:
-        """Store one PNG under a fresh key; its URL, or None when not stored."""
+    def put(self, png: bytes) -> Upload:
+        """Store one PNG under a fresh key; its URL, or why it was not stored."""
         if not self.enabled:
-            return None
+            return Upload(None, NOT_CONFIGURED)
         return self._put(mask_key(self._prefix), png, "image/png")
 
-    def put_named(self, name: str, body: bytes, content_type: str) -> str | None:
-        """Store ``body`` under ``<prefix><name>`` (a name the caller made unique); its URL, or None."""
+    def put_named(self, name: str, body: bytes, content_type: str) -> Upload:
+        """Store ``body`` under ``<prefix><name>`` (a name the caller made unique); its URL, or why not."""
         if not self.enabled:
-            return None
+            return Upload(None, NOT_CONFIGURED)
         return self._put(self._prefix + name, body, content_type)
 
-    def _put(self, key: str, body: bytes, content_type: str) -> str | None:
+    def _put(self, key: str, body: bytes, content_type: str) -> Upload:
         extra = {"ACL": self._acl} if self._acl else {}
         try:
             self._client.put_object(
@@ -157,37 +174,37 @@ class MaskStore:
         except (BotoCoreError, ClientError) as exc:
             metrics.UPLOAD_FAILURES.labels(reason=_code(exc)).inc()
             self._failures.failed(f"s3://{self._bucket}: {_reason(exc)}")
-            return None
+            return Upload(None, UNREACHABLE if isinstance(exc, (BotoConnectionError, HTTPClientError)) else FAILED)
         self._failures.succeeded()
         if self._presign_expires is not None:
-            return self._client.generate_presigned_url(
+            return Upload(self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=self._presign_expires
-            )
-        return object_url(self._bucket, key, self._region, self._endpoint_url)
+            ))
+        return Upload(object_url(self._bucket, key, self._region, self._endpoint_url))
 
     def put_many(self, pngs: list[Callable[[], bytes]], *, bulk: bool = False,
-                 until: float | None = None) -> list[str | None]:
+                 until: float | None = None) -> list[Upload]:
         """Make and store each PNG (``pngs`` make them, in the upload threads), in parallel; the URL of
-        each, or None for those not stored once the call has waited :attr:`deadline` seconds on S3
-        (those may still land later, under keys nobody is given). ``bulk``: in the bulk uploads' own
+        each, or why not (:data:`LATE` for those not stored once the call has waited :attr:`deadline` seconds on S3)
+        (those may still land later, under keys nobody is given)). ``bulk``: in the bulk uploads' own
         threads. ``until``: a ``time.monotonic()`` by which the call returns in any case; when some
         PNG is not even made by then, :class:`PngsNotMade` (the request's own work was too much)."""
         return self._all([(make, self.put) for make in pngs], bulk, until)
 
-    def put_named_many(self, pngs: list[tuple[str, Callable[[], bytes]]], *, bulk: bool = False) -> list[str | None]:
+    def put_named_many(self, pngs: list[tuple[str, Callable[[], bytes]]], *, bulk: bool = False) -> list[Upload]:
         """:meth:`put_many` under the given names (:meth:`put_named`)."""
         return self._all([(make, lambda png, name=name: self.put_named(name, png, "image/png")) for name, make in pngs],
                          bulk)
 
-    def _all(self, uploads: list[tuple[Callable[[], bytes], Callable[[bytes], str | None]]],
-             bulk: bool, until: float | None = None) -> list[str | None]:
+    def _all(self, uploads: list[tuple[Callable[[], bytes], Callable[[bytes], Upload]]],
+             bulk: bool, until: float | None = None) -> list[Upload]:
         if not self.enabled:
-            return [None] * len(uploads)
+            return [Upload(None, NOT_CONFIGURED)] * len(uploads)
         pool = self._bulk_pool if bulk else self._pool
         clock = self._clocks[pool]
         made = [False] * len(uploads)
 
-        def upload(index: int, make: Callable[[], bytes], put: Callable[[bytes], str | None]) -> str | None:
+        def upload(index: int, make: Callable[[], bytes], put: Callable[[bytes], Upload]) -> Upload:
             with clock.making():
                 png = make()
             made[index] = True
@@ -218,7 +235,7 @@ class MaskStore:
                 future.cancel()  # those not started yet never start
         else:
             self._late.succeeded()
-        return [future.result() if future in done else None for future in futures]
+        return [future.result() if future in done else Upload(None, LATE) for future in futures]
 
 
 class PngsNotMade(Exception):

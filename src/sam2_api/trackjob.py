@@ -41,11 +41,11 @@ from .protocol import (
     Failure, RecordReader, TrackDecoding, TrackedFrame, TrackEnd, TrackPrompt, TrackQueued, TrackSpec, TrackStarted,
 )
 from .sources import ImageSources
-from .storage import MaskStore, make_s3_client, unique_name
+from .storage import FAILED, MaskStore, Upload, make_s3_client, unique_name
 from .taskstate import TaskBoard
 from .trackstream import ModelStream, event_loop_token
 from .trackschemas import (
-    TrackResponse, parse_flag, parse_formats, parse_frame_count, parse_track_objects, parse_video_url,
+    PREVIEW_NOT_MADE, TrackResponse, parse_flag, parse_formats, parse_frame_count, parse_track_objects, parse_video_url,
 )
 from .webfetch import WebFetcher
 
@@ -132,23 +132,24 @@ class TrackJobs:
               contextlib.closing(_Tracked(os.path.join(workdir, "masks.bits"))) as tracked):
             self._track(spec, data, request.formats, watch, tracked, folder)
             self.board.update(task_id, "storing")
-            preview_url = self._preview(folder, data, tracked, os.path.join(workdir, "preview.mp4"), watch)
+            preview = self._preview(folder, data, tracked, os.path.join(workdir, "preview.mp4"), watch)
         started = tracked.started
         manifest = {
             "width": started.width, "height": started.height, "fps": started.fps,
             "clip_frames": started.clip_frames, "first_frame": started.first_frame, "last_frame": started.last_frame,
-            "reverse": request.reverse, "formats": list(request.formats), "preview_url": preview_url,
+            "reverse": request.reverse, "formats": list(request.formats), "preview_url": preview.url,
             "objects": [{"index": index, "prompts": [
                 {"frame_index": p.frame_index, **p.prompt.model_dump(exclude_none=True)}
                 for p in request.prompts if p.object_index == index]} for index in range(request.objects)],
             "frames": [tracked.entries[index] for index in sorted(tracked.entries)],
         }
         manifest_url = self.store.put_named(f"{folder}/manifest.json", json.dumps(manifest).encode(),
-                                            "application/json")
+                                            "application/json").url
         if manifest_url is None:
             raise errors.StorageUnavailable("the manifest could not be stored on S3 (see the server log); retry the task")
         return TrackResponse(
-            manifest_url=manifest_url, preview_url=preview_url, frames=len(tracked.entries), objects=request.objects,
+            manifest_url=manifest_url, preview_url=preview.url, preview_error=preview.error, frames=len(tracked.entries),
+            objects=request.objects,
             width=started.width, height=started.height, fps=started.fps, clip_frames=started.clip_frames,
             first_frame=started.first_frame, last_frame=started.last_frame,
         )
@@ -212,17 +213,17 @@ class TrackJobs:
         if not ended or tracked.started is None:
             raise errors.ModelUnavailable("the model service ended the tracking job early (restarted?); retry the task")
 
-    def _preview(self, folder: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str | None:
-        """The preview's URL; None when it could not be made or stored (the masks are what counts)."""
+    def _preview(self, folder: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> Upload:
+        """The preview's URL, or why there is none (not made, or not stored: the masks are what counts)."""
         try:
             return self._make_preview(folder, data, tracked, path, watch)
         except errors.TrackingCanceled:
             raise
         except Exception:
             log.exception("the preview of %s could not be made", folder)
-            return None
+            return Upload(None, PREVIEW_NOT_MADE)
 
-    def _make_preview(self, folder: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> str:
+    def _make_preview(self, folder: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> Upload:
         started = tracked.started
         low, high = sorted((started.first_frame, started.last_frame))
         writer = video.PreviewWriter(path, started.width, started.height, started.fps)
@@ -304,12 +305,14 @@ class _Uploads:
     def _upload(self) -> None:
         while (batch := self._queue.get()) is not None:
             try:
-                urls = self._store.put_named_many([(name, make) for name, make, _ in batch], bulk=True)
+                stored = self._store.put_named_many([(name, make) for name, make, _ in batch], bulk=True)
             except Exception:  # the masks stay unstored (mask_url null), the task goes on
                 log.exception("uploading %d masks failed", len(batch))
-                continue
-            for (_, _, entry), url in zip(batch, urls):
-                entry["mask_url"] = url
+                stored = [Upload(None, FAILED)] * len(batch)
+            for (_, _, entry), upload in zip(batch, stored):
+                entry["mask_url"] = upload.url
+                if upload.error is not None:  # as /segment says it: only when mask_url is null
+                    entry["mask_error"] = upload.error
 
 
 class _CancelWatch:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from .errors import InvalidField, InvalidPrompt
 from .prompts import Prompt
 from .protocol import TrackPrompt
-from .schemas import _documented, _shown
+from .schemas import MASK_ERROR, UploadError, _documented, _shown
 
 MAX_TRACK_OBJECTS = 16  # each object costs a memory-attention and decoder pass per frame
 MAX_PROMPTS_PER_OBJECT = 16
@@ -144,6 +144,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+PREVIEW_NOT_MADE = "preview not made"
+PreviewError = Literal[UploadError, PREVIEW_NOT_MADE]
+
+
 class TrackResponse(BaseModel):
     """Where the tracked masks went, and the clip they belong to."""
 
@@ -151,7 +155,12 @@ class TrackResponse(BaseModel):
         description="URL of the manifest (JSON): per tracked frame and object, the mask's PNG URL, box and area, "
         "and its RLE when asked for; null if it could not be stored."
     )
-    preview_url: str | None = Field(description="URL of an MP4 of the tracked frames with the masks drawn in colour.")
+    preview_url: str | None = Field(description="URL of an MP4 of the tracked frames with the masks drawn in colour; "
+                                    "null when it was not made or not stored, and then `preview_error` says why.")
+    preview_error: PreviewError | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description=MASK_ERROR.replace("`mask_url`", "`preview_url`").replace("the mask was", "the preview was")
+        + f' "{PREVIEW_NOT_MADE}": the MP4 could not be made (the server log says why).')
     frames: int = Field(description="Frames tracked.")
     objects: int = Field(description="Objects tracked.")
     width: int = Field(description="Width of the upright frames and of every mask, in pixels.")

@@ -71,7 +71,7 @@ def test_served_objects_are_meta_generators_and_the_label_map_agrees(server, sam
     again = post(server, data, route=ROUTE, per_object_masks=False, **params)
     assert again.status_code == 200 and again.headers["X-Embedding-Cache"] == "hit"
     assert "encoder" not in again.headers["Server-Timing"]
-    assert [o["mask_url"] for o in again.json()["objects"]] == [None] * 12
+    assert [(o["mask_url"], o["mask_error"]) for o in again.json()["objects"]] == [(None, "not requested")] * 12
     assert [o["bbox"] for o in again.json()["objects"]] == [o["bbox"] for o in body["objects"]]
 
 
@@ -110,6 +110,7 @@ def test_openapi_documents_the_route(server):
     assert all(field.get("description") for field in schema["properties"].values())
     assert "503" in post_spec["description"] and "SAM2_EVERYTHING_DEADLINE_S" in post_spec["description"]
     assert json.dumps(spec).count("label_map_url") >= 1
+    assert "503" in post_spec["responses"] and "mask_error" in json.dumps(spec["components"]["schemas"])
 
 
 def test_the_command_line_prints_the_objects_and_colours_each_in_the_overlay(server, small_cat, tmp_path):

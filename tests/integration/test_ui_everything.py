@@ -18,8 +18,9 @@ from tests.integration import test_ui
 page = test_ui.page  # the headless Chromium page fixture
 pytestmark = test_ui.pytestmark  # skipped, saying so, where there is no Chromium
 
-# Random weights: the generator's default thresholds would keep nothing, so they go in the address.
-QUERY = "?points_per_side=2&pred_iou_thresh=0&stability_score_thresh=0&box_nms_thresh=1"
+# Random weights: the generator's default thresholds would keep nothing, so they go in the address; the
+# grid goes in the page's own control.
+QUERY = "?pred_iou_thresh=0&stability_score_thresh=0&box_nms_thresh=1"
 
 
 def view_pixels(page) -> np.ndarray:
@@ -33,10 +34,12 @@ def test_segment_everything_colours_each_object_and_a_click_links_its_mask(serve
     page.goto(f"{server.url}/ui/{QUERY}")
     page.set_input_files("#file", str(image))
     page.wait_for_selector("#everything:not([disabled])")
+    assert page.input_value("#points-per-side") == ""  # the server's default for its device, unless set
+    page.fill("#points-per-side", "2")
     with page.expect_response(lambda r: r.url.endswith("/segment_everything")) as answer:
         page.click("#everything")
     body = answer.value.json()
-    assert len(body["objects"]) == 12  # 2×2 points, 3 masks each, none dropped: the address's parameters were sent
+    assert len(body["objects"]) == 12  # 2×2 points, 3 masks each, none dropped: the grid and the address's parameters
     page.wait_for_selector("#everything-canvas:not([hidden])")
     assert page.is_hidden("#canvas")
     assert page.text_content("#status") == f"{len(body['objects'])} objects. Click one for its mask."

@@ -80,7 +80,7 @@ def test_label_map_and_masks_agree_and_the_cache_is_the_other_routes(s3, device,
 
     masks = []
     for found in result.objects:
-        png = np.array(Image.open(io.BytesIO(stored(s3, found.mask_url))))
+        png = np.array(Image.open(io.BytesIO(stored(s3, found.mask.url))))
         assert png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}
         mask = png == 255
         masks.append(mask)
@@ -91,7 +91,7 @@ def test_label_map_and_masks_agree_and_the_cache_is_the_other_routes(s3, device,
         assert np.array_equal(from_coco_rle(found.described["rle"]["counts"], 48, 64), mask)
         assert np.array_equal(rasterise(found.described["polygons"], 48, 64), mask)
 
-    labels = read_png(stored(s3, result.label_map_url))
+    labels = read_png(stored(s3, result.label_map.url))
     assert labels.shape == (48, 64)
     scores = [found.predicted_iou for found in result.objects]
     for y in range(48):
@@ -105,11 +105,11 @@ def test_label_map_and_masks_agree_and_the_cache_is_the_other_routes(s3, device,
 def test_without_per_object_masks_only_the_label_map_is_stored(s3, device, photo):
     result = segment_everything(pipeline(device), ImageRequest(upload=photo), parse_params(points_per_side=1, **KEEP_ALL),
                                 parse_output(per_object_masks=False), StageTimer())
-    assert len(result.objects) == 3 and all(o.mask_url is None for o in result.objects)
+    assert len(result.objects) == 3 and all(o.mask == (None, "not requested") for o in result.objects)
     assert all(set(o.described) == {"bbox", "area"} for o in result.objects)
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket="masks")["Contents"]]
-    assert len(keys) == 1 and result.label_map_url.endswith(keys[0])
-    assert read_png(stored(s3, result.label_map_url)).max() >= 1
+    assert len(keys) == 1 and result.label_map.url.endswith(keys[0])
+    assert read_png(stored(s3, result.label_map.url)).max() >= 1
 
 
 def test_an_image_id_alone_serves_without_crops_but_crops_need_the_pixels(s3, device, photo):
@@ -150,4 +150,4 @@ def test_formats_past_the_response_bound_are_refused_before_any_png_is_made(s3, 
                            parse_output(["rle", "polygons"]), StageTimer())
     assert "Contents" not in s3.list_objects_v2(Bucket="masks")
     served = segment_everything(pipeline(device), request, params, parse_output(["rle", "polygons"]), StageTimer())
-    assert len(served.objects) == 12 and all(o.mask_url and "polygons" in o.described for o in served.objects)
+    assert len(served.objects) == 12 and all(o.mask.url and "polygons" in o.described for o in served.objects)

@@ -24,6 +24,17 @@ def test_defaults_are_meta_generators_and_every_parameter_reaches_it():
     assert set(meta) - set(kwargs) == {"self", "model", "mask_threshold", "point_grids", "output_mode", "kwargs"}
 
 
+def test_a_grid_left_out_is_the_devices_default_and_a_grid_asked_for_stays():
+    """Meta's 32 on a GPU; on a CPU its 1,024 prompts ran past the 60 s deadline (issue 18): 12 there."""
+    left_out = parse_params()
+    assert left_out.points_per_side is None  # the API service does not know the device; the model service does
+    assert left_out.with_default_grid("cuda").points_per_side == 32
+    assert left_out.with_default_grid("cpu").points_per_side == 12
+    assert left_out.with_default_grid("cpu").generator_kwargs(points_per_batch=64)["points_per_side"] == 12
+    assert left_out.with_default_grid("cpu").plan(451, 300, LIMITS).points == 144
+    assert parse_params(points_per_side=32).with_default_grid("cpu").points_per_side == 32
+
+
 def test_fields_are_read_with_their_types():
     params = parse_params(points_per_side=16, pred_iou_thresh=0, stability_score_offset=0.5, use_m2m=True,
                           crop_n_layers=None, max_objects=10)
@@ -97,23 +108,27 @@ def test_points_per_batch_is_lowered_to_the_memory_bound_or_refused_when_given()
         EverythingParams().plan(width, height, EverythingLimits(max_batch_bytes=per_point - 1))
 
 
-def test_the_response_leaves_out_formats_not_asked_for_but_keeps_a_null_mask_url():
+def test_the_response_leaves_out_formats_not_asked_for_but_keeps_a_null_mask_url_and_why():
     import json
 
     from sam2_api.everything_pipeline import EverythingResult, FoundObject
     from sam2_api.everything_schemas import EverythingResponse
+    from sam2_api.storage import Upload
 
-    plain = FoundObject(None, {"bbox": [0, 0, 2, 1], "area": 2}, 0.9, 0.95, [[0.5, 0.5]])
-    rle = FoundObject("https://masks/1.png", {"bbox": [0, 0, 1, 1], "area": 1, "rle": {"size": [1, 2], "counts": "01"}},
-                      0.8, 0.9, [[1.5, 0.5]])
-    body = json.loads(EverythingResponse.of(EverythingResult([plain, rle], "https://masks/l.png", 2, 1, False, 2))
+    plain = FoundObject(Upload(None, "s3 unreachable"), {"bbox": [0, 0, 2, 1], "area": 2}, 0.9, 0.95, [[0.5, 0.5]])
+    rle = FoundObject(Upload("https://masks/1.png"),
+                      {"bbox": [0, 0, 1, 1], "area": 1, "rle": {"size": [1, 2], "counts": "01"}}, 0.8, 0.9, [[1.5, 0.5]])
+    body = json.loads(EverythingResponse.of(EverythingResult([plain, rle], Upload("https://masks/l.png"), 2, 1, False, 2))
                       .model_dump_json())
     assert body == {
         "objects": [
-            {"mask_url": None, "bbox": [0, 0, 2, 1], "area": 2, "predicted_iou": 0.9, "stability_score": 0.95,
-             "point_coords": [[0.5, 0.5]]},
+            {"mask_url": None, "mask_error": "s3 unreachable", "bbox": [0, 0, 2, 1], "area": 2, "predicted_iou": 0.9,
+             "stability_score": 0.95, "point_coords": [[0.5, 0.5]]},
             {"mask_url": "https://masks/1.png", "bbox": [0, 0, 1, 1], "area": 1, "predicted_iou": 0.8,
              "stability_score": 0.9, "point_coords": [[1.5, 0.5]], "rle": {"size": [1, 2], "counts": "01"}},
         ],
         "label_map_url": "https://masks/l.png", "width": 2, "height": 1,
     }
+    unstored = EverythingResponse.of(EverythingResult([], Upload(None, "upload deadline passed"), 2, 1, False, 0))
+    assert json.loads(unstored.model_dump_json()) == {
+        "objects": [], "label_map_url": None, "label_map_error": "upload deadline passed", "width": 2, "height": 1}

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from sam2_api.storage import FailureLog, MaskStore, PngsNotMade, make_s3_client, mask_key, object_url
+from sam2_api.storage import FailureLog, MaskStore, PngsNotMade, Upload, make_s3_client, mask_key, object_url
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 KEY_PATTERN = re.compile(r"^sam2-api-masks/\d{8}_\d{6}_[0-9a-f]{32}\.png$")
@@ -52,7 +52,7 @@ def test_urls_on_aws_and_on_a_custom_endpoint():
 def test_upload_stores_png_with_content_type_and_returns_its_url(aws_env):
     aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     store = make_store("masks")
-    url = store.put(b"\x89PNG fake bytes")
+    url = store.put(b"\x89PNG fake bytes").url
     match = re.fullmatch(r"https://masks\.s3\.eu-west-1\.amazonaws\.com/(.+)", url)
     key = match.group(1)
     assert KEY_PATTERN.match(key)
@@ -63,8 +63,8 @@ def test_upload_stores_png_with_content_type_and_returns_its_url(aws_env):
 
 def test_acl_is_applied_only_when_configured(aws_env):
     aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    plain = make_store("masks").put(b"png")
-    public = make_store("masks", acl="public-read").put(b"png")
+    plain = make_store("masks").put(b"png").url
+    public = make_store("masks", acl="public-read").put(b"png").url
     grants = lambda url: aws_env.get_object_acl(Bucket="masks", Key=url.split(".com/")[1])["Grants"]
     all_users = "http://acs.amazonaws.com/groups/global/AllUsers"
     assert not any(g["Grantee"].get("URI") == all_users for g in grants(plain))
@@ -74,8 +74,8 @@ def test_acl_is_applied_only_when_configured(aws_env):
 def test_missing_bucket_name_disables_uploads_and_says_why_once(aws_env, caplog):
     with caplog.at_level(logging.WARNING):
         store = make_store()
-        assert store.put(b"png") is None
-        assert store.put(b"png") is None
+        assert store.put(b"png") == Upload(None, "s3 not configured")
+        assert store.put_named("a/b.json", b"{}", "application/json") == Upload(None, "s3 not configured")
     assert not caplog.records  # not per request: the service logs the reason once at startup
     assert store.disabled_reason == "S3_BUCKET_NAME_STAGING is not set: masks will not be stored (mask_url: null)"
 
@@ -87,14 +87,14 @@ def test_missing_credentials_disable_uploads(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     store = make_store("masks")
-    assert not store.enabled and store.put(b"png") is None
+    assert not store.enabled and store.put(b"png") == Upload(None, "s3 not configured")
     assert store.disabled_reason == "no AWS credentials found: masks will not be stored (mask_url: null)"
 
 
 def test_nonexistent_bucket_gives_none_and_logs_the_reason(aws_env, caplog):
     store = make_store("no-such-bucket")
     with caplog.at_level(logging.WARNING):
-        assert store.put(b"png") is None
+        assert store.put(b"png") == Upload(None, "upload failed")
     assert "NoSuchBucket" in caplog.text
     assert SECRET not in caplog.text
 
@@ -108,7 +108,7 @@ def test_access_denied_gives_none_and_logs_the_reason(aws_env, caplog):
     )
     store = make_store("locked")
     with caplog.at_level(logging.WARNING):
-        assert store.put(b"png") is None
+        assert store.put(b"png") == Upload(None, "upload failed")
     assert re.search(r"failed: s3://locked: (AccessDenied|403)", caplog.text)  # moto: a bare 403
     assert SECRET not in caplog.text
     assert aws_env.list_objects_v2(Bucket="locked").get("KeyCount") == 0
@@ -117,10 +117,10 @@ def test_access_denied_gives_none_and_logs_the_reason(aws_env, caplog):
 def test_an_outage_is_logged_once_then_its_end(aws_env, caplog):
     store = make_store("later")
     with caplog.at_level(logging.WARNING):
-        assert [store.put(b"png") for _ in range(5)] == [None] * 5
+        assert [store.put(b"png").url for _ in range(5)] == [None] * 5
         aws_env.create_bucket(Bucket="later", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-        assert store.put(b"png") is not None
-        assert store.put(b"png") is not None
+        assert store.put(b"png").url is not None
+        assert store.put(b"png").url is not None
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
     assert messages[0].startswith("mask upload failed: s3://later: NoSuchBucket")
@@ -146,7 +146,7 @@ def test_presigned_mode_returns_a_signed_get_url_that_works(aws_env):
 
     aws_env.create_bucket(Bucket="private", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     store = make_store("private", presign_expires=120)
-    url = store.put(b"png bytes")
+    url = store.put(b"png bytes").url
     assert "X-Amz-Signature=" in url and "X-Amz-Expires=120" in url
     assert KEY_PATTERN.match(re.search(r"amazonaws\.com/([^?]+)", url).group(1))
     assert SECRET not in url
@@ -157,7 +157,7 @@ def test_put_many_stores_in_parallel_and_keeps_the_order(aws_env):
     aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     store = make_store("masks")
     bodies = [f"png {i}".encode() for i in range(12)]
-    urls = store.put_many([lambda body=body: body for body in bodies])
+    urls = [upload.url for upload in store.put_many([lambda body=body: body for body in bodies])]
     stored = [aws_env.get_object(Bucket="masks", Key=url.split(".com/")[1])["Body"].read() for url in urls]
     assert stored == bodies and len(set(urls)) == 12
 
@@ -177,13 +177,14 @@ def test_put_many_gives_up_on_what_is_not_stored_by_the_deadline(aws_env, caplog
 
     started = time.monotonic()
     with caplog.at_level(logging.WARNING):
-        urls = store.put_many([lambda: b"quick", lambda: b"late", lambda: b"late",
-                               lambda: b"queued behind the slow ones"])
+        uploads = store.put_many([lambda: b"quick", lambda: b"late", lambda: b"late",
+                                  lambda: b"queued behind the slow ones"])
     assert time.monotonic() - started < 1.5  # the deadline, not the slow uploads
-    assert urls[0] is not None and urls[1:] == [None, None, None]
+    assert uploads[0].url is not None and uploads[0].error is None
+    assert uploads[1:] == [Upload(None, "upload deadline passed")] * 3
     assert "uploads not done within the 0.5 s deadline (S3_UPLOAD_DEADLINE)" in caplog.text
     with caplog.at_level(logging.WARNING):  # the same outage again: not logged again
-        assert store.put_many([lambda: b"quick", lambda: b"late", lambda: b"late"])[1:] == [None, None]
+        assert [u.url for u in store.put_many([lambda: b"quick", lambda: b"late", lambda: b"late"])[1:]] == [None, None]
     assert caplog.text.count("deadline (S3_UPLOAD_DEADLINE)") == 1
     store._pool.shutdown(wait=True)  # the late ones finish inside moto's mock, not after it
 
@@ -198,7 +199,7 @@ def test_making_the_pngs_does_not_count_against_the_upload_deadline(aws_env):
         time.sleep(0.3)
         return f"png {index}".encode()
 
-    urls = store.put_many([lambda index=index: encoded(index) for index in range(12)])
+    urls = [upload.url for upload in store.put_many([lambda index=index: encoded(index) for index in range(12)])]
     assert None not in urls  # was: 8 of 12 null
     stored = [aws_env.get_object(Bucket="masks", Key=url.split(".com/")[1])["Body"].read() for url in urls]
     assert stored == [f"png {index}".encode() for index in range(12)]
@@ -218,7 +219,7 @@ def test_until_ends_the_call_and_says_when_pngs_were_not_even_made(aws_env):
         store.put_many([encoded] * 12, until=time.monotonic() + 0.5)
     assert time.monotonic() - started < 1.0
     assert 2 <= cut.value.made <= 6 and cut.value.total == 12
-    assert None not in store.put_many([encoded] * 2, until=time.monotonic() + 5)
+    assert None not in [upload.url for upload in store.put_many([encoded] * 2, until=time.monotonic() + 5)]
     store._pool.shutdown(wait=True)
 
 
@@ -232,9 +233,9 @@ def test_the_deadline_still_holds_when_s3_hangs_between_pngs_being_made(aws_env)
         return b"png"
 
     started = time.monotonic()
-    urls = store.put_many([encoded] * 12)  # each 0.1 s to make, then 1 s for S3: 6.6 s if waited for
+    uploads = store.put_many([encoded] * 12)  # each 0.1 s to make, then 1 s for S3: 6.6 s if waited for
     assert time.monotonic() - started < 2.0
-    assert urls.count(None) >= 8
+    assert uploads.count(Upload(None, "upload deadline passed")) >= 8
     store._pool.shutdown(wait=True)
 
 
@@ -250,7 +251,7 @@ def test_a_single_mask_never_queues_behind_bulk_uploads(aws_env):
     bulk.start()  # 8 s of work for 2 bulk threads
     time.sleep(0.2)
     started = time.monotonic()
-    url = store.put_many([lambda: b"one mask"])[0]
+    url = store.put_many([lambda: b"one mask"])[0].url
     waited = time.monotonic() - started
     bulk.join()
     assert url is not None and waited < 2.5, waited  # behind the bulk ones it would wait about 4 s
@@ -258,7 +259,8 @@ def test_a_single_mask_never_queues_behind_bulk_uploads(aws_env):
 
 
 def test_put_many_without_a_bucket_makes_no_png(aws_env):
-    assert make_store().put_many([lambda: pytest.fail("encoded a PNG nobody stores")]) == [None]
+    assert make_store().put_many([lambda: pytest.fail("encoded a PNG nobody stores")]) == [
+        Upload(None, "s3 not configured")]
 
 
 def test_the_start_up_check_names_a_dead_endpoint_and_the_bucket_in_one_line(monkeypatch, caplog):
@@ -276,6 +278,7 @@ def test_the_start_up_check_names_a_dead_endpoint_and_the_bucket_in_one_line(mon
     assert line.startswith(f"the mask bucket s3://masks at {endpoint} did not answer at start-up: EndpointConnectionError")
     assert SECRET not in caplog.text and "AKIAIOSFODNN7EXAMPLE" not in caplog.text
     assert store.enabled  # it serves on, and tries each upload
+    assert store.put(b"png") == Upload(None, "s3 unreachable")  # what the response's mask_error says
 
 
 def test_the_start_up_check_says_where_masks_go_or_that_the_bucket_is_missing(aws_env, caplog):

@@ -139,15 +139,18 @@ def test_without_a_bucket_the_task_fails_at_once_with_503(tracker, s3, tmp_path)
     assert jobs.board.get("t")["phase"] == "failed"
 
 
-def test_failed_mask_uploads_give_null_urls_and_the_task_goes_on(tracker, s3, tmp_path):
+def test_failed_mask_uploads_give_null_urls_with_the_reason_and_the_task_goes_on(tracker, s3, tmp_path):
     jobs = make_jobs(tracker, tmp_path)
     s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
         "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
-        "Resource": f"arn:aws:s3:::{BUCKET}/sam2-api-masks/*.png"}]}))
+        "Resource": [f"arn:aws:s3:::{BUCKET}/sam2-api-masks/*.png", f"arn:aws:s3:::{BUCKET}/sam2-api-masks/*.mp4"]}]}))
     response = jobs.run("nulls", TrackRequest(encode(moving_shapes(2)), None, 1, [on(0, 0, points=[[20, 32]])]))
     manifest = json.loads(stored(s3, f"{folder_of(response)}manifest.json"))
     assert response.frames == 2
-    assert [entry["mask_url"] for frame in manifest["frames"] for entry in frame["objects"]] == [None, None]
+    assert [(entry["mask_url"], entry["mask_error"]) for frame in manifest["frames"] for entry in frame["objects"]] == [
+        (None, "upload failed")] * 2
+    assert (response.preview_url, response.preview_error) == (None, "upload failed")
+    assert json.loads(response.model_dump_json())["preview_error"] == "upload failed"
 
 
 def test_cancel_from_another_worker_stops_the_task_and_the_tracker(tracker, s3, tmp_path):

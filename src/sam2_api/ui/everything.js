@@ -10,6 +10,8 @@
 (() => {
   const byId = (id) => document.getElementById(id);
   const button = byId("everything"), view = byId("everything-canvas"), shown = byId("everything-result");
+  const grid = byId("points-per-side");
+  grid.value = new URLSearchParams(location.search).get("points_per_side") || "";  // ?points_per_side=… fills it
   const pen = view.getContext("2d");
   Object.assign(view.style, { display: "block", cursor: "pointer" });
   const current = { active: false, objects: [], palette: [], labels: null, base: null, selected: -1, sent: 0,
@@ -105,8 +107,9 @@
     const body = new FormData();
     body.append("image", file);
     body.append("formats", JSON.stringify(["rle"]));
+    if (grid.value) body.append("points_per_side", grid.value);  // empty: the server's default for its device
     for (const [name, value] of new URLSearchParams(location.search)) {
-      if (name === "image" || name === "formats") continue;  // the page's own
+      if (name === "image" || name === "formats" || name === "points_per_side") continue;  // the page's own
       try { JSON.parse(value); body.append(name, value); } catch { body.append(name, JSON.stringify(value)); }
     }
     return body;
