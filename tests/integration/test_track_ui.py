@@ -3,6 +3,8 @@ clip chosen, objects clicked on its first frame, the task submitted and followed
 
 from __future__ import annotations
 
+import re
+
 import httpx
 
 from tests.clips import encode, moving_shapes
@@ -23,10 +25,19 @@ def test_click_objects_on_the_first_frame_track_and_play_the_preview(server, s3,
     page.keyboard.down("Shift")
     page.mouse.click(box["x"] + 95 * scale, box["y"] + 35 * scale)  # one more point on object 1
     page.keyboard.up("Shift")
+    # every wording the status line shows while the task runs
+    page.evaluate("""() => { window.seen = []; new MutationObserver(() => window.seen.push(
+        document.getElementById("status").textContent)).observe(document.getElementById("status"),
+        { childList: true, characterData: true, subtree: true }); }""")
     page.click("#track")
     page.wait_for_selector("#preview:not([hidden])", timeout=240_000)
     assert "Tracked 2 object(s) through 2 frames (128×96)" in page.text_content("#status")
     assert page.get_attribute("#preview", "src").endswith("/preview.mp4")
+    running = page.evaluate("window.seen")[:-1]  # the last: the result
+    assert running and all(re.fullmatch(r"(queued|decoding the clip|tracking|storing the masks)"
+                                        r"( \d+/2 frames)?( \(\d+ ahead\))?…", text) for text in running), running
+    preview = page.locator("#preview").bounding_box()  # the clip's 128×96, not stretched to the page's width
+    assert (round(preview["width"]), round(preview["height"])) == (128, 96)
     manifest = httpx.get(page.get_attribute("#manifest-link", "href"), timeout=10).json()
     sent = [object_["prompts"] for object_ in manifest["objects"]]  # what the page asked for
     assert [[(p["frame_index"], len(p["points"]), p["labels"]) for p in prompts] for prompts in sent] == \

@@ -11,7 +11,11 @@ const canvas = $("canvas"), ctx = canvas.getContext("2d");
 const PALETTE = ["#1e90ff", "#ff6347", "#32cd32", "#ffd700", "#ba55d3", "#00ced1", "#ff8c00", "#ff1493"];
 const POLL_MS = 500;
 
-const state = { file: null, frame: null, objects: [], task: null };  // objects: [{points: [[x, y]], labels: [1]}]
+const state = { file: null, frame: null, objects: [], task: null, phase: null };  // objects: [{points: [[x, y]], labels: [1]}]
+// One wording for where a task is: the board's phase (progress.phase) when the status carries it, else the
+// last phase shown; BentoML's own "in_progress" never replaces it.
+const PHASES = { queued: "queued", decoding: "decoding the clip", tracking: "tracking", storing: "storing the masks",
+                 canceling: "canceling" };
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -35,8 +39,11 @@ async function firstFrame(file) {
 function fit() {
   const stage = $("stage").getBoundingClientRect();
   const scale = Math.min(1, stage.width / canvas.width, stage.height / canvas.height);
-  canvas.style.width = `${canvas.width * scale}px`;
-  canvas.style.height = `${canvas.height * scale}px`;
+  // The preview has the clip's size too: both are shown at it, or smaller to fit, never stretched.
+  for (const shown of [canvas, $("preview")]) {
+    shown.style.width = `${canvas.width * scale}px`;
+    shown.style.height = `${canvas.height * scale}px`;
+  }
 }
 
 function draw() {
@@ -124,6 +131,7 @@ $("track").addEventListener("click", async () => {
   }
   if (!response.ok) { setStatus(`Error ${response.status}: ${body.error || JSON.stringify(body)}`); return; }
   state.task = body.task_id;
+  state.phase = "queued";
   $("cancel").hidden = false;
   $("progress").hidden = false;
   $("progress").removeAttribute("value");
@@ -145,7 +153,8 @@ async function follow(taskId) {
     }
     const counts = progress.frames_total ? ` ${progress.frames_done || 0}/${progress.frames_total} frames` : "";
     const queue = progress.queue_position ? ` (${progress.queue_position} ahead)` : "";
-    setStatus(`${progress.phase || status.status}${counts}${queue}…`);
+    if (PHASES[progress.phase]) state.phase = progress.phase;
+    setStatus(`${PHASES[state.phase]}${counts}${queue}…`);
     if (["completed", "failed", "canceled"].includes(status.status)) return finish(taskId, status.status);
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
