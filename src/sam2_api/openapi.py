@@ -194,8 +194,9 @@ class PublishedOpenAPI:
                 + (": send the fields in the body (multipart/form-data, a url-encoded form or JSON); "
                    f"the API is described at {self.PAGE} (OpenAPI: {self.PATH})" if shown == ["POST"] else "")
             )}).encode()
-            return await _send(send, 405, body, [(b"content-type", b"application/json"),
-                                                 (b"allow", ", ".join(shown).encode())])
+            return await _send(send, 405, b"" if scope["method"] == "HEAD" else body,
+                               [(b"content-type", b"application/json"), (b"allow", ", ".join(shown).encode())],
+                               len(body))
         served = scope["path"] in (self.PATH, self.PAGE)
         if not served or scope["method"] not in ("GET", "HEAD"):
             return await self.app(scope, receive, send)

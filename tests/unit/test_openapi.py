@@ -100,6 +100,8 @@ def test_a_route_called_with_a_method_it_does_not_take_is_a_json_405_saying_whic
                                         "(multipart/form-data, a url-encoded form or JSON); the API is described "
                                         "at / (OpenAPI: /docs.json)"}
     assert get("/track/cancel", spec=bentoml_spec).json() == {"error": "/track/cancel takes PUT, not GET"}
+    head = get("/segment", "HEAD", spec=bentoml_spec)
+    assert head.status_code == 405 and head.content == b"" and int(head.headers["content-length"]) > 0
     # what the document lists goes on; so do paths it does not have
     assert get("/track/status", spec=bentoml_spec).status_code == 404
     assert get("/readyz", "HEAD", spec=bentoml_spec).status_code == 404
