@@ -30,10 +30,11 @@ from .protocol import Failure
 
 MAX_POINTS_PER_SIDE = 64
 # The grid when a request leaves points_per_side out: Meta's 32 on a GPU. On a CPU its 1,024 decoder
-# prompts take minutes (about 0.15 s each on 2 cores: docs/PERFORMANCE-everything.md) and run past
-# the 60 s deadline (a 503 after ~53 s); 12 (144 prompts) finishes in about 25 s there, encoder included.
+# prompts take minutes (0.15-0.4 s each on 2 shared cores: docs/PERFORMANCE-everything.md) and run past
+# the 60 s deadline (a 503 after ~53 s); so does 12 × 12 on a busy 2-core machine (128 of 144 points in
+# 49 s, with an 8 s encoder pass), while 8 × 8 (64 prompts) leaves room for the 25 % margin there.
 GPU_POINTS_PER_SIDE = 32
-CPU_POINTS_PER_SIDE = 12
+CPU_POINTS_PER_SIDE = 8
 
 
 def default_points_per_side(device_type: str) -> int:

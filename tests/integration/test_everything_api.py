@@ -160,3 +160,14 @@ def total_s(response: httpx.Response) -> float:
     """The server's time for the request, from its Server-Timing header."""
     timing = dict(part.split(";dur=") for part in response.headers["Server-Timing"].split(", "))
     return float(timing["total"]) / 1000
+
+
+def test_the_default_grid_finishes_within_the_deadline_on_this_device(server, test_images):
+    """Issue 18: Meta's 32 × 32 grid ran past the 60 s deadline on a CPU (503 after ~53 s); a request that
+    leaves points_per_side out gets its device's default (8 × 8 on a CPU) and is served."""
+    response = post(server, (test_images / "chelsea.png").read_bytes(), route=ROUTE, timeout=120, **KEEP_ALL)
+    assert response.status_code == 200, response.text
+    points = {tuple(o["point_coords"][0]) for o in response.json()["objects"]}
+    assert 1 < len(points) <= 8 * 8  # the objects' prompts: points of the 8 × 8 grid (32 × 32 on a GPU)
+    timing = dict(re.findall(r"(\w+);dur=([\d.]+)", response.headers["Server-Timing"]))
+    assert float(timing["total"]) / 1000 < 60
