@@ -27,8 +27,8 @@ S3. Runs Meta's SAM 2.1.
 
 * People: **[click to segment in the browser](ui/)** (`/ui`).
 * Programs: `POST /segment` (one object), `POST /segment_objects` (several, one encoder pass); as
-  `multipart/form-data` (the image as a file) or JSON (the image by `image_url`, or a cached
-  `image_id`).
+  `multipart/form-data` (the image as a file), or JSON or a url-encoded form (the image by
+  `image_url`, or a cached `image_id`).
 * Video: `POST /track/submit` tracks objects through a clip as a task (then `GET /track/status`,
   `GET /track/get`, `PUT /track/cancel`); masks per frame, a manifest and a preview MP4 go to S3.
 * Errors are `{"error": "<what is wrong>"}` with their HTTP status; see each route.
