@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 TEST_IMAGES = REPO / "tests" / "data"  # real photographs, with their licences in its README.md
 CHECKPOINT = REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt"
+REFERENCE_IMAGES_KEPT = 16  # encoded images the reference predictor keeps (about 16 MB each)
 
 
 @pytest.fixture(scope="session")
@@ -41,22 +44,41 @@ def sam2_model(checkpoint):
 
 
 @pytest.fixture(scope="session")
-def reference_mask(sam2_model):
+def reference_predictor(sam2_model):
+    """Meta's SAM2ImagePredictor with ``image`` set: one predictor per image, kept for the session, so
+    that each image is encoded once however many prompts the tests check against it. Calling
+    ``predict`` leaves the predictor's image as it was; tests must not call ``set_image`` on it."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictors: OrderedDict[tuple, SAM2ImagePredictor] = OrderedDict()
+
+    def for_image(image: np.ndarray) -> SAM2ImagePredictor:
+        key = (image.shape, image.dtype.str, hashlib.sha256(np.ascontiguousarray(image)).hexdigest())
+        if key not in predictors:
+            predictor = SAM2ImagePredictor(sam2_model)
+            predictor.set_image(image)
+            predictors[key] = predictor
+            if len(predictors) > REFERENCE_IMAGES_KEPT:
+                predictors.popitem(last=False)
+        predictors.move_to_end(key)
+        return predictors[key]
+
+    return for_image
+
+
+@pytest.fixture(scope="session")
+def reference_mask(reference_predictor):
     """Meta's SAM2ImagePredictor, used the way its README shows: the expected mask for a request.
 
     Returns ``(mask (H, W) bool, score)`` for the highest-scoring candidate.
     """
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    predictor = SAM2ImagePredictor(sam2_model)
 
     def predict(image: np.ndarray, points=None, labels=None, box=None, multimask_output=None):
         if multimask_output is None:
             multimask_output = box is None and points is not None and len(points) == 1
         if points is not None and labels is None:
             labels = [1] * len(points)
-        predictor.set_image(image)
-        masks, scores, _ = predictor.predict(
+        masks, scores, _ = reference_predictor(image).predict(
             point_coords=None if points is None else np.asarray(points, dtype=np.float32),
             point_labels=None if labels is None else np.asarray(labels),
             box=None if box is None else np.asarray(box, dtype=np.float32),
@@ -72,3 +94,17 @@ def upright_rgb(path: Path) -> np.ndarray:
     """The image as a user would hand it to SAM2ImagePredictor: EXIF applied, 8-bit RGB."""
     with Image.open(path) as image:
         return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """``server``: every test under tests/integration (each starts or uses real processes: `bentoml
+    serve` and moto servers, scripts/serve.sh, `bentoml build`). ``slow``: those, and every test that
+    needs the SAM 2 weights to run the model in this process. ``-m "not slow"`` leaves the pure-logic
+    tests; ``-m "not server"`` the unit tests, the model's included."""
+    integration = REPO / "tests" / "integration"
+    for item in items:
+        if integration in Path(item.path).parents:
+            item.add_marker(pytest.mark.server)
+            item.add_marker(pytest.mark.slow)
+        elif "checkpoint" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)

@@ -25,13 +25,6 @@ SESSIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def predictor(sam2_model):
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    return SAM2ImagePredictor(sam2_model)
-
-
 def predicted(predictor, points, labels, mask_input=None, multimask_output=False):
     """The predictor's masks (bool), scores and low-res logits, best first."""
     masks, scores, low_res = predictor.predict(
@@ -46,11 +39,11 @@ def post_json(server, **fields) -> httpx.Response:
 
 
 @pytest.mark.parametrize("name", SESSIONS)
-def test_each_click_refines_the_last_answer_exactly_as_the_predictor_does(server, predictor, test_images, name):
+def test_each_click_refines_the_last_answer_exactly_as_the_predictor_does(server, reference_predictor, test_images, name):
     """Click 1 uploads the image under an image_id; clicks 2 and 3 are JSON requests naming it,
     with every click so far and the previous answer's mask_id (docs/API.md's curl session)."""
     image = upright_rgb(test_images / name)
-    predictor.set_image(image)
+    predictor = reference_predictor(image)
     points, labels = [p for p, _ in SESSIONS[name]], [label for _, label in SESSIONS[name]]
     response = post(server, (test_images / name).read_bytes(), name, image_id=f"refine-{name}", points=points[:1])
     previous = None
@@ -70,11 +63,11 @@ def test_each_click_refines_the_last_answer_exactly_as_the_predictor_does(server
         previous = low_res[0]
 
 
-def test_candidates_are_the_predictors_three_masks_best_first(server, predictor, test_images):
+def test_candidates_are_the_predictors_three_masks_best_first(server, reference_predictor, test_images):
     response = post(server, (test_images / "coffee.png").read_bytes(), points=[[300, 200]], candidates=True)
     assert response.status_code == 200, response.text
     body = response.json()
-    predictor.set_image(upright_rgb(test_images / "coffee.png"))
+    predictor = reference_predictor(upright_rgb(test_images / "coffee.png"))
     masks, scores, _ = predicted(predictor, [[300, 200]], [1], multimask_output=True)
     candidates = body["candidates"]
     assert len(candidates) == 3 and len({c["mask_id"] for c in candidates}) == 3
@@ -122,7 +115,7 @@ def test_rle_and_polygons_give_back_the_pngs_pixels(server, test_images):
     assert "rle" not in simple and "candidates" not in simple  # not asked for: left out
 
 
-def test_segment_objects_refines_each_object_and_describes_each_mask(server, predictor, test_images):
+def test_segment_objects_refines_each_object_and_describes_each_mask(server, reference_predictor, test_images):
     data = (test_images / "chelsea.png").read_bytes()
     first = post(server, data, route="/segment_objects", formats=["rle"],
                  objects=[{"points": [[225, 150]]}, {"box": [20, 20, 200, 200]}]).json()
@@ -133,14 +126,14 @@ def test_segment_objects_refines_each_object_and_describes_each_mask(server, pre
         {"box": [20, 20, 200, 200], "points": [[100, 100]], "previous_mask_id": objects[1]["mask_id"],
          "candidates": True},
     ]).json()["objects"]
-    predictor.set_image(upright_rgb(test_images / "chelsea.png"))
+    predictor = reference_predictor(upright_rgb(test_images / "chelsea.png"))
     _, _, low_res = predicted(predictor, [[225, 150]], [1], multimask_output=True)
     masks, _, _ = predicted(predictor, [[225, 150], [300, 100]], [1, 1], low_res[0])
     assert np.array_equal(fetch_mask(refined[0]["mask_url"]) == 255, masks[0])
     assert len(refined[1]["candidates"]) == 3 and "candidates" not in refined[0]
 
 
-def test_a_mask_file_starts_the_refinement(server, predictor, test_images):
+def test_a_mask_file_starts_the_refinement(server, reference_predictor, test_images):
     """A mask made elsewhere (here: a rectangle, as 1-bit PNG of another size) as mask_input."""
     image = upright_rgb(test_images / "chelsea.png")
     drawn = Image.new("1", (902, 600))  # twice the image's size: stretched to it
@@ -150,7 +143,7 @@ def test_a_mask_file_starts_the_refinement(server, predictor, test_images):
     files = {"image": ("cat.png", (test_images / "chelsea.png").read_bytes()), "mask_input": ("start.png", buffer.getvalue())}
     response = httpx.post(f"{server.url}/segment", files=files, data={"points": "[[225, 150]]"}, timeout=120)
     assert response.status_code == 200, response.text
-    predictor.set_image(image)
+    predictor = reference_predictor(image)
     mask_input = logits(low_res_mask(buffer.getvalue(), 10**8, 16384), 10.0)  # SAM2_MASK_INPUT_LOGIT's default
     masks, scores, _ = predicted(predictor, [[225, 150]], [1], mask_input, multimask_output=True)
     assert np.array_equal(fetch_mask(response.json()["mask_url"]) == 255, masks[0])

@@ -123,13 +123,9 @@ def test_click_draws_a_coloured_mask_under_the_markers_links_it_and_clear_resets
     assert np.array_equal(canvas_pixels(page), original)
 
 
-def chained_mask(sam2_model, image: np.ndarray, steps: list[dict]) -> np.ndarray:
+def chained_mask(predictor, steps: list[dict]) -> np.ndarray:
     """What the page asks for: each prompt (points, labels, box) refining the previous answer, the
-    first with SAM 2's multimask advice; SAM2ImagePredictor's mask after the last step."""
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    predictor = SAM2ImagePredictor(sam2_model)
-    predictor.set_image(image)
+    first with SAM 2's multimask advice; ``predictor``'s (SAM2ImagePredictor's) mask after the last step."""
     previous = None
     for step in steps:
         points, box = step.get("points"), step.get("box")
@@ -144,7 +140,7 @@ def chained_mask(sam2_model, image: np.ndarray, steps: list[dict]) -> np.ndarray
     return masks[best] > 0
 
 
-def test_background_clicks_and_a_box_are_sent_and_drawn_over_the_mask(server, page, sam2_model, test_images):
+def test_background_clicks_and_a_box_are_sent_and_drawn_over_the_mask(server, page, reference_predictor, test_images):
     image = test_images / "coffee.png"  # 600x400
     box = open_image(page, server, image)
     segment_by(page, lambda: page.mouse.click(box["x"] + 300.5, box["y"] + 200.5))
@@ -159,7 +155,7 @@ def test_background_clicks_and_a_box_are_sent_and_drawn_over_the_mask(server, pa
 
     body = segment_by(page, drag)
     assert page.evaluate("state.box") == [150, 100, 450, 350]
-    expected = chained_mask(sam2_model, upright_rgb(image), [
+    expected = chained_mask(reference_predictor(upright_rgb(image)), [
         {"points": [[300, 200]]}, {"points": [[300, 200], [50, 50]], "labels": [1, 0]},
         {"points": [[300, 200], [50, 50]], "labels": [1, 0], "box": [150, 100, 450, 350]}])
     assert np.array_equal(fetch_mask(body["mask_url"]) == 255, expected)
@@ -235,12 +231,9 @@ window.fetch = (url, options) => {
 
 
 def test_clicks_refine_the_mask_shown_candidates_are_picked_and_undo_goes_back(
-        server, page, sam2_model, test_images, tmp_path):
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
+        server, page, reference_predictor, test_images, tmp_path):
     image = test_images / "chelsea.png"
-    predictor = SAM2ImagePredictor(sam2_model)
-    predictor.set_image(upright_rgb(image))
+    predictor = reference_predictor(upright_rgb(image))
     page.add_init_script(RECORD_FORMS)
     box = open_image(page, server, image)
 

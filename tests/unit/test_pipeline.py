@@ -143,18 +143,11 @@ def test_request_errors_keep_their_kind_across_the_model_call(s3, device, test_i
 
 # ---- Refinement, candidates and formats ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def predictor(sam2_model):
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    return SAM2ImagePredictor(sam2_model)
-
-
-def test_each_click_refines_the_previous_answer_exactly_as_the_predictor_does(s3, device, predictor, test_images):
+def test_each_click_refines_the_previous_answer_exactly_as_the_predictor_does(s3, device, reference_predictor, test_images):
     """Three clicks on the cat, each request sending every click so far and the last mask_id."""
     flow = pipeline(device)
     image = upright_rgb(test_images / "chelsea.png")
-    predictor.set_image(image)
+    predictor = reference_predictor(image)
     data = (test_images / "chelsea.png").read_bytes()
     points, labels = [[225, 150], [300, 100], [50, 50]], [1, 1, 0]
     mask_id, previous = None, None
@@ -171,7 +164,7 @@ def test_each_click_refines_the_previous_answer_exactly_as_the_predictor_does(s3
         mask_id, previous = result.masks[0].mask_id, logits[best]
 
 
-def test_formats_give_back_the_pngs_pixels_and_candidates_the_predictors_three(s3, device, predictor, test_images):
+def test_formats_give_back_the_pngs_pixels_and_candidates_the_predictors_three(s3, device, reference_predictor, test_images):
     from pycocotools import mask as coco_mask
 
     from sam2_api.maskformats import rasterise
@@ -180,7 +173,7 @@ def test_formats_give_back_the_pngs_pixels_and_candidates_the_predictors_three(s
     result = flow.run(ImageRequest(upload=(test_images / "chelsea.png").read_bytes()),
                       [Prompt(points=[[225, 150]], candidates=True)], StageTimer(),
                       formats=frozenset({"rle", "polygons"}))
-    predictor.set_image(upright_rgb(test_images / "chelsea.png"))
+    predictor = reference_predictor(upright_rgb(test_images / "chelsea.png"))
     masks, scores, _ = predictor.predict(point_coords=np.asarray([[225.0, 150.0]]), point_labels=np.asarray([1]))
     best = result.masks[0]
     assert [c.mask_id for c in best.candidates][0] == best.mask_id and best.candidates[0].url == best.url
@@ -220,7 +213,7 @@ def test_a_mask_id_of_another_image_or_caller_or_unknown_is_refused_before_any_w
     assert flow.run(ImageRequest(upload=cat), again, StageTimer(), tenant=TENANT_A).cached
 
 
-def test_a_mask_file_is_used_as_the_mask_input(s3, device, predictor, test_images):
+def test_a_mask_file_is_used_as_the_mask_input(s3, device, reference_predictor, test_images):
     from sam2_api.maskinput import logits, low_res_mask
 
     flow = pipeline(device)
@@ -232,7 +225,7 @@ def test_a_mask_file_is_used_as_the_mask_input(s3, device, predictor, test_image
     prompt = Prompt(points=[[225, 150], [60, 40]], labels=[1, 0])
     result = flow.run(ImageRequest(upload=(test_images / "chelsea.png").read_bytes()), [prompt], StageTimer(),
                       mask_files=[buffer.getvalue()])
-    predictor.set_image(image)
+    predictor = reference_predictor(image)
     mask_input = logits(low_res_mask(buffer.getvalue(), 10**8, 16384), 10.0)  # the engine's default amplitude
     masks, scores, _ = predictor.predict(point_coords=np.asarray(prompt.points, dtype=np.float32),
                                          point_labels=np.asarray([1, 0]), mask_input=mask_input[None],

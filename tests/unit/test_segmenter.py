@@ -74,21 +74,14 @@ SESSIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def predictor(sam2_model):
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    return SAM2ImagePredictor(sam2_model)
-
-
 @pytest.mark.parametrize("name", SESSIONS)
-def test_chained_clicks_equal_the_predictor_fed_its_previous_logits(segmenter, predictor, test_images, name):
+def test_chained_clicks_equal_the_predictor_fed_its_previous_logits(segmenter, reference_predictor, test_images, name):
     """Click 1 as SAM 2 advises (three candidates, the best kept); each further click with all the
     clicks so far and the previous answer's low-res logits as mask_input, as in Meta's notebook."""
     image = upright_rgb(test_images / name)
     points, labels = SESSIONS[name]
     embedding = segmenter.encode(image)
-    predictor.set_image(image)
+    predictor = reference_predictor(image)
     previous_ours = previous_theirs = None
     for count in range(1, len(points) + 1):
         prompt = Prompt(points=points[:count], labels=labels[:count])
@@ -109,10 +102,10 @@ def test_chained_clicks_equal_the_predictor_fed_its_previous_logits(segmenter, p
         previous_ours, previous_theirs = mask.logits, logits[best]
 
 
-def test_candidates_are_the_predictors_three_masks_best_first(segmenter, predictor, test_images):
+def test_candidates_are_the_predictors_three_masks_best_first(segmenter, reference_predictor, test_images):
     image = upright_rgb(test_images / "chelsea.png")
     embedding = segmenter.encode(image)
-    predictor.set_image(image)
+    predictor = reference_predictor(image)
     masks, scores, logits = predictor.predict(point_coords=np.asarray([[225.0, 150.0]]), point_labels=np.asarray([1]),
                                               multimask_output=True)
     best = segmenter.decode(embedding, Prompt(points=[[225, 150]], candidates=True))
