@@ -203,7 +203,7 @@ def test_a_request_that_cannot_finish_after_the_work_queued_before_it_is_refused
             time.sleep(0.01)
         started = time.monotonic()
         refused = engine.everything(A, params)
-        assert time.monotonic() - started < 1  # at once
+        assert time.monotonic() - started < 2  # at once: its 9 points would take 3.6 s after the 5 s ahead
         gate.set()
         ahead.result(timeout=60)
     message = refused.failure.message

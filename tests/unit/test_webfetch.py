@@ -111,7 +111,7 @@ def test_a_server_dripping_bytes_is_cut_at_the_total_deadline(servers):
     started = time.monotonic()
     with pytest.raises(InvalidImageSource, match=rf"http://127.0.0.1:{server.port}/x.png was not fetched within 1.5 s"):
         fetcher(timeout_s=1.5).get(http(f"http://127.0.0.1:{server.port}/x.png"))
-    assert 1.5 <= time.monotonic() - started < 2.0
+    assert 1.5 <= time.monotonic() - started < 5  # the deadline and a loaded CPU's margin, not the drip's 300 s
 
 
 @pytest.mark.parametrize("behaviour", ["silent", "slow headers"])
@@ -127,7 +127,8 @@ def test_a_server_that_does_not_answer_is_cut_at_the_deadline(servers, behaviour
     started = time.monotonic()
     with pytest.raises(InvalidImageSource, match="not fetched within 1 s"):
         fetcher(timeout_s=1).get(http(f"http://127.0.0.1:{server.port}/x.png"))
-    assert time.monotonic() - started < 1.5
+    # The 1 s deadline and a loaded CPU's margin; a bound per read alone would end "slow headers" after 2.7 s.
+    assert time.monotonic() - started < 2
 
 
 @pytest.fixture
