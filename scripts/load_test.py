@@ -96,6 +96,9 @@ def main() -> None:
         print("hostile requests: " + ", ".join(f"{kind} -> {status}: {count}"
                                                for (kind, status), count in sorted(hostile.statuses.items())))
         print(f"the direct call's pickle {'RAN on the model service' if hostile.unpickled else 'never ran'}")
+        print("slowest beside it (seconds, sent at, case, Server-Timing in ms):")
+        for seconds, sent_at, case, timing in under_attack.slowest(8):
+            print(f"  {seconds:6.2f} s at {sent_at:6.1f} s  {case}: {timing}")
         ok = (ok and under_attack.server_errors == 0 and hostile.server_errors == 0 and ratio <= 2
               and under_attack.stored == under_attack.requests and not under_attack.mismatched
               and not hostile.unpickled)

@@ -8,11 +8,18 @@ queue up together can share one encoder call (``max_batch`` > 1).
 
 Jobs wait in :class:`Lane` s, one per tenant (an API key) and route, served round-robin: first
 across tenants, then across a tenant's routes, so that a caller with many jobs queued waits behind
-its own jobs, not behind everyone else's. A long job (segment everything) calls
+its own jobs, not behind everyone else's. Turns are shared by device time, not by count (deficit
+round-robin): a tenant whose jobs took longer than the others' waits out turns until they have had
+as much, so that a key sending heavy work (many objects on a large image) cannot take more of the
+device than a key sending clicks by sending fewer, longer jobs. A request with many prompts is
+several jobs, one per decoder call (:meth:`DeviceThread.decode`). A long job (segment everything) calls
 :meth:`DeviceThread.checkpoint` between its steps, where other callers' short jobs run, one of each
 tenant in turn, for at most as long as the step took (a click waits for about one step; the long
 job keeps about half of the device or more); long jobs themselves take turns whole, so that each
-finishes within its deadline instead of all of them slowing down together.
+finishes within its deadline instead of all of them slowing down together. On the CPU, where one
+encoder pass takes seconds, a new image's pass stops at a checkpoint after each block of the
+encoder's trunk too (:attr:`Segmenter.between_blocks`): a click waits for one block of another
+key's new image, not for all of it. On a GPU a pass takes milliseconds and runs whole.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from .prompts import Prompt
 from .segmenter import Embedding, Mask, Segmenter
 from .timing import StageTimer
 
+TURN_S = 0.05  # device seconds a tenant's turn adds to its credit (deficit round-robin's quantum)
 TYPICAL_WEIGHT = 0.2  # of the latest run in a stage's typical time (an exponential moving average)
 STRETCH_WEIGHT = 0.2  # of the latest checkpoint in the measured stretch of long jobs (likewise)
 
@@ -59,27 +67,42 @@ class _Job:
 
 
 class _Lanes:
-    """Queued jobs by tenant, then by route; each level served round-robin. Not thread-safe."""
+    """Queued jobs by tenant, then by route; each level served round-robin, tenants by device time
+    (:meth:`charge`). Not thread-safe."""
 
     def __init__(self) -> None:
         self._tenants: OrderedDict[str | None, OrderedDict[str, deque[_Job]]] = OrderedDict()
+        # Device seconds each tenant may still use before others' turns (negative: owed). Kept while
+        # a tenant has nothing queued: a caller with one request at a time is between requests.
+        self._credit: dict[str | None, float] = {}
 
     def put(self, job: _Job) -> None:
         self._tenants.setdefault(job.lane.tenant, OrderedDict()).setdefault(job.lane.route, deque()).append(job)
 
+    def charge(self, tenant: str | None, seconds: float) -> None:
+        """``tenant``'s jobs used the device for ``seconds``."""
+        self._credit[tenant] = self._credit.get(tenant, TURN_S) - seconds
+
     def take(self, short_only: bool = False, skip: Sequence[str | None] = ()) -> _Job | None:
-        """The next job in turn (of a tenant not in ``skip``; not a long one if ``short_only``), or None."""
-        for tenant, routes in self._tenants.items():
-            if tenant in skip:
-                continue
-            for route, jobs in routes.items():
-                if short_only and jobs[0].long:
-                    continue
-                job = jobs.popleft()
-                self._rotate(routes, route)
-                self._rotate(self._tenants, tenant)
-                return job
-        return None
+        """The next job in turn (of a tenant not in ``skip``; not a long one if ``short_only``), or
+        None: of the tenants with such a job, the first in turn with credit left. When none has,
+        every one of them gets as many turns' credit as makes one of them positive."""
+        waiting = [tenant for tenant, routes in self._tenants.items()
+                   if tenant not in skip and _first_route(routes, short_only) is not None]
+        if not waiting:
+            return None
+        highest = max(self._credit.get(tenant, TURN_S) for tenant in waiting)
+        if highest <= 0:
+            turns = int(-highest // TURN_S) + 1
+            for tenant in waiting:
+                self._credit[tenant] = min(TURN_S, self._credit.get(tenant, TURN_S) + turns * TURN_S)
+        tenant = next(tenant for tenant in waiting if self._credit.get(tenant, TURN_S) > 0)
+        routes = self._tenants[tenant]
+        route = _first_route(routes, short_only)
+        job = routes[route].popleft()
+        self._rotate(routes, route)
+        self._rotate(self._tenants, tenant)
+        return job
 
     def take_encode(self) -> _Job | None:
         """The first queued encode job in turn, from any lane (images of any caller share a batch)."""
@@ -112,6 +135,11 @@ class _Lanes:
             del lanes[key]
 
 
+def _first_route(routes: OrderedDict[str, deque[_Job]], short_only: bool) -> str | None:
+    """The first of a tenant's routes, in turn, whose next job may run (not a long one if ``short_only``)."""
+    return next((route for route, jobs in routes.items() if not (short_only and jobs[0].long)), None)
+
+
 class DeviceThread:
     """Runs :class:`Segmenter` calls on one thread; ``max_batch`` > 1 batches queued encodes,
     waiting up to ``max_wait`` seconds after the first for others to arrive."""
@@ -125,7 +153,8 @@ class DeviceThread:
         self._running: _Job | None = None  # the job the device thread's loop is in (not a checkpoint's)
         self._typical: dict[str, float] = {}  # seconds per job of each stage, recent runs weighted most
         self._stretch = 0.0  # seconds of others' jobs at checkpoints per second of a long job's own work
-        self._resumed = 0.0  # when the long job on the device thread last started or left a checkpoint
+        self._resumed = 0.0  # when the job on the device thread's loop last started or left a checkpoint
+        self._paused = 0.0  # seconds that job has spent in checkpoints
         self._thread = threading.Thread(target=self._serve, name="sam2-device", daemon=True)
         self._thread.start()
 
@@ -135,9 +164,17 @@ class DeviceThread:
 
     def decode(self, embedding: Embedding, prompts: list[Prompt], timer: StageTimer,
                mask_inputs: Sequence[Any] | None = None, lane: Lane | None = None) -> list[Mask]:
-        """One bit-packed mask per prompt, each with its mask input if any (see
-        :meth:`Segmenter.decode_many`)."""
-        return self.call(lambda: self.segmenter.decode_many(embedding, prompts, mask_inputs), "decoder", timer, lane)
+        """One bit-packed mask per prompt, each with its mask input if any: the masks of
+        :meth:`Segmenter.decode_many`, each of its decoder calls a job of its own, so that other
+        callers' jobs run between the calls of a request with many prompts."""
+        mask_inputs = list(mask_inputs) if mask_inputs is not None else [None] * len(prompts)
+        masks: list[Mask | None] = [None] * len(prompts)
+        for indices in self.segmenter.decoder_calls(prompts, mask_inputs):
+            found = self.call(lambda indices=indices: self.segmenter.decode_call(embedding, prompts, mask_inputs, indices),
+                              "decoder", timer, lane)
+            for index, mask in zip(indices, found):
+                masks[index] = mask
+        return masks
 
     def call(self, run: Callable[[], Any], stage: str, timer: StageTimer | None = None, lane: Lane | None = None,
              long: bool = False, expected_s: float | None = None) -> Any:
@@ -148,17 +185,23 @@ class DeviceThread:
                                  expected_s=expected_s))
 
     def checkpoint(self) -> None:
-        """From inside a long job, on the device thread: run other callers' queued short jobs, one
-        of each tenant in turn, round after round for at most as long as the long job's step since
-        its previous checkpoint took (one round at least), then return to the long job."""
+        """From inside a long job (or between the blocks of an encoder pass on the CPU), on the
+        device thread: run other callers' queued short jobs, one of each tenant in turn, round after
+        round for at most as long as the job's step since its previous checkpoint took (one round at
+        least), then return to the job."""
         if threading.get_ident() != self._thread.ident:
             raise RuntimeError("checkpoint() is for jobs running on the device thread")
         paused_at = time.perf_counter()
         step = paused_at - self._resumed
+        running = self._running
+        with self._ready:
+            if running is not None:
+                self._lanes.charge(running.lane.tenant, step)
         while self._serve_round() and time.perf_counter() - paused_at < step:
             pass
         self._resumed = time.perf_counter()
-        if step > 0:
+        self._paused += self._resumed - paused_at
+        if step > 0 and running is not None and running.long:
             with self._ready:
                 self._stretch += STRETCH_WEIGHT * ((self._resumed - paused_at) / step - self._stretch)
 
@@ -225,14 +268,14 @@ class DeviceThread:
             if job is None:
                 return bool(served)
             served.append(job.lane.tenant)
-            self._dispatch(job, wait=0.0)
+            self._dispatch(job, wait=0.0, nested=True)
 
-    def _dispatch(self, job: _Job, wait: float) -> None:
+    def _dispatch(self, job: _Job, wait: float, nested: bool = False) -> None:
         """Run ``job``; an encode job with any other queued encodes (up to ``max_batch``), waiting
-        up to ``wait`` seconds for more to arrive."""
+        up to ``wait`` seconds for more to arrive. ``nested``: from a checkpoint."""
         job.started_at = time.perf_counter()
-        if job.long:
-            self._resumed = job.started_at
+        if not nested:
+            self._resumed, self._paused = job.started_at, 0.0
         if job.run is not None:
             self._run(job)
             return
@@ -248,7 +291,7 @@ class DeviceThread:
                 if left <= 0:
                     break
                 self._ready.wait(left)
-        self._encode(batch)
+        self._encode(batch, pausing=not nested)
 
     def _run(self, job: _Job) -> None:
         started = time.perf_counter()
@@ -258,13 +301,19 @@ class DeviceThread:
         except BaseException as exc:  # the caller gets it; the thread lives on
             job.done.set_exception(exc)
             return
+        finally:
+            with self._ready:  # a long job's steps before its last checkpoint were charged there
+                self._lanes.charge(job.lane.tenant, time.perf_counter() - (self._resumed if job.long else started))
         self._took(job, job.stage, time.perf_counter() - started)
         job.done.set_result(result)
 
-    def _encode(self, batch: list[_Job]) -> None:
+    def _encode(self, batch: list[_Job], pausing: bool) -> None:
+        """``pausing``: the pass may stop at checkpoints between its blocks (on the CPU; see
+        :attr:`Segmenter.between_blocks`), the batch's first job's tenant charged for its steps."""
         started = time.perf_counter()
         for job in batch:
             _record(job, "queue", started - job.queued_at)
+        self.segmenter.between_blocks = self.checkpoint if pausing else None
         try:
             embeddings = self.segmenter.encode_batch([job.image for job in batch])
             self.segmenter.synchronize()  # so that the time below is the encoder's
@@ -272,8 +321,14 @@ class DeviceThread:
             for job in batch:
                 job.done.set_exception(exc)
             return
-        elapsed = time.perf_counter() - started
+        finally:
+            self.segmenter.between_blocks = None
+        elapsed = time.perf_counter() - started - (self._paused if pausing else 0.0)  # its own time
         metrics.ENCODER_BATCH_SIZE.observe(len(batch))
+        with self._ready:
+            last_step = time.perf_counter() - (self._resumed if pausing else started)
+            for job in batch:
+                self._lanes.charge(job.lane.tenant, last_step / len(batch))
         for job, embedding in zip(batch, embeddings):
             self._took(job, "encoder", elapsed)
             job.done.set_result(embedding)

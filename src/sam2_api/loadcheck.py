@@ -39,6 +39,8 @@ class LoadReport:
     duplicate_keys: int = 0
     latencies: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
+    # (seconds, when it was sent after the start, case, its Server-Timing header): where slow ones waited
+    timings: list[tuple[float, float, str, str]] = field(default_factory=list)
 
     @property
     def server_errors(self) -> int:
@@ -47,6 +49,9 @@ class LoadReport:
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
+
+    def slowest(self, count: int) -> list[tuple[float, float, str, str]]:
+        return sorted(self.timings, reverse=True)[:count]
 
 
 def load_cases(test_images: Path) -> list[Case]:
@@ -97,11 +102,13 @@ def run_load(url: str, cases: list[Case], expected: dict[str, bytes], total: int
         started = time.perf_counter()
         response = segment(http, url, case, api_key)
         elapsed = time.perf_counter() - started
+        timing = (elapsed, started - began, case.name, response.headers.get("Server-Timing", ""))
         mask_url = response.json().get("mask_url") if response.status_code == 200 else None
         png = http.get(mask_url).content if mask_url else None
         with lock:
             report.statuses[response.status_code] += 1
             report.latencies.append(elapsed)
+            report.timings.append(timing)
             if mask_url:
                 report.stored += 1
                 urls.append(mask_url)
@@ -110,10 +117,10 @@ def run_load(url: str, cases: list[Case], expected: dict[str, bytes], total: int
                 elif png != expected[case.name]:
                     report.mismatched.append(f"{case.name}: {mask_url}")
 
-    started = time.perf_counter()
+    began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, picks))
-    report.wall_seconds = time.perf_counter() - started
+    report.wall_seconds = time.perf_counter() - began
     report.duplicate_keys = len(urls) - len(set(urls))
     return report
 

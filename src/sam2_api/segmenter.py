@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,6 +91,22 @@ class Segmenter:
         size = model.image_size
         self._feature_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
         self._bit_weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=self.device)
+        # Called after each block of the image encoder's trunk, when set (on the CPU only, where an
+        # encoder pass takes seconds): the device thread runs other callers' short jobs there
+        # (:meth:`sam2_api.device.DeviceThread.checkpoint`). Unset while it runs, so that an encoder
+        # pass run from there does not pause in turn.
+        self.between_blocks: Callable[[], None] | None = None
+        if self.device.type == "cpu":
+            for block in model.image_encoder.trunk.blocks:
+                block.register_forward_hook(self._after_block)
+
+    def _after_block(self, *_: Any) -> None:
+        pause, self.between_blocks = self.between_blocks, None
+        if pause is not None:
+            try:
+                pause()
+            finally:
+                self.between_blocks = pause
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 on CUDA, as Meta's examples run SAM 2; full precision on the CPU."""
@@ -160,26 +177,36 @@ class Segmenter:
         A batch of one is exactly the single-prompt computation.
         """
         mask_inputs = list(mask_inputs) if mask_inputs is not None else [None] * len(prompts)
+        masks: list[Mask | None] = [None] * len(prompts)
+        for indices in self.decoder_calls(prompts, mask_inputs):
+            for index, mask in zip(indices, self.decode_call(embedding, prompts, mask_inputs, indices)):
+                masks[index] = mask
+        return masks
+
+    @staticmethod
+    def decoder_calls(prompts: list[Prompt], mask_inputs: Sequence[Any]) -> list[list[int]]:
+        """The decoder calls :meth:`decode_many` makes, as lists of prompt indices: prompts of the
+        same shape together, at most ``DECODER_BATCH`` a call (the decoder's activations grow with
+        the batch, about 22 MB a prompt, not with the image)."""
         groups: dict[tuple[int, bool, bool, bool], list[int]] = {}
         for index, prompt in enumerate(prompts):
             shape = (len(prompt.points or ()), prompt.box is not None, prompt.wants_multimask,
                      mask_inputs[index] is not None)
             groups.setdefault(shape, []).append(index)
-        masks: list[Mask | None] = [None] * len(prompts)
-        for (_, _, multimask, masked), same_shape in groups.items():
-            # At most DECODER_BATCH at a time: the decoder's activations grow with the batch
-            # (about 22 MB a prompt), not with the image.
-            for start in range(0, len(same_shape), DECODER_BATCH):
-                indices = same_shape[start : start + DECODER_BATCH]
-                tensors = [self._prompt_tensors(embedding, prompts[i]) for i in indices]
-                coords = torch.cat([c for c, _ in tensors])
-                labels = torch.cat([l for _, l in tensors])
-                dense = torch.cat([self._mask_tensor(mask_inputs[i]) for i in indices]) if masked else None
-                candidates = [bool(prompts[i].candidates) for i in indices]
-                for index, mask in zip(indices, self._decode_batch(embedding, coords, labels, dense, multimask,
-                                                                   candidates)):
-                    masks[index] = mask
-        return masks
+        return [same_shape[start : start + DECODER_BATCH]
+                for same_shape in groups.values() for start in range(0, len(same_shape), DECODER_BATCH)]
+
+    @torch.inference_mode()
+    def decode_call(self, embedding: Embedding, prompts: list[Prompt], mask_inputs: Sequence[Any],
+                    indices: list[int]) -> list[Mask]:
+        """One of :meth:`decoder_calls`: the masks of ``prompts[i]`` for ``i`` in ``indices``, in order."""
+        tensors = [self._prompt_tensors(embedding, prompts[i]) for i in indices]
+        coords = torch.cat([c for c, _ in tensors])
+        labels = torch.cat([l for _, l in tensors])
+        masked = mask_inputs[indices[0]] is not None
+        dense = torch.cat([self._mask_tensor(mask_inputs[i]) for i in indices]) if masked else None
+        return self._decode_batch(embedding, coords, labels, dense, prompts[indices[0]].wants_multimask,
+                                  [bool(prompts[i].candidates) for i in indices])
 
     def _mask_tensor(self, logits: torch.Tensor | np.ndarray) -> torch.Tensor:
         """A ``256×256`` mask input as the ``1×1×256×256`` float tensor the prompt encoder takes

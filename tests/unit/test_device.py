@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client import REGISTRY
 
 from sam2_api.device import DeviceThread, Lane
@@ -77,15 +78,20 @@ def test_a_failing_job_fails_its_callers_and_the_thread_goes_on(segmenter):
 
 
 def queue_behind_a_busy_device(device: DeviceThread, jobs: list[tuple[str, Lane, bool]], ran: list[str],
-                               pool: ThreadPoolExecutor) -> list:
+                               pool: ThreadPoolExecutor, seconds: dict[str, float] | None = None) -> list:
     """Submit ``jobs`` (name, lane, long), in this order, while the device runs another job; each
-    job records its name as it runs on the device thread. Returns their futures, once all are queued."""
+    job records its name as it runs on the device thread (and then takes ``seconds[name]``, if
+    given). Returns their futures, once all are queued."""
     gate = threading.Event()
     futures = [pool.submit(device.call, gate.wait, "gate", lane=Lane("someone else", "gate"))]
     while device._running is None:
         time.sleep(0.01)
     for name, lane, long in jobs:
-        futures.append(pool.submit(device.call, lambda name=name: ran.append(name), "probe", lane=lane, long=long))
+        def job(name=name) -> None:
+            ran.append(name)
+            time.sleep((seconds or {}).get(name, 0.0))
+
+        futures.append(pool.submit(device.call, job, "probe", lane=lane, long=long))
         while sum(len(device._lanes.of_tenant(t)) for t in device._lanes.tenants()) < len(futures) - 1:
             time.sleep(0.01)  # queued: the next one comes after it
     gate.set()
@@ -105,6 +111,58 @@ def test_a_caller_with_many_jobs_queued_waits_behind_its_own_not_behind_the_othe
         for future in futures:
             future.result(timeout=60)
     assert ran == ["a1", "b1", "a2", "a3", "a4"]
+
+
+def test_turns_are_shared_by_device_time_so_a_key_with_long_jobs_waits_out_its_debt(segmenter):
+    """Before: one job per tenant per turn, whatever it cost; a key whose jobs took 1 s (a request
+    with 32 objects on a large image) had the device 20 times as long as a key sending clicks of
+    0.05 s. Now after a's 1 s job, b's clicks run until b has had about as much device time."""
+    device = DeviceThread(segmenter)
+    a, b = Lane("a", "segment_objects"), Lane("b", "segment")
+    jobs = [("a1", a, False), ("a2", a, False), *((f"b{i}", b, False) for i in range(1, 7))]
+    ran: list[str] = []
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        futures = queue_behind_a_busy_device(device, jobs, ran, pool, seconds={"a1": 1.0, "a2": 1.0})
+        for future in futures:
+            future.result(timeout=60)
+    assert ran == ["a1", "b1", "b2", "b3", "b4", "b5", "b6", "a2"]  # round-robin by count: a1 b1 a2 b2 ...
+
+
+def test_a_request_with_many_prompts_is_one_job_per_decoder_call_with_the_same_masks(segmenter, test_images):
+    """Before: all of a request's decoder calls were one job, which others waited for whole."""
+    device = DeviceThread(segmenter)
+    embedding = device.encode(upright_rgb(test_images / "chelsea.png"), StageTimer())
+    prompts = [Prompt(points=[[20 + 9 * i, 30 + 5 * i]]) for i in range(20)] + [Prompt(box=[10, 10, 200, 150])]
+    calls = segmenter.decoder_calls(prompts, [None] * len(prompts))
+    assert [len(indices) for indices in calls] == [8, 8, 4, 1]
+    before = REGISTRY.get_sample_value("sam2_stage_seconds_count", {"stage": "decoder"}) or 0
+    masks = device.decode(embedding, prompts, StageTimer())
+    assert REGISTRY.get_sample_value("sam2_stage_seconds_count", {"stage": "decoder"}) - before == len(calls)
+    assert [mask.bits for mask in masks] == [mask.bits for mask in segmenter.decode_many(embedding, prompts)]
+
+
+def test_another_keys_click_runs_between_the_blocks_of_an_encoder_pass_on_the_cpu(segmenter):
+    """Before: a click waited for the whole encoder pass of another key's new image (2-17 s on this
+    CPU). Now it runs at the next block of the trunk, and the embedding is the same."""
+    device = DeviceThread(segmenter)
+    image = np.random.default_rng(3).integers(0, 256, (1024, 1024, 3), np.uint8)
+    finished: dict[str, float] = {}
+
+    def encode() -> None:
+        embedding = device.encode(image, StageTimer(), Lane("a", "segment"))
+        finished["encode"] = time.perf_counter()
+        return embedding
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        encoding = pool.submit(encode)
+        while device._running is None or device._running.image is None:
+            time.sleep(0.001)
+        device.call(lambda: finished.setdefault("click", time.perf_counter()), "decoder", lane=Lane("b", "segment"))
+        embedding = encoding.result(timeout=300)
+    assert finished["click"] < finished["encode"]
+    alone = segmenter.encode(image)
+    assert torch.equal(embedding.image_embed, alone.image_embed)
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(embedding.high_res_feats, alone.high_res_feats))
 
 
 def test_tenants_take_turns_and_encodes_of_any_caller_still_share_a_batch(segmenter, test_images):
