@@ -13,13 +13,14 @@ round-robin): a tenant whose jobs took longer than the others' waits out turns u
 as much, so that a key sending heavy work (many objects on a large image) cannot take more of the
 device than a key sending clicks by sending fewer, longer jobs. A request with many prompts is
 several jobs, one per decoder call (:meth:`DeviceThread.decode`). A long job (segment everything) calls
-:meth:`DeviceThread.checkpoint` between its steps, where other callers' short jobs run, one of each
-tenant in turn, for at most as long as the step took (a click waits for about one step; the long
+:meth:`DeviceThread.checkpoint` between its steps, where queued short jobs run, in turn by device
+time, for at most as long as the step took (a click waits for about one step; the long
 job keeps about half of the device or more); long jobs themselves take turns whole, so that each
 finishes within its deadline instead of all of them slowing down together. On the CPU, where one
-encoder pass takes seconds, a new image's pass stops at a checkpoint after each block of the
-encoder's trunk too (:attr:`Segmenter.between_blocks`): a click waits for one block of another
-key's new image, not for all of it. On a GPU a pass takes milliseconds and runs whole.
+encoder pass takes seconds, a new image's pass (and a long job's own) stops at a checkpoint after
+each block of the encoder's trunk too (:attr:`Segmenter.between_blocks`): a click waits for one
+block of another key's new image, not for all of it. On a GPU a pass takes milliseconds and runs
+whole.
 """
 
 from __future__ import annotations
@@ -83,12 +84,12 @@ class _Lanes:
         """``tenant``'s jobs used the device for ``seconds``."""
         self._credit[tenant] = self._credit.get(tenant, TURN_S) - seconds
 
-    def take(self, short_only: bool = False, skip: Sequence[str | None] = ()) -> _Job | None:
-        """The next job in turn (of a tenant not in ``skip``; not a long one if ``short_only``), or
+    def take(self, short_only: bool = False, encodes: bool = True) -> _Job | None:
+        """The next job in turn (not a long one if ``short_only``, not an encode unless ``encodes``), or
         None: of the tenants with such a job, the first in turn with credit left. When none has,
         every one of them gets as many turns' credit as makes one of them positive."""
         waiting = [tenant for tenant, routes in self._tenants.items()
-                   if tenant not in skip and _first_route(routes, short_only) is not None]
+                   if _first_route(routes, short_only, encodes) is not None]
         if not waiting:
             return None
         highest = max(self._credit.get(tenant, TURN_S) for tenant in waiting)
@@ -98,7 +99,7 @@ class _Lanes:
                 self._credit[tenant] = min(TURN_S, self._credit.get(tenant, TURN_S) + turns * TURN_S)
         tenant = next(tenant for tenant in waiting if self._credit.get(tenant, TURN_S) > 0)
         routes = self._tenants[tenant]
-        route = _first_route(routes, short_only)
+        route = _first_route(routes, short_only, encodes)
         job = routes[route].popleft()
         self._rotate(routes, route)
         self._rotate(self._tenants, tenant)
@@ -135,9 +136,11 @@ class _Lanes:
             del lanes[key]
 
 
-def _first_route(routes: OrderedDict[str, deque[_Job]], short_only: bool) -> str | None:
-    """The first of a tenant's routes, in turn, whose next job may run (not a long one if ``short_only``)."""
-    return next((route for route, jobs in routes.items() if not (short_only and jobs[0].long)), None)
+def _first_route(routes: OrderedDict[str, deque[_Job]], short_only: bool, encodes: bool) -> str | None:
+    """The first of a tenant's routes, in turn, whose next job may run (not a long one if
+    ``short_only``, not an encode unless ``encodes``)."""
+    return next((route for route, jobs in routes.items()
+                 if not (short_only and jobs[0].long) and (encodes or jobs[0].run is not None)), None)
 
 
 class DeviceThread:
@@ -186,9 +189,10 @@ class DeviceThread:
 
     def checkpoint(self) -> None:
         """From inside a long job (or between the blocks of an encoder pass on the CPU), on the
-        device thread: run other callers' queued short jobs, one of each tenant in turn, round after
-        round for at most as long as the job's step since its previous checkpoint took (one round at
-        least), then return to the job."""
+        device thread: run queued short jobs, in turn by device time (the job's tenant is charged
+        for its step first), for at most as long as the job's step since its previous checkpoint
+        took (one job at least; in an encoder pass, other encoder passes only where one fits),
+        then return to the job."""
         if threading.get_ident() != self._thread.ident:
             raise RuntimeError("checkpoint() is for jobs running on the device thread")
         paused_at = time.perf_counter()
@@ -197,8 +201,16 @@ class DeviceThread:
         with self._ready:
             if running is not None:
                 self._lanes.charge(running.lane.tenant, step)
-        while self._serve_round() and time.perf_counter() - paused_at < step:
-            pass
+        pausing, self.segmenter.between_blocks = self.segmenter.between_blocks, None  # not in others' jobs
+        try:
+            # In a long job (up to its deadline) a new image's encoder pass may run whole; in an
+            # encoder pass, only where one fits in its step (else it waits for the loop, seconds).
+            in_encode = running is not None and not running.long
+            while (self._serve_one(step - (time.perf_counter() - paused_at) if in_encode else None)
+                   and time.perf_counter() - paused_at < step):
+                pass
+        finally:
+            self.segmenter.between_blocks = pausing
         self._resumed = time.perf_counter()
         self._paused += self._resumed - paused_at
         if step > 0 and running is not None and running.long:
@@ -259,16 +271,17 @@ class DeviceThread:
             with self._ready:
                 self._running = None
 
-    def _serve_round(self) -> bool:
-        """Run the next queued short job of each tenant that has one; False if there was none."""
-        served: list[str | None] = []
-        while True:
-            with self._ready:
-                job = self._lanes.take(short_only=True, skip=served)
-            if job is None:
-                return bool(served)
-            served.append(job.lane.tenant)
-            self._dispatch(job, wait=0.0, nested=True)
+    def _serve_one(self, within: float | None) -> bool:
+        """Run the next queued short job in turn; a new image's encoder pass only if one typically
+        takes at most ``within`` seconds, if given (one run from here runs whole, holding up every
+        caller); False if there was none."""
+        with self._ready:
+            encodes = within is None or self._typical.get("encoder", 0.0) <= within
+            job = self._lanes.take(short_only=True, encodes=encodes)
+        if job is None:
+            return False
+        self._dispatch(job, wait=0.0, nested=True)
+        return True
 
     def _dispatch(self, job: _Job, wait: float, nested: bool = False) -> None:
         """Run ``job``; an encode job with any other queued encodes (up to ``max_batch``), waiting
@@ -296,12 +309,15 @@ class DeviceThread:
     def _run(self, job: _Job) -> None:
         started = time.perf_counter()
         _record(job, "queue", started - job.queued_at)
+        if job.long:  # its own encoder passes (segment everything's image and crops) pause too
+            self.segmenter.between_blocks = self.checkpoint
         try:
             result = job.run()
         except BaseException as exc:  # the caller gets it; the thread lives on
             job.done.set_exception(exc)
             return
         finally:
+            self.segmenter.between_blocks = None
             with self._ready:  # a long job's steps before its last checkpoint were charged there
                 self._lanes.charge(job.lane.tenant, time.perf_counter() - (self._resumed if job.long else started))
         self._took(job, job.stage, time.perf_counter() - started)
