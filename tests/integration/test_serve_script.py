@@ -36,16 +36,23 @@ def project(tmp_path):
     return root
 
 
-def test_a_taken_local_s3_port_is_named_at_once_with_the_variable_that_moves_it(project):
+def serve_beside_a_taken_port(project, variable: str, **env: str) -> tuple[int, subprocess.CompletedProcess, float]:
+    """serve.sh with ``variable`` naming a port another socket listens on: that port, its result,
+    and the seconds it took."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
         result = subprocess.run(["bash", str(project / "scripts" / "serve.sh")], capture_output=True, text=True,
-                                env=clean_env(LOCAL_S3_PORT=str(port), PORT=str(free_port())), timeout=60)
+                                env=clean_env(**{variable: str(port)}, **env), timeout=60)
+    return port, result, time.monotonic() - started
+
+
+def test_a_taken_local_s3_port_is_named_at_once_with_the_variable_that_moves_it(project):
+    port, result, seconds = serve_beside_a_taken_port(project, "LOCAL_S3_PORT", PORT=str(free_port()))
     assert result.returncode != 0
-    assert time.monotonic() - started < 15  # it was 20 s, then `S3_ENDPOINT_URL: unbound variable`
+    assert seconds < 15  # it was 20 s, then `S3_ENDPOINT_URL: unbound variable`
     assert result.stderr.strip().splitlines() == [
         f"error: 127.0.0.1:{port} is already in use; start the local S3 server on another port "
         "(--port here, LOCAL_S3_PORT for scripts/serve.sh)"]
@@ -61,14 +68,8 @@ def test_usage_names_the_ports_and_the_variables_that_move_them(project):
 
 
 def test_a_taken_port_is_named_at_once_with_the_variable_that_moves_it(project):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        started = time.monotonic()
-        result = subprocess.run(["bash", str(project / "scripts" / "serve.sh")], capture_output=True, text=True,
-                                env=clean_env(PORT=str(port)), timeout=60)
-    assert result.returncode == 1 and time.monotonic() - started < 15
+    port, result, seconds = serve_beside_a_taken_port(project, "PORT")
+    assert result.returncode == 1 and seconds < 15
     assert result.stderr.strip().splitlines() == [
         f"error: 127.0.0.1:{port} is already in use; serve on another port with PORT (e.g. PORT=3001 scripts/serve.sh)"]
 
