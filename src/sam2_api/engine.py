@@ -21,7 +21,7 @@ from .cache import EmbeddingCache
 from .config import MASK_CACHE_MAX_BYTES, MASK_INPUT_LOGIT, Settings
 from .device import DeviceThread, Lane
 from .everything import Deadline, Pace, has_hole_filling, segment_everything
-from .everything_protocol import EverythingLimits, EverythingParams, EverythingReply, Plan
+from .everything_protocol import EverythingLimits, EverythingParams, EverythingReply, Plan, default_points_per_batch
 from .logitcache import LogitCache
 from .model import WeightsSource, load_sam2, pick_device, resolve_weights
 from .prompts import Prompt
@@ -162,7 +162,8 @@ class Engine:
                 "`min_mask_region_area` needs sam2's compiled CUDA extension (sam2._C), which this server "
                 "does not have (Meta's generator skips it there too); leave it at 0"
             )
-        return params.plan(width, height, self.everything_limits)
+        return params.plan(width, height, self.everything_limits,
+                           default_points_per_batch(self.device.segmenter.device.type))
 
     def _embedding(self, key: str, image: RawImage | None, prompts: list[Prompt],
                    timer: StageTimer, lane: Lane) -> tuple[Embedding | None, bool]:

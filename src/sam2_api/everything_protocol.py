@@ -12,7 +12,7 @@ once the image's size is known (on the model service, for cached images too):
   (:data:`DECODER_BYTES_PER_POINT`) and its candidate masks as full-size float logits with their
   copies (:data:`BYTES_PER_MASK_PIXEL` per pixel of the whole image, the largest crop, per mask);
   ``points_per_batch`` times that stays under ``max_batch_bytes``. ``points_per_batch`` left out is
-  Meta's 64, lowered to fit; given explicitly and too large, it is a 400 with the largest that fits.
+  Meta's 64 on a GPU (4 on a CPU), lowered to fit; given explicitly and too large, it is a 400 with the largest that fits.
 
 Nothing here imports torch: the API service reads these fields too.
 """
@@ -41,6 +41,20 @@ def default_points_per_side(device_type: str) -> int:
     """The grid a request without ``points_per_side`` gets on a device of ``device_type`` ("cuda", "cpu")."""
     return GPU_POINTS_PER_SIDE if device_type == "cuda" else CPU_POINTS_PER_SIDE
 
+
+# Points per decoder call when a request leaves points_per_batch out: Meta's 64 on a GPU. On a CPU a
+# batch runs whole between the device's checkpoints (one of 16 points took 7-9 s on a busy 2-core
+# machine, and every other caller's click waited for it), and small batches are faster there too:
+# 64 points of a 1024x1024 image took 20 s in batches of 64 and 9 s in batches of 4 (upsampling and
+# filtering many full-size candidate masks at once costs more memory traffic than it saves).
+GPU_POINTS_PER_BATCH = 64
+CPU_POINTS_PER_BATCH = 4
+
+
+def default_points_per_batch(device_type: str) -> int:
+    """The batch a request without ``points_per_batch`` gets on a device of ``device_type``, before the memory bound."""
+    return GPU_POINTS_PER_BATCH if device_type == "cuda" else CPU_POINTS_PER_BATCH
+
 MAX_CROP_LAYERS = 2
 MAX_OBJECTS = 1024  # the label map is 16-bit; this keeps replies and uploads bounded
 DEFAULT_MAX_OBJECTS = 256
@@ -59,8 +73,8 @@ BYTES_PER_MASK_PIXEL = 12
 class EverythingParams(BaseModel):
     """``SAM2AutomaticMaskGenerator``'s parameters (its names and defaults), checked for type and range.
 
-    ``points_per_batch`` is None when the request left it out: :meth:`plan` picks Meta's 64, or
-    fewer when 64 would not fit the memory bound for the image. ``points_per_side`` is None when the
+    ``points_per_batch`` is None when the request left it out: :meth:`plan` picks its device's
+    default (Meta's 64 on a GPU), or fewer when that would not fit the memory bound for the image. ``points_per_side`` is None when the
     request left it out: the model service fills in its device's default (:meth:`with_default_grid`).
     """
 
@@ -100,8 +114,10 @@ class EverythingParams(BaseModel):
         kwargs = self.model_dump(exclude={"max_objects", "points_per_batch"})
         return {**kwargs, "points_per_side": self.grid, "points_per_batch": points_per_batch}
 
-    def plan(self, width: int, height: int, limits: "EverythingLimits") -> "Plan":
-        """The work for a ``width × height`` image, or :class:`InvalidField` naming the limit it exceeds."""
+    def plan(self, width: int, height: int, limits: "EverythingLimits",
+             default_batch: int = GPU_POINTS_PER_BATCH) -> "Plan":
+        """The work for a ``width × height`` image, or :class:`InvalidField` naming the limit it exceeds;
+        ``default_batch``: the points per batch if the request left it out (:func:`default_points_per_batch`)."""
         layers = []
         for layer in range(self.crop_n_layers + 1):
             per_side = int(self.grid / self.crop_n_points_downscale_factor**layer)  # as Meta's grids
@@ -138,7 +154,7 @@ class EverythingParams(BaseModel):
             )
         batch = self.points_per_batch
         if batch is None:
-            batch = min(64, fits)
+            batch = min(default_batch, fits)
         elif batch > fits:
             raise InvalidField(
                 f"points_per_batch {batch} needs about {_gib(batch * per_point)} GiB for a {width}x{height} image; "

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from .everything_pipeline import NOT_REQUESTED, EverythingResult
 from .everything_protocol import (
-    CPU_POINTS_PER_SIDE, DEFAULT_MAX_OBJECTS, GPU_POINTS_PER_SIDE, MAX_CROP_LAYERS, MAX_OBJECTS, MAX_POINTS_PER_SIDE,
+    CPU_POINTS_PER_BATCH, CPU_POINTS_PER_SIDE, DEFAULT_MAX_OBJECTS, GPU_POINTS_PER_BATCH, GPU_POINTS_PER_SIDE,
+    MAX_CROP_LAYERS, MAX_OBJECTS, MAX_POINTS_PER_SIDE,
 )
 from .schemas import MASK_ERROR, UploadError, _documented, _unless_asked
 
@@ -30,8 +31,10 @@ class EverythingFields:
         f"default {GPU_POINTS_PER_SIDE} (Meta's) on a GPU, {CPU_POINTS_PER_SIDE} on a CPU, where Meta's would run "
         "past the deadline.", examples=[32])
     points_per_batch = _documented(
-        int, "Points run through the decoder at once. Default 64, lowered to fit the memory bound "
-        "(SAM2_EVERYTHING_MAX_BATCH_BYTES) for large images; given explicitly and too large: 400.")
+        int, f"Points run through the decoder at once. Default {GPU_POINTS_PER_BATCH} (Meta's) on a GPU, "
+        f"{CPU_POINTS_PER_BATCH} on a CPU (faster there, and other callers' requests run between batches), "
+        "lowered to fit the memory bound (SAM2_EVERYTHING_MAX_BATCH_BYTES) for large images; given explicitly "
+        "and too large: 400.")
     pred_iou_thresh = _documented(
         float, f"Keep masks whose predicted IoU is above this, 0 to 1; default 0.8. {_META}")
     stability_score_thresh = _documented(

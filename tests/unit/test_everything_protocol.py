@@ -10,7 +10,8 @@ from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
 from sam2_api.errors import InvalidField
 from sam2_api.everything_protocol import (
-    BYTES_PER_MASK_PIXEL, DECODER_BYTES_PER_POINT, EverythingLimits, EverythingParams, parse_output, parse_params,
+    BYTES_PER_MASK_PIXEL, DECODER_BYTES_PER_POINT, EverythingLimits, EverythingParams, default_points_per_batch,
+    parse_output, parse_params,
 )
 
 LIMITS = EverythingLimits()
@@ -106,6 +107,14 @@ def test_points_per_batch_is_lowered_to_the_memory_bound_or_refused_when_given()
     assert EverythingParams().plan(1024, 1024, LIMITS).points_per_batch == 64  # Meta's default at this size
     with pytest.raises(InvalidField, match="too large for segment everything"):
         EverythingParams().plan(width, height, EverythingLimits(max_batch_bytes=per_point - 1))
+
+
+def test_points_per_batch_left_out_is_the_devices_default_within_the_memory_bound():
+    assert (default_points_per_batch("cuda"), default_points_per_batch("cpu")) == (64, 4)
+    assert EverythingParams().plan(1024, 1024, LIMITS, default_batch=4).points_per_batch == 4
+    assert EverythingParams(points_per_batch=16).plan(1024, 1024, LIMITS, default_batch=4).points_per_batch == 16
+    tight = EverythingLimits(max_batch_bytes=3 * (DECODER_BYTES_PER_POINT + BYTES_PER_MASK_PIXEL * 3 * 1024 * 1024))
+    assert EverythingParams().plan(1024, 1024, tight, default_batch=4).points_per_batch == 3
 
 
 def test_the_response_leaves_out_formats_not_asked_for_but_keeps_a_null_mask_url_and_why():
