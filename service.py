@@ -21,35 +21,37 @@ from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
 import sam2_api
-from sam2_api import errors, headerdeadline, metrics
+from sam2_api import errors, metrics
+from sam2_api.server import header_deadline
 from sam2_api.config import Settings
-from sam2_api.csp import PageHeaders, mask_origin, ui_policy
-from sam2_api.everything_pipeline import EverythingResult, segment_everything
-from sam2_api.everything_protocol import EverythingParams, EverythingReply, parse_output, parse_params
-from sam2_api.everything_schemas import EverythingFields as Everything
-from sam2_api.everything_schemas import EverythingResponse
-from sam2_api.guard import RequestGuard
-from sam2_api.hop import HopGuard, prepare_client, token_for_local_serve
-from sam2_api.http_metrics import label_metrics_by_route
-from sam2_api.lifecycle import BoundedReadiness, exit_after_grace
-from sam2_api.openapi import PublishedOpenAPI
-from sam2_api.pipeline import ImageRequest, Result, build_pipeline
+from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
+from sam2_api.api.everything import EverythingResult, segment_everything
+from sam2_api.messages import EverythingParams, EverythingReply
+from sam2_api.api.fields.everything import parse_output, parse_params
+from sam2_api.api.fields.everything import EverythingFields as Everything
+from sam2_api.api.fields.everything import EverythingResponse
+from sam2_api.api.guard import RequestGuard
+from sam2_api.server.hop import HopGuard, prepare_client, token_for_local_serve
+from sam2_api.api.route_metrics import label_metrics_by_route
+from sam2_api.server.lifecycle import BoundedReadiness, exit_after_grace
+from sam2_api.api.openapi import PublishedOpenAPI
+from sam2_api.api.segment import ImageRequest, Result, build_pipeline
 from sam2_api.prompts import Prompt
-from sam2_api.protocol import LowResMask, ModelReply, RawImage, TrackSpec
-from sam2_api.schemas import (
+from sam2_api.messages import LowResMask, ModelReply, RawImage, TrackSpec
+from sam2_api.api.fields.segment import (
     BoxField, ImageField, ImageIdField, ImageUrlField, LabelsField, MultimaskField, ObjectMask, ObjectsField,
     ObjectsResponse, PointsField, SegmentResponse, parse_image_id, parse_image_url, parse_objects,
 )
-from sam2_api.schemas import (  # refinement, candidates, mask formats
+from sam2_api.api.fields.segment import (  # refinement, candidates, mask formats
     CandidatesField, FormatsField, MaskInputField, PolygonToleranceField, PreviousMaskIdField, parse_formats,
     parse_polygon_tolerance,
 )
-from sam2_api.serverstate import use_own_state_dir
-from sam2_api.taskstate import TaskBoard, TaskProgress
+from sam2_api.server.state_dir import use_own_state_dir
+from sam2_api.api.task_board import TaskBoard, TaskProgress
 from sam2_api.timing import StageTimer
-from sam2_api.trackjob import TrackRequest, build_track_jobs
-from sam2_api.trackschemas import FormatsField as TrackFormatsField
-from sam2_api.trackschemas import (
+from sam2_api.api.track import TrackRequest, build_track_jobs
+from sam2_api.api.fields.track import FormatsField as TrackFormatsField
+from sam2_api.api.fields.track import (
     MaxFramesField, ReverseField, StartFrameField, TrackObjectsField, TrackResponse, VideoField, VideoUrlField,
 )
 
@@ -57,12 +59,12 @@ logging.getLogger("sam2_api").setLevel(logging.INFO)  # BentoML leaves other log
 
 SETTINGS = Settings()
 # Before BentoML's worker starts uvicorn: a request's headers must arrive within this bound.
-headerdeadline.install(SETTINGS.sam2_header_timeout_s)
+header_deadline.install(SETTINGS.sam2_header_timeout_s)
 # Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
 # `bentoml build` references the model and `bentoml containerize` copies it into the image.
 BENTO_MODEL = SETTINGS.sam2_bento_model
 # This server's own folder for BentoML's task store, the track board and Prometheus' files, so that
-# servers side by side on one host never wipe each other's (sam2_api.serverstate).
+# servers side by side on one host never wipe each other's (sam2_api.server.state_dir).
 STATE_DIR = use_own_state_dir(SETTINGS.sam2_state_dir)
 # Progress and cancel requests of tracking tasks, beside BentoML's own task store (one per replica).
 TASK_BOARD = str(STATE_DIR / "sam2_track_progress.db")
@@ -72,7 +74,7 @@ TASK_BOARD = str(STATE_DIR / "sam2_track_progress.db")
     # One replica = one GPU (CPU works too: BentoML only warns that no GPU is there to assign).
     resources={"gpu": 1, "gpu_type": "nvidia-l4"},
     workers=1,
-    # Calls wait here for the one device thread (sam2_api.device); waiting threads cost no CPU.
+    # Calls wait here for the one device thread (sam2_api.model.device_thread); waiting threads cost no CPU.
     threads=32,
     # A tracking job streams its masks back as one call, so the timeout (BentoML's client applies
     # it to the whole call) is the longest job; image calls are bounded by SAM2API's timeout.
@@ -88,7 +90,7 @@ class SAM2Model:
         """Once, before any worker starts: check the GPU's driver, and download the weights if they
         come from Hugging Face, so that the worker finds them cached; a failure of either stops the
         server with one line, not a worker restarting forever."""
-        from sam2_api.model import pick_device, resolve_weights  # torch: only where the model runs
+        from sam2_api.model.weights import pick_device, resolve_weights  # torch: only where the model runs
 
         if Settings().sam2_internal_token is None:  # read again: SAM2API's hook may have just made one
             raise SystemExit("error: SAM2_INTERNAL_TOKEN is not set: the model service served on its own takes "
@@ -101,16 +103,16 @@ class SAM2Model:
             raise SystemExit(f"error: {exc}") from None
 
     def __init__(self) -> None:
-        from sam2_api.engine import build_engine
-        from sam2_api.model import packaged_weights
+        from sam2_api.model.engine import build_engine
+        from sam2_api.model.weights import packaged_weights
 
         exit_after_grace(SETTINGS.sam2_shutdown_grace_s)  # first: a stop while the weights load must work too
         metrics.forget_dead_processes(STATE_DIR / "prometheus")  # a worker killed before this one
         packaged = packaged_weights(self.weights) if self.weights is not None else None
         self.engine = build_engine(SETTINGS, packaged)
         # Video: SAM 2's video predictor, built on first use, on the engine's weights and device thread.
-        from sam2_api.model import resolve_weights
-        from sam2_api.tracking import build_tracker
+        from sam2_api.model.weights import resolve_weights
+        from sam2_api.model.tracker import build_tracker
 
         self.tracker = build_tracker(SETTINGS, self.engine.device, resolve_weights(SETTINGS, packaged, download=False).config)
 
@@ -155,7 +157,7 @@ def error_response(ctx: bentoml.Context, exc: errors.RequestError) -> JSONRespon
 
 # The click-to-segment page: static files calling the same POST /segment as any client; its
 # Content-Security-Policy lets it load scripts and send requests here only, and show masks from the bucket.
-UI_PAGES = PageHeaders(StaticFiles(directory=Path(sam2_api.__file__).parent / "ui", html=True),
+UI_PAGES = PageHeaders(StaticFiles(directory=Path(sam2_api.api.__file__).parent / "ui", html=True),
                        headers=lambda: {"Content-Security-Policy": ui_policy(mask_origin(SETTINGS))})
 
 
@@ -181,7 +183,7 @@ class SAM2API:
 
     @bentoml.on_deployment
     def share_internal_token() -> None:
-        # Runs before SAM2Model's hooks and before any worker starts (sam2_api.hop).
+        # Runs before SAM2Model's hooks and before any worker starts (sam2_api.server.hop).
         token_for_local_serve()
 
     def __init__(self) -> None:
@@ -383,7 +385,7 @@ SAM2API.add_asgi_middleware(
     file_fields={name for api in SAM2API.apis.values() for name in api.input_spec.multipart_fields},
 )
 # The tracking task's routes (BentoML's submit, status, get, retry, cancel and the plain call): the
-# same keys, with the clip's own size and time bounds; then progress and cancel (sam2_api.taskstate).
+# same keys, with the clip's own size and time bounds; then progress and cancel (sam2_api.api.task_board).
 TRACK_PATHS = {SAM2API.apis["track"].route + suffix for suffix in ("", "/submit", "/status", "/get", "/retry", "/cancel")}
 SAM2API.add_asgi_middleware(
     RequestGuard,

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import statistics
 import tempfile
 import threading
@@ -37,26 +36,14 @@ from PIL import Image
 from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from sam2_api.localdev import Process, bento_server, moto_server, prepare_mask_bucket
+from _shared import REPO, device_label, server_timing  # first: it puts the repository's root on sys.path
+from _shared import png_variants as variants
+from tests.support.localdev import Process, bento_server, moto_server, prepare_mask_bucket
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET, PREFIX = "bench-masks", "sam2-api-masks/"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
 CHAIN_SESSIONS = 3  # five-click chained sessions, each on a new image
 MODEL_STAGES = ("queue", "encoder", "decoder")  # what the model service's device thread does
-
-
-def variants(base: np.ndarray, count: int, seed: int) -> list[bytes]:
-    """``count`` PNGs of ``base``, each with one pixel changed: distinct bytes, same work."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        pixels = base.copy()
-        pixels[rng.integers(base.shape[0]), rng.integers(base.shape[1]), 0] ^= 1
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-        out.append(buffer.getvalue())
-    return out
 
 
 def clicks(width: int, height: int, count: int, seed: int) -> list[list[list[float]]]:
@@ -66,12 +53,7 @@ def clicks(width: int, height: int, count: int, seed: int) -> list[list[list[flo
 
 def stages(response: httpx.Response) -> dict[str, float]:
     """The Server-Timing header, in seconds per stage."""
-    out = {}
-    for part in response.headers.get("server-timing", "").split(","):
-        name, _, duration = part.strip().partition(";dur=")
-        if duration:
-            out[name] = float(duration) / 1000
-    return out
+    return server_timing(response.headers.get("server-timing", ""))
 
 
 class Client:
@@ -154,15 +136,6 @@ def png_encoding_table(mask: np.ndarray) -> list[tuple[str, float, int]]:
             times.append(time.perf_counter() - started)
         rows.append((label, statistics.median(times) * 1000, len(buffer.getvalue())))
     return rows
-
-
-def device_label(device: torch.device) -> tuple[str, str]:
-    """(file name, description) of the machine the figures come from."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return "gpu-" + name.lower().replace("nvidia ", "").replace(" ", "-"), name
-    cores = psutil.cpu_count()
-    return "cpu", f"CPU, {cores} cores ({platform.processor() or platform.machine()})"
 
 
 def main() -> None:

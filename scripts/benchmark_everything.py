@@ -29,7 +29,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,21 +41,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from _shared import REPO, png_variants, processor, server_timing  # first: the repository's root on sys.path
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
 
-from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator  # noqa: E402
-from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES  # noqa: E402
-
-from sam2_api.cache import EmbeddingCache  # noqa: E402
-from sam2_api.device import DeviceThread  # noqa: E402
-from sam2_api.engine import Engine  # noqa: E402
-from sam2_api.everything_protocol import EverythingLimits, EverythingParams  # noqa: E402
-from sam2_api.localdev import served_with_s3  # noqa: E402
-from sam2_api.maskformats import from_coco_rle  # noqa: E402
-from sam2_api.model import WeightsSource, load_sam2  # noqa: E402
-from sam2_api.protocol import RawImage  # noqa: E402
-from sam2_api.segmenter import Segmenter  # noqa: E402
+from sam2_api.maskformats import from_coco_rle
+from sam2_api.messages import EverythingLimits, EverythingParams, RawImage
+from sam2_api.model.device_thread import DeviceThread
+from sam2_api.model.embedding_cache import EmbeddingCache
+from sam2_api.model.engine import Engine
+from sam2_api.model.segmenter import Segmenter
+from sam2_api.model.weights import WeightsSource, load_sam2
+from tests.support.localdev import served_with_s3
 
 BUCKET, PREFIX = "bench-everything", "sam2-api-masks/"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
@@ -69,9 +65,7 @@ OUTPUT = REPO / "docs" / "PERFORMANCE-everything.md"
 
 def variants(base: np.ndarray, count: int, seed: int) -> list[tuple[np.ndarray, bytes]]:
     """``count`` copies of ``base``, each with one pixel changed (new bytes for the cache, the same
-    work), with their PNG bytes: benchmark.py's variants, decoded back (PNG is lossless)."""
-    from benchmark import variants as png_variants  # scripts/ is this script's own folder
-
+    work), with their PNG bytes: the shared variants, decoded back (PNG is lossless)."""
     return [(np.array(Image.open(io.BytesIO(png))), png) for png in png_variants(base, count, seed)]
 
 
@@ -118,15 +112,6 @@ def timed(run) -> tuple[float, object]:
     started = time.perf_counter()
     result = run()
     return time.perf_counter() - started, result
-
-
-def server_timing(header: str) -> dict[str, float]:
-    stages = {}
-    for part in header.split(","):
-        name, _, duration = part.strip().partition(";dur=")
-        if duration:
-            stages[name] = float(duration) / 1000
-    return stages
 
 
 def same_objects(ours: list, width: int, height: int, meta: list[dict]) -> bool:
@@ -272,7 +257,7 @@ Python and device syncs.
 def write_report(args, width: int, height: int, results: list[dict]) -> None:
     """Replaces this device's section of the report (``<!-- cpu -->`` … ``<!-- /cpu -->``)."""
     hardware = (torch.cuda.get_device_name(0) if args.device == "cuda"
-                else f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})")
+                else f"{os.cpu_count()} CPU cores ({processor()})")
     image = args.image.relative_to(REPO) if args.image.is_relative_to(REPO) else args.image
     lines = [
         f"<!-- {args.device} -->",

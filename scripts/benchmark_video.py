@@ -2,7 +2,7 @@
 
 Both track the same objects through the same decoded frames with the same weights in this process:
 Meta's predictor as its README shows (``init_state`` on a folder of the frames, written losslessly,
-``add_new_points_or_box``, ``propagate_in_video``), ours through :class:`sam2_api.tracking.Tracker`
+``add_new_points_or_box``, ``propagate_in_video``), ours through :class:`sam2_api.model.tracker.Tracker`
 (clip bytes in, PyAV decoding, the device thread, masks packed to bits). Writes
 docs/PERFORMANCE-video.md.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,17 +31,15 @@ import psutil
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
+from _shared import REPO, processor  # first: it puts the repository's root on sys.path
 from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2, build_sam2_video_predictor  # noqa: E402
 
 from sam2_api import video  # noqa: E402
-from sam2_api.device import DeviceThread  # noqa: E402
+from sam2_api.model.device_thread import DeviceThread  # noqa: E402
 from sam2_api.prompts import Prompt  # noqa: E402
-from sam2_api.protocol import RecordReader, TrackedFrame, TrackPrompt, TrackSpec  # noqa: E402
-from sam2_api.segmenter import Segmenter  # noqa: E402
-from sam2_api.tracking import (  # noqa: E402
+from sam2_api.messages import RecordReader, TrackedFrame, TrackPrompt, TrackSpec  # noqa: E402
+from sam2_api.model.segmenter import Segmenter  # noqa: E402
+from sam2_api.model.tracker import (  # noqa: E402
     Tracker, TrackerSettings, frame_bytes, memory_reach, state_bytes, state_bytes_per_object,
 )
 from tests.clips import encode  # noqa: E402
@@ -209,7 +206,7 @@ def main() -> None:
         "# Video tracking: our tracker against SAM2VideoPredictor",
         "",
         f"Written by `scripts/benchmark_video.py` ({options or 'no options'}) on "
-        f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{processor()}, {psutil.cpu_count()} CPUs, torch {torch.__version__}, "
         f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}.",
         f"Model `{args.model}` ({'random-init test weights: same shapes, same work' if 'RANDOM' in args.checkpoint.name else args.checkpoint.name}), "
         f"input size {model.image_size}; a synthetic H.264 clip of {args.frames} frames of {width}×{height}, "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sam2_api.config import MODEL_IDS
 from sam2_api.errors import ModelLoadError
-from sam2_api.model import hugging_face_checkpoint, is_random_test_checkpoint, store_weights
+from sam2_api.model.weights import hugging_face_checkpoint, is_random_test_checkpoint, store_weights
 
 
 def main() -> None:

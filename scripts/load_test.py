@@ -25,8 +25,9 @@ from pathlib import Path
 import boto3
 import psutil
 
-from sam2_api.loadcheck import HostileReport, Tenancy, hostile_traffic, load_cases, run_load, solo_masks
-from sam2_api.localdev import bento_server, moto_server, prepare_mask_bucket
+import _shared  # noqa: F401  (puts the repository's root on sys.path, for tests.support)
+from tests.support.loadcheck import HostileReport, Tenancy, hostile_traffic, load_cases, run_load, solo_masks
+from tests.support.localdev import bento_server, moto_server, prepare_mask_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 LOAD_KEY, HOSTILE_KEY = "load-test-key-of-the-load", "load-test-key-of-the-attacker"

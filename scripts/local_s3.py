@@ -15,7 +15,8 @@ import time
 import boto3
 from moto.server import ThreadedMotoServer
 
-from sam2_api.localdev import port_taken, prepare_mask_bucket
+import _shared  # noqa: F401  (puts the repository's root on sys.path, for tests.support)
+from tests.support.localdev import port_taken, prepare_mask_bucket
 
 CREDENTIALS = {"aws_access_key_id": "local-test-key", "aws_secret_access_key": "local-test-secret"}
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_readme_pictures import BUCKET, CHECKPOINT, CREDENTIALS, PREFIX, REPO, save_small  # noqa: E402
 
-from sam2_api.localdev import clean_env, served_with_s3  # noqa: E402
+from tests.support.localdev import clean_env, served_with_s3  # noqa: E402
 
 IMAGE, WIDTH = "astronaut.png", 384  # 512x512
 # The random weights' masks survive only with the thresholds lowered, and all have the same box
@@ -47,7 +47,7 @@ def main() -> None:
         with served_with_s3(Path(tmp), "readme-everything", BUCKET, PREFIX, CREDENTIALS,
                             {"SAM2_CHECKPOINT": str(args.checkpoint)}, REPO) as server:
             drawn = Path(tmp) / "everything.png"
-            command = [sys.executable, "-m", "sam2_api.cli", "everything", str(REPO / "tests" / "data" / IMAGE),
+            command = [sys.executable, "-m", "sam2_api.cli.commands", "everything", str(REPO / "tests" / "data" / IMAGE),
                        *ARGUMENTS, "--overlay", str(drawn), "--url", server.url]
             done = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
         if done.returncode != 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES, build_sam2
 
-from sam2_api.model import RANDOM_WEIGHTS_MARK
+from sam2_api.model.weights import RANDOM_WEIGHTS_MARK
 
 
 

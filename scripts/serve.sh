@@ -35,7 +35,7 @@ case "$host" in
            "reach port $port can use the API" >&2 ;;
 esac
 port_taken() {
-    .venv/bin/python -c 'import sys; from sam2_api.localdev import port_taken
+    .venv/bin/python -c 'import sys; from tests.support.localdev import port_taken
 sys.exit(not port_taken(int(sys.argv[2]), sys.argv[1]))' "$1" "$2"
 }
 if port_taken "$host" "$port"; then
@@ -46,7 +46,7 @@ fi
 if [ -z "${S3_BUCKET_NAME_STAGING:-}" ]; then
     s3_port="${LOCAL_S3_PORT:-4566}"
     if [ -z "${LOCAL_S3_PORT:-}" ] && port_taken 127.0.0.1 "$s3_port"; then
-        s3_port="$(.venv/bin/python -c 'from sam2_api.localdev import free_port; print(free_port())')"
+        s3_port="$(.venv/bin/python -c 'from tests.support.localdev import free_port; print(free_port())')"
         echo "127.0.0.1:4566 is taken (LocalStack's port?): the local S3 server takes $s3_port instead" \
              "(LOCAL_S3_PORT chooses)" >&2
     fi

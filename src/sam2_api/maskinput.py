@@ -31,7 +31,7 @@ from PIL import Image
 from .config import MASK_INPUT_MAX_BYTES
 from .errors import ImageTooLarge, InvalidMaskInput, RequestError
 from .imaging import decode_upright
-from .protocol import MASK_INPUT_SIDE, LowResMask
+from .messages import MASK_INPUT_SIDE, LowResMask
 
 # Modes with one value per pixel; anything else (RGB, alpha) is refused rather than guessed at.
 MASK_MODES = frozenset({"1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})

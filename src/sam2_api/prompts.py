@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import InvalidPrompt
 
 MAX_POINTS = 64
-MASK_ID_PATTERN = r"m_[A-Za-z0-9_-]{22}"  # a mask_id (sam2_api.logitcache): "m_" + 16 random bytes, URL-safe base64
+MASK_ID_PATTERN = r"m_[A-Za-z0-9_-]{22}"  # a mask_id (sam2_api.model.logit_cache): "m_" + 16 random bytes, URL-safe base64
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 # Lists of fixed length rather than tuples: JSON schema then has "items", which clients rely on.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from sam2_api.localdev import Process, bento_server, moto_server, prepare_mask_bucket
+from tests.support.localdev import Process, bento_server, moto_server, prepare_mask_bucket
 from tests.conftest import REPO
 
 BUCKET = "sam2-test-masks"

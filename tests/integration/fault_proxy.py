@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from sam2_api.localdev import free_port
+from tests.support.localdev import free_port
 
 
 class FaultProxy:

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from sam2_api.localdev import clean_env
+from tests.support.localdev import clean_env
 from tests.conftest import REPO
 
 

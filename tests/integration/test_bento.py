@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO, upright_rgb
 from tests.integration.conftest import ACCESS_KEY, BUCKET, SECRET_KEY
-from sam2_api.localdev import BIN, bento_server, clean_env
+from tests.support.localdev import BIN, bento_server, clean_env
 from tests.integration.test_segment_api import fetch_mask, post
 
 MODEL_NAME = "sam2.1-hiera-tiny-random-test"

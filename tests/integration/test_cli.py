@@ -25,12 +25,12 @@ from starlette.routing import Route
 
 from tests.conftest import REPO, upright_rgb
 from tests.integration.conftest import PHOTOS
-from sam2_api.guard import RequestGuard
-from sam2_api.localdev import clean_env, free_port
+from sam2_api.api.guard import RequestGuard
+from tests.support.localdev import clean_env, free_port
 from tests.integration.test_segment_api import fetch_mask
 
 # The module, not the installed console script: this runs the checkout's own code wherever it is.
-SAM2_API = [sys.executable, "-m", "sam2_api.cli"]
+SAM2_API = [sys.executable, "-m", "sam2_api.cli.commands"]
 
 
 def sam2_api(*args: str, **env: str) -> subprocess.CompletedProcess:

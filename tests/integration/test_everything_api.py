@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-from sam2_api.labelmap import read_png
+from sam2_api.api.labelmap import read_png
 from sam2_api.maskformats import from_coco_rle
 from tests.conftest import upright_rgb
 from tests.integration.test_memory_bounds import noise_jpeg, stored_keys
@@ -114,7 +114,7 @@ def test_openapi_documents_the_route(server):
 
 
 def test_the_command_line_prints_the_objects_and_colours_each_in_the_overlay(server, small_cat, tmp_path):
-    from sam2_api.cli import draw_objects
+    from sam2_api.cli.commands import draw_objects
     from tests.integration.test_cli import sam2_api
 
     image = tmp_path / "cat.png"

@@ -2,7 +2,7 @@
 (the session's guarded server, tests/integration/conftest.py):
 one key's segment-everything requests do not hold up the other key's cached click for more than
 about one batch of points, and a request that cannot finish is refused before it is computed,
-never half-way (src/sam2_api/device.py, src/sam2_api/everything.py)."""
+never half-way (src/sam2_api/model/device_thread.py, src/sam2_api/model/mask_generator.py)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from sam2_api.localdev import BIN
+from tests.support.localdev import BIN
 from tests.conftest import upright_rgb
 from tests.integration.test_segment_api import fetch_mask
 

@@ -16,9 +16,9 @@ from PIL import Image
 from tests.conftest import REPO
 from tests.integration.conftest import ACCESS_KEY, API_KEYS, BUCKET, QUICK_STOP, SECRET_KEY, prepare_bucket
 from tests.integration.fault_proxy import FaultProxy
-from sam2_api.rawhttp import RawRequest
-from sam2_api.loadcheck import hostile_traffic, load_cases, run_load, solo_masks
-from sam2_api.localdev import bento_server, moto_server
+from tests.support.rawhttp import RawRequest
+from tests.support.loadcheck import hostile_traffic, load_cases, run_load, solo_masks
+from tests.support.localdev import bento_server, moto_server
 from tests.integration.test_segment_api import post
 
 def test_concurrent_load_loses_and_mixes_nothing(server, test_images):

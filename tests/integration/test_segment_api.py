@@ -205,7 +205,7 @@ def test_secrets_never_reach_logs_or_responses(server, test_images):
 def test_without_reachable_weights_the_server_stops_with_one_clear_line(tmp_path):
     import subprocess
 
-    from sam2_api.localdev import BIN, clean_env, free_port
+    from tests.support.localdev import BIN, clean_env, free_port
     from tests.conftest import REPO
 
     env = clean_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), BENTOML_HOME=str(tmp_path / "bentoml"))

@@ -2,7 +2,7 @@
 over HTTP. `start-http-server` is what the container's entrypoint runs for the manifests' args.
 
 The model service unpickles what it is sent (BentoML's calls between services carry pickles), so
-only the API service, holding the shared SAM2_INTERNAL_TOKEN, may call it (sam2_api.hop)."""
+only the API service, holding the shared SAM2_INTERNAL_TOKEN, may call it (sam2_api.server.hop)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from sam2_api.localdev import Process, clean_env, free_port
+from tests.support.localdev import Process, clean_env, free_port
 from tests.conftest import REPO, upright_rgb
 from tests.integration.conftest import ACCESS_KEY, BUCKET, SECRET_KEY
 from tests.integration.test_segment_api import fetch_mask, post

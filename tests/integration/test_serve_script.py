@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from sam2_api.localdev import Process, clean_env, free_port
+from tests.support.localdev import Process, clean_env, free_port
 from tests.conftest import REPO
 
 

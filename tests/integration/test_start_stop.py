@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from sam2_api.localdev import bento_server
+from tests.support.localdev import bento_server
 from tests.clips import encode, moving_shapes
 from tests.conftest import REPO
 from tests.integration.conftest import ACCESS_KEY, BUCKET, SECRET_KEY, VIDEO_LIMITS

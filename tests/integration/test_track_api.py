@@ -21,7 +21,7 @@ from pycocotools import mask as coco_mask
 from sam2_api import video
 from tests.clips import encode, moving_shapes
 from tests.conftest import REPO
-from sam2_api.localdev import bento_server
+from tests.support.localdev import bento_server
 from tests.integration.conftest import API_KEYS, BUCKET, PHOTOS, PREFIX, SECRETS
 from tests.integration.test_segment_api import fetch_mask
 
@@ -218,7 +218,7 @@ def test_the_command_line_tracks_shows_progress_and_downloads_the_results(server
     import subprocess
 
     from tests.integration.test_cli import SAM2_API
-    from sam2_api.localdev import clean_env
+    from tests.support.localdev import clean_env
 
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(encode(moving_shapes(3)))

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from sam2_api.cli import draw_objects
-from sam2_api.labelmap import read_png
+from sam2_api.cli.commands import draw_objects
+from sam2_api.api.labelmap import read_png
 from tests.conftest import upright_rgb
 from tests.integration import test_ui
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sam2_api.addresses import embedded_ipv4, is_public_address, parse_address
+from sam2_api.api.public_ip import embedded_ipv4, is_public_address, parse_address
 
 PUBLIC = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::1",
           "::ffff:0:8.8.8.8"]

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from sam2_api.cache import EmbeddingCache
-from sam2_api.segmenter import Embedding
+from sam2_api.model.embedding_cache import EmbeddingCache
+from sam2_api.model.segmenter import Embedding
 
 
 def embedding(n_floats: int = 256) -> Embedding:

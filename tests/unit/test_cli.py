@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_api.cli import DEFAULT_URL, Client, draw_overlay, mask_edge, parse_args, resume_command
+from sam2_api.cli.commands import DEFAULT_URL, Client, draw_overlay, mask_edge, parse_args, resume_command
 
 GREEN, RED, WHITE, YELLOW = [34, 197, 94], [239, 68, 68], [255, 255, 255], [250, 204, 21]
 BLUE = [30, 144, 255]
@@ -125,7 +125,7 @@ def test_an_unknown_format_exits_2_naming_the_choices(capsys):
 
 
 def test_track_objects_from_the_command_line():
-    from sam2_api.cli import parse_tracked_object
+    from sam2_api.cli.commands import parse_tracked_object
 
     assert parse_tracked_object("0:120,80") == {"frame_index": 0, "points": [[120.0, 80.0]], "labels": [1]}
     assert parse_tracked_object("3:box=10,10,90,90") == {"frame_index": 3, "box": [10.0, 10.0, 90.0, 90.0]}
@@ -145,7 +145,7 @@ def test_track_refuses_a_malformed_object(argv, capsys):
 
 
 def test_everything_overlay_tints_each_object_in_its_own_colour_and_outlines_it():
-    from sam2_api.cli import draw_objects, object_colour
+    from sam2_api.cli.commands import draw_objects, object_colour
 
     image = Image.new("RGB", (60, 40), (GREY, GREY, GREY))
     labels = np.zeros((40, 60), dtype=np.uint16)

@@ -9,7 +9,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from sam2_api.config import Settings
-from sam2_api.csp import PageHeaders, mask_origin, ui_policy
+from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
 
 
 @pytest.fixture

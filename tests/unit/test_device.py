@@ -12,9 +12,9 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from sam2_api.device import DeviceThread, Lane
+from sam2_api.model.device_thread import DeviceThread, Lane
 from sam2_api.prompts import Prompt
-from sam2_api.segmenter import Segmenter
+from sam2_api.model.segmenter import Segmenter
 from sam2_api.timing import StageTimer
 from tests.conftest import upright_rgb
 

@@ -1,17 +1,17 @@
-"""The model service re-checks what it is sent: it trusts no caller to have done it (sam2_api.hop)."""
+"""The model service re-checks what it is sent: it trusts no caller to have done it (sam2_api.server.hop)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sam2_api.cache import EmbeddingCache
-from sam2_api.device import DeviceThread
-from sam2_api.engine import Engine
-from sam2_api.everything_protocol import EverythingParams
+from sam2_api.model.embedding_cache import EmbeddingCache
+from sam2_api.model.device_thread import DeviceThread
+from sam2_api.model.engine import Engine
+from sam2_api.messages import EverythingParams
 from sam2_api.prompts import Prompt
-from sam2_api.protocol import ImageLimits, RawImage, scoped_key
-from sam2_api.segmenter import Segmenter
+from sam2_api.messages import ImageLimits, RawImage, scoped_key
+from sam2_api.model.segmenter import Segmenter
 
 TENANT = "0123456789abcdef"
 KEY = scoped_key(TENANT, "sha256:" + "a" * 64)

@@ -23,16 +23,17 @@ import torch
 from PIL import Image
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-from sam2_api.cache import EmbeddingCache
-from sam2_api.device import DeviceThread, Lane
-from sam2_api.engine import Engine
+from sam2_api.model.embedding_cache import EmbeddingCache
+from sam2_api.model.device_thread import DeviceThread, Lane
+from sam2_api.model.engine import Engine
 from sam2_api.errors import DeadlineExceeded
-from sam2_api.everything import work_per_point
-from sam2_api.everything_protocol import CPU_POINTS_PER_BATCH, EverythingLimits, EverythingReply, parse_params
+from sam2_api.model.mask_generator import work_per_point
+from sam2_api.messages import CPU_POINTS_PER_BATCH, EverythingLimits, EverythingReply
+from sam2_api.api.fields.everything import parse_params
 from sam2_api.maskformats import bbox_and_area, from_coco_rle
 from sam2_api.prompts import Prompt
-from sam2_api.protocol import RawImage
-from sam2_api.segmenter import Segmenter
+from sam2_api.messages import RawImage
+from sam2_api.model.segmenter import Segmenter
 from tests.conftest import REPO, upright_rgb
 
 KEEP_ALL = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
@@ -243,12 +244,12 @@ MEMORY_PROBE = """
 import json, os, sys, threading, time
 import numpy as np
 from sam2.build_sam import build_sam2
-from sam2_api.cache import EmbeddingCache
-from sam2_api.device import DeviceThread
-from sam2_api.engine import Engine
-from sam2_api.everything_protocol import EverythingParams, EverythingLimits
-from sam2_api.protocol import RawImage
-from sam2_api.segmenter import Segmenter
+from sam2_api.model.embedding_cache import EmbeddingCache
+from sam2_api.model.device_thread import DeviceThread
+from sam2_api.model.engine import Engine
+from sam2_api.messages import EverythingParams, EverythingLimits
+from sam2_api.messages import RawImage
+from sam2_api.model.segmenter import Segmenter
 
 def rss():
     with open("/proc/self/statm") as statm:
@@ -289,7 +290,7 @@ def test_the_fast_helpers_give_meta_helpers_values_and_leave_meta_generator_as_i
     import sam2.automatic_mask_generator as meta_module
     from sam2.utils.amg import MaskData, mask_to_rle_pytorch
 
-    from sam2_api.everything import _mask_to_rle, _MaskData
+    from sam2_api.model.mask_generator import _mask_to_rle, _MaskData
 
     rng = np.random.default_rng(0)
     for shape in [(0, 4, 4), (1, 1, 1), (3, 5, 7), (6, 30, 20)]:

@@ -12,19 +12,20 @@ import pytest
 from moto import mock_aws
 from PIL import Image
 
-from sam2_api.cache import EmbeddingCache
-from sam2_api.device import DeviceThread
-from sam2_api.engine import Engine
+from sam2_api.model.embedding_cache import EmbeddingCache
+from sam2_api.model.device_thread import DeviceThread
+from sam2_api.model.engine import Engine
 from sam2_api.errors import DeadlineExceeded, InvalidField, ResponseTooLarge, UnknownImageId
-from sam2_api.everything_pipeline import segment_everything
-from sam2_api.everything_protocol import EverythingLimits, parse_output, parse_params
-from sam2_api.labelmap import read_png
+from sam2_api.api.everything import segment_everything
+from sam2_api.messages import EverythingLimits
+from sam2_api.api.fields.everything import parse_output, parse_params
+from sam2_api.api.labelmap import read_png
 from sam2_api.maskformats import coco_rle, from_coco_rle, rasterise
-from sam2_api.pipeline import ImageRequest, Pipeline
+from sam2_api.api.segment import ImageRequest, Pipeline
 from sam2_api.prompts import Prompt
-from sam2_api.segmenter import Segmenter
-from sam2_api.sources import ImageSources
-from sam2_api.storage import MaskStore, make_s3_client
+from sam2_api.model.segmenter import Segmenter
+from sam2_api.api.image_urls import ImageSources
+from sam2_api.api.storage import MaskStore, make_s3_client
 from sam2_api.timing import StageTimer
 from tests.conftest import upright_rgb
 

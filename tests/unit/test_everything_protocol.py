@@ -9,10 +9,8 @@ import pytest
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
 from sam2_api.errors import InvalidField
-from sam2_api.everything_protocol import (
-    BYTES_PER_MASK_PIXEL, DECODER_BYTES_PER_POINT, EverythingLimits, EverythingParams, default_points_per_batch,
-    parse_output, parse_params,
-)
+from sam2_api.messages import BYTES_PER_MASK_PIXEL, DECODER_BYTES_PER_POINT, EverythingLimits, EverythingParams, default_points_per_batch
+from sam2_api.api.fields.everything import parse_output, parse_params
 
 LIMITS = EverythingLimits()
 
@@ -120,9 +118,9 @@ def test_points_per_batch_left_out_is_the_devices_default_within_the_memory_boun
 def test_the_response_leaves_out_formats_not_asked_for_but_keeps_a_null_mask_url_and_why():
     import json
 
-    from sam2_api.everything_pipeline import EverythingResult, FoundObject
-    from sam2_api.everything_schemas import EverythingResponse
-    from sam2_api.storage import Upload
+    from sam2_api.api.everything import EverythingResult, FoundObject
+    from sam2_api.api.fields.everything import EverythingResponse
+    from sam2_api.api.storage import Upload
 
     plain = FoundObject(Upload(None, "s3 unreachable"), {"bbox": [0, 0, 2, 1], "area": 2}, 0.9, 0.95, [[0.5, 0.5]])
     rle = FoundObject(Upload("https://masks/1.png"),

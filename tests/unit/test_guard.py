@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from sam2_api.guard import RequestGuard, tenant_id
+from sam2_api.api.guard import RequestGuard, tenant_id
 
 seen: list[dict] = []  # what the app behind the guard got: one entry per request it finished reading
 

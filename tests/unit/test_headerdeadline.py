@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 import uvicorn.config
 
-from sam2_api.headerdeadline import HeaderDeadline, install
+from sam2_api.server.header_deadline import HeaderDeadline, install
 
 DEADLINE_S = 0.5
 

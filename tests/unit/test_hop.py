@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from _bentoml_impl.client import RemoteProxy
 
-from sam2_api.hop import TOKEN_HEADER, HopGuard, prepare_client
+from sam2_api.server.hop import TOKEN_HEADER, HopGuard, prepare_client
 
 TOKEN = "the-shared-internal-token"
 
@@ -123,14 +123,14 @@ async def calls_across_a_session_refresh(manager_class) -> list[str]:
 def test_a_session_replaced_under_a_running_call_is_closed_only_after_it():
     from _bentoml_impl.client.proxy2 import SessionManager
 
-    from sam2_api.hop import DrainingSessions
+    from sam2_api.server.hop import DrainingSessions
 
     assert asyncio.run(calls_across_a_session_refresh(SessionManager))[0] != "done"  # BentoML's own: cut off
     assert asyncio.run(calls_across_a_session_refresh(DrainingSessions)) == ["done", "done"]
 
 
 def test_prepare_client_installs_the_draining_sessions():
-    from sam2_api.hop import DrainingSessions
+    from sam2_api.server.hop import DrainingSessions
 
     proxy = RemoteProxy("http://127.0.0.1:9")
     prepare_client(proxy, None)

@@ -9,7 +9,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bentoml._internal.server.http import instruments
-from sam2_api.http_metrics import UNMATCHED, RouteLabelledMetrics, label_metrics_by_route, route_label
+from sam2_api.api.route_metrics import UNMATCHED, RouteLabelledMetrics, label_metrics_by_route, route_label
 
 
 def ok(request):

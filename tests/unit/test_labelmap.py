@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_api.labelmap import LabelMap, paint_order, read_png
+from sam2_api.api.labelmap import LabelMap, paint_order, read_png
 
 
 def disc(shape, cx, cy, r) -> np.ndarray:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from sam2_api.lifecycle import BoundedReadiness
+from sam2_api.server.lifecycle import BoundedReadiness
 
 
 def probe(app, path: str = "/readyz", bound_s: float = 0.3) -> tuple[int, bytes, float]:
@@ -74,7 +74,7 @@ def test_other_paths_are_not_bounded():
 
 WORKER = """
 import signal, sys, threading, time
-from sam2_api.lifecycle import exit_after_grace
+from sam2_api.server.lifecycle import exit_after_grace
 signal.signal(signal.SIGTERM, lambda *_: print("uvicorn's handler ran", flush=True))  # as uvicorn's, set first
 exit_after_grace(float(sys.argv[1]))
 print("ready", flush=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sam2_api.errors import MaskIdOfAnotherImage, UnknownMaskId
-from sam2_api.logitcache import MASK_ID, LogitCache
-from sam2_api.protocol import scoped_key
+from sam2_api.model.logit_cache import MASK_ID, LogitCache
+from sam2_api.messages import scoped_key
 
 LOGITS_BYTES = 256 * 256 * 4
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sam2_api.errors import ImageTooLarge, InvalidImage, InvalidMaskInput, UnsupportedImage
 from sam2_api.maskinput import coverage, logits, low_res_mask, read_mask
-from sam2_api.protocol import LowResMask
+from sam2_api.messages import LowResMask
 
 LIMITS = (50_000_000, 16384)
 

@@ -11,7 +11,7 @@ import torch
 
 from sam2_api.config import Settings
 from sam2_api.errors import ModelLoadError
-from sam2_api.model import load_sam2, pick_device, resolve_weights
+from sam2_api.model.weights import load_sam2, pick_device, resolve_weights
 from tests.conftest import REPO
 
 
@@ -45,7 +45,7 @@ def test_weights_that_cannot_be_downloaded_say_to_set_sam2_checkpoint(tmp_path):
     env.pop("SAM2_CHECKPOINT", None)
     code = (
         "from sam2_api.config import Settings\n"
-        "from sam2_api.model import resolve_weights\n"
+        "from sam2_api.model.weights import resolve_weights\n"
         "resolve_weights(Settings())\n"
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO,
@@ -78,14 +78,14 @@ def test_device_policy_without_a_gpu():
 def test_random_test_weights_are_marked_and_announced(checkpoint, tmp_path, caplog):
     import logging
 
-    from sam2_api.model import is_random_test_checkpoint
+    from sam2_api.model.weights import is_random_test_checkpoint
 
     assert is_random_test_checkpoint(checkpoint)
     real_format = tmp_path / "meta-format.pt"
     torch.save({"model": {}}, real_format)  # what Meta's release files hold: no mark
     assert not is_random_test_checkpoint(real_format)
     assert not is_random_test_checkpoint(tmp_path / "missing.pt")
-    with caplog.at_level(logging.WARNING, logger="sam2_api.model"):
+    with caplog.at_level(logging.WARNING, logger="sam2_api.model.weights"):
         load_sam2(resolve_weights(Settings(sam2_checkpoint=checkpoint)), torch.device("cpu"))
     assert f"{checkpoint} holds RANDOM TEST WEIGHTS" in caplog.text
 
@@ -94,13 +94,13 @@ def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path):
     """Not offline mode, but nothing answers: one look, one line, no five retries with backoff."""
     import time
 
-    from sam2_api.localdev import free_port
+    from tests.support.localdev import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path)}
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("SAM2_CHECKPOINT", None)
-    code = "from sam2_api.model import hugging_face_checkpoint\nhugging_face_checkpoint('facebook/sam2.1-hiera-tiny')\n"
+    code = "from sam2_api.model.weights import hugging_face_checkpoint\nhugging_face_checkpoint('facebook/sam2.1-hiera-tiny')\n"
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                             timeout=120)
@@ -120,7 +120,7 @@ def test_the_api_service_process_never_imports_torch():
 
 
 def test_an_nvidia_driver_too_old_for_torchs_cuda_is_named_in_one_line(tmp_path):
-    from sam2_api.model import driver_problem, nvidia_driver_version
+    from sam2_api.model.weights import driver_problem, nvidia_driver_version
 
     proc = tmp_path / "version"
     proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.133.20  Fri Feb 28 12:00:00 UTC 2025\n"

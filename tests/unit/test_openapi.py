@@ -7,7 +7,7 @@ import json
 import pytest
 from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
 
-from sam2_api.openapi import ERRORS, ROUTE_ERRORS, TITLE, PublishedOpenAPI, published_spec
+from sam2_api.api.openapi import ERRORS, ROUTE_ERRORS, TITLE, PublishedOpenAPI, published_spec
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,18 @@ from bentoml.exceptions import BentoMLException
 from moto import mock_aws
 from PIL import Image
 
-from sam2_api.cache import EmbeddingCache
-from sam2_api.device import DeviceThread
-from sam2_api.engine import Engine
+from sam2_api.model.embedding_cache import EmbeddingCache
+from sam2_api.model.device_thread import DeviceThread
+from sam2_api.model.engine import Engine
 from sam2_api.errors import (
     InvalidImageSource, InvalidPrompt, MissingImage, ModelUnavailable, ResponseTooLarge, UnknownImageId,
 )
 from sam2_api.maskformats import RLE_FIELDS_BYTES, json_bytes
-from sam2_api.pipeline import STALE_CONNECTION_S, ImageRequest, Pipeline
+from sam2_api.api.segment import STALE_CONNECTION_S, ImageRequest, Pipeline
 from sam2_api.prompts import Prompt
-from sam2_api.segmenter import Segmenter
-from sam2_api.sources import ImageSources
-from sam2_api.storage import MaskStore, make_s3_client
+from sam2_api.model.segmenter import Segmenter
+from sam2_api.api.image_urls import ImageSources
+from sam2_api.api.storage import MaskStore, make_s3_client
 from sam2_api.timing import StageTimer
 from tests.conftest import upright_rgb
 
@@ -297,7 +297,7 @@ def with_connection(device, failures) -> tuple[Pipeline, FailingConnection]:
 ], ids=["aiohttp", "httpx"])
 def test_a_connection_closed_as_it_was_reused_is_sent_again_once(s3, device, reference_mask, test_images, caplog,
                                                                  closed):
-    caplog.set_level(logging.INFO, logger="sam2_api.pipeline")
+    caplog.set_level(logging.INFO, logger="sam2_api.api.segment")
     flow, connection = with_connection(device, [(closed, 0.0)])
     result = flow.run(ImageRequest(upload=(test_images / "rocket.jpg").read_bytes()), [Prompt(points=[[320, 200]])],
                       StageTimer())

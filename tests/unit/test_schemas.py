@@ -7,7 +7,7 @@ import math
 import pytest
 
 from sam2_api.errors import InvalidField
-from sam2_api.schemas import SegmentResponse, parse_formats, parse_polygon_tolerance
+from sam2_api.api.fields.segment import SegmentResponse, parse_formats, parse_polygon_tolerance
 
 
 @pytest.mark.parametrize("value, expected", [

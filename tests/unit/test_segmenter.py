@@ -8,7 +8,7 @@ import torch
 
 from sam2_api.imaging import pack_mask
 from sam2_api.prompts import Prompt
-from sam2_api.segmenter import Segmenter
+from sam2_api.model.segmenter import Segmenter
 from tests.conftest import upright_rgb
 
 PROMPTS = {
@@ -55,7 +55,7 @@ def test_model_input_is_sam2_transforms_bit_for_bit(segmenter, test_images):
 
 def test_device_packing_equals_pack_mask(segmenter):
     """The CUDA path packs with tensor ops; the same ops on the CPU must give pack_mask's bytes."""
-    from sam2_api.segmenter import _BIT_WEIGHTS
+    from sam2_api.model.segmenter import _BIT_WEIGHTS
 
     rng = np.random.default_rng(1)
     for height, width in [(5, 13), (16, 16), (427, 640)]:

@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from sam2_api.errors import ForbiddenSource, ImageTooLarge, InvalidImageSource
-from sam2_api.sources import ImageSources
+from sam2_api.api.image_urls import ImageSources
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from sam2_api.storage import FailureLog, MaskStore, PngsNotMade, Upload, make_s3_client, mask_key, object_url
+from sam2_api.api.storage import FailureLog, MaskStore, PngsNotMade, Upload, make_s3_client, mask_key, object_url
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 KEY_PATTERN = re.compile(r"^sam2-api-masks/\d{8}_\d{6}_[0-9a-f]{32}\.png$")
@@ -271,7 +271,7 @@ def test_the_start_up_check_names_a_dead_endpoint_and_the_bucket_in_one_line(mon
         endpoint = f"http://127.0.0.1:{unused.getsockname()[1]}"
     store = MaskStore(make_s3_client("us-east-1", endpoint), "masks", region="us-east-1", endpoint_url=endpoint)
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="sam2_api.storage"):
+    with caplog.at_level(logging.INFO, logger="sam2_api.api.storage"):
         assert store.check_bucket() is False
     assert time.monotonic() - started < 10  # the client's own timeouts: refused at once, 2 attempts
     [line] = [record.getMessage() for record in caplog.records]
@@ -283,7 +283,7 @@ def test_the_start_up_check_names_a_dead_endpoint_and_the_bucket_in_one_line(mon
 
 def test_the_start_up_check_says_where_masks_go_or_that_the_bucket_is_missing(aws_env, caplog):
     aws_env.create_bucket(Bucket="masks", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    with caplog.at_level(logging.INFO, logger="sam2_api.storage"):
+    with caplog.at_level(logging.INFO, logger="sam2_api.api.storage"):
         assert make_store("masks").check_bucket() is True
         assert make_store("no-such-bucket").check_bucket() is False
         assert make_store(None).check_bucket() is False  # no bucket: the service says so already, nothing more

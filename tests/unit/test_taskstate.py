@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from sam2_api.taskstate import TaskBoard, public_progress
+from sam2_api.api.task_board import TaskBoard, public_progress
 
 
 def write_from_another_process(path: str) -> None:

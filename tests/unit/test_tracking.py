@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 
 from sam2_api import errors, metrics, video
-from sam2_api.device import DeviceThread
-from sam2_api.protocol import (
+from sam2_api.model.device_thread import DeviceThread
+from sam2_api.messages import (
     Failure, RecordReader, TrackDecoding, TrackedFrame, TrackEnd, TrackPrompt, TrackQueued, TrackSpec, TrackStarted,
 )
 from sam2_api.prompts import Prompt
-from sam2_api.segmenter import Segmenter
-from sam2_api.tracking import (
+from sam2_api.model.segmenter import Segmenter
+from sam2_api.model.tracker import (
     FrameStore, Tracker, TrackerSettings, memory_reach, new_inference_state, plan_offload, processed_range, state_bytes,
 )
 from tests.clips import encode, moving_shapes
@@ -277,7 +277,7 @@ def test_a_rotated_clip_is_tracked_upright(tracker):
 
 
 def test_beyond_the_waiting_room_a_clip_is_turned_away(tracker, clip):
-    from sam2_api.tracking import MAX_WAITING_JOBS
+    from sam2_api.model.tracker import MAX_WAITING_JOBS
 
     streams = [tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id=f"w{i}", tenant=f"key{i}"))
                for i in range(MAX_WAITING_JOBS + 2)]
@@ -291,7 +291,7 @@ def test_beyond_the_waiting_room_a_clip_is_turned_away(tracker, clip):
 
 
 def test_one_key_gets_its_share_of_the_waiting_room_and_another_key_still_gets_in(tracker, clip):
-    from sam2_api.tracking import MAX_WAITING_PER_TENANT
+    from sam2_api.model.tracker import MAX_WAITING_PER_TENANT
 
     def submit(job_id, tenant):
         stream = tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id=job_id, tenant=tenant))
@@ -311,7 +311,7 @@ def test_one_key_gets_its_share_of_the_waiting_room_and_another_key_still_gets_i
 
 
 def test_waiting_clips_take_turns_across_keys():
-    from sam2_api.tracking import _Job, _Turns
+    from sam2_api.model.tracker import _Job, _Turns
 
     turns = _Turns(max_waiting=8, max_waiting_per_tenant=4)
     jobs = {name: _Job(name, float("inf"), tenant) for name, tenant in

@@ -1,7 +1,7 @@
 """The API side of a tracking task, against the real tracker in this process and moto's in-process
 S3: what lands where, with what; failures and cancellation.
 
-The model service is the real :class:`sam2_api.tracking.Tracker` (random-init tiny weights at input
+The model service is the real :class:`sam2_api.model.tracker.Tracker` (random-init tiny weights at input
 size 256, as in test_tracking.py), called directly instead of over HTTP.
 """
 
@@ -22,11 +22,11 @@ from PIL import Image
 
 from sam2_api import errors, video
 from sam2_api.imaging import unpack_mask
-from sam2_api.protocol import RecordReader, TrackedFrame
-from sam2_api.sources import ImageSources
-from sam2_api.storage import MaskStore, make_s3_client
-from sam2_api.taskstate import TaskBoard
-from sam2_api.trackjob import TrackJobs, TrackRequest
+from sam2_api.messages import RecordReader, TrackedFrame
+from sam2_api.api.image_urls import ImageSources
+from sam2_api.api.storage import MaskStore, make_s3_client
+from sam2_api.api.task_board import TaskBoard
+from sam2_api.api.track import TrackJobs, TrackRequest
 from tests.clips import encode, moving_shapes
 from tests.unit.test_tracking import SMALL, build_image_model, make_tracker, on, spec
 

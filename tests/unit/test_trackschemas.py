@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sam2_api.errors import InvalidField, InvalidPrompt
-from sam2_api.trackjob import TrackRequest
-from sam2_api.trackschemas import MAX_TRACK_OBJECTS, parse_formats, parse_track_objects
+from sam2_api.api.track import TrackRequest
+from sam2_api.api.fields.track import MAX_TRACK_OBJECTS, parse_formats, parse_track_objects
 
 
 def test_objects_with_one_prompt_or_several():

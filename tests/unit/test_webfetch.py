@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from sam2_api.errors import ForbiddenSource, ImageTooLarge, InvalidImageSource
-from sam2_api.webfetch import WebFetcher, parse_web_url
+from sam2_api.api.web_fetch import WebFetcher, parse_web_url
 
 GOOD = "127.0.0.2"  # the address a test's resolver answers first, and that the fetcher may reach
 EVIL = "127.0.0.3"  # the address it answers afterwards: must never be reached

@@ -1,0 +1,246 @@
+"""The HTTP contract of the API: request fields and responses, with their docs.
+
+The request fields are documented with the JSON schema of what they must hold (that is what the
+OpenAPI page and generated clients show) but accepted as sent and validated by our own code
+(:class:`sam2_api.prompts.Prompt`, :func:`parse_objects`, :func:`parse_image_id`,
+:func:`parse_formats`), so that a malformed field gets one message in words, the same on every
+route, instead of pydantic's report.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter, WithJsonSchema
+
+from .. import storage
+from ...errors import InvalidField, InvalidPrompt
+from ...maskformats import FORMATS
+from ...prompts import MAX_POINTS, Box, Label, Point, Prompt
+
+MAX_OBJECTS = 32
+IMAGE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _documented(shape: Any, description: str, **extra: Any) -> Any:
+    """A field accepted as sent, documented as ``shape`` (a type, or a JSON schema without refs)."""
+    schema = shape if isinstance(shape, dict) else TypeAdapter(shape).json_schema()
+    return Annotated[Any, WithJsonSchema(schema), Field(description=description, **extra)]
+
+
+ImageField = Field(
+    description="The image file (JPEG, PNG, WebP, BMP, TIFF or GIF; first frame only). "
+    "EXIF orientation is applied before anything else, so coordinates refer to the upright image. "
+    "Leave it out when you send `image_url`, or `image_id` alone for an image sent before.",
+    # Optional: absent means None. A factory rather than `= None`, which pydantic would try (and
+    # warn that it fails) to write into the JSON schema through BentoML's file serializer.
+    default_factory=lambda: None,
+)
+ImageIdField = _documented(
+    str,
+    "Your name for this image's content (1-128 of A-Z a-z 0-9 . _ : -). Send it with the image once; "
+    "later requests may send the id alone and skip the upload and the encoder while the server still "
+    "caches it (404 otherwise). Reuse an id only for the same image. Without it, repeat uploads of "
+    "identical bytes are recognised by content hash.",
+    examples=["photo-42"],
+)
+ImageUrlField = _documented(
+    str,
+    "The image by reference instead of upload: s3://bucket/key (read with the service's credentials, "
+    "from the buckets in S3_INPUT_BUCKETS only; others get 403) or https://… (public addresses only; at "
+    "most SAM2_MAX_UPLOAD_BYTES, 10 s). Send either this or `image`.",
+    examples=["s3://my-photos/cats/chelsea.png"],
+)
+PointsField = _documented(
+    list[Point],
+    f"Clicks as [[x, y], ...] in pixels of the upright image (x right, y down, origin top-left); at most "
+    f"{MAX_POINTS}.",
+    examples=[[[256, 200]]],
+)
+LabelsField = _documented(
+    list[Label], "One label per point: 1 = object, 0 = background. Default: all 1.", examples=[[1]],
+)
+BoxField = _documented(
+    Box, "A box [x1, y1, x2, y2] in pixels of the upright image, x2 > x1, y2 > y1.", examples=[[100, 80, 400, 420]],
+)
+MultimaskField = _documented(
+    bool,
+    "Ask SAM 2 for three candidates and return the best-scoring one. Default: true for a single point "
+    "without a box, false otherwise.",
+)
+PreviousMaskIdField = _documented(
+    str,
+    "Refine an earlier answer: the `mask_id` it returned. Its low-resolution logits become SAM 2's "
+    "`mask_input`, as in SAM's own interactive loop: send every click so far, plus this id. Works with "
+    "the same image (the same `image_id`, or the same bytes) and API key only; the server keeps these for a "
+    "while (404 once evicted: send the clicks again without it).",
+    examples=["m_2Qh3m0kS8b1tW9xYzAbCdE"],
+)
+CandidatesField = _documented(
+    bool,
+    "Return all three of SAM 2's candidate masks under `candidates`, best first, each with its URL, score "
+    "and `mask_id` (the top-level fields stay those of the best). Turns `multimask_output` on.",
+)
+MaskInputField = Field(
+    description="A mask to start from, as a file (PNG; any size: it is stretched to the image): single-channel, "
+    "0 = background, anything else = object. It becomes SAM 2's `mask_input` (README: how). Not with "
+    "`previous_mask_id`.",
+    default_factory=lambda: None,  # optional, as ImageField
+)
+FormatsField = _documented(
+    list[Literal[FORMATS]],
+    'Also return each mask as "rle" (COCO RLE: {"size": [h, w], "counts": str}, as pycocotools writes it) '
+    'and/or "polygons" (each part of the mask with its holes, in pixels of the upright image). `bbox` and '
+    "`area` always come back.",
+    examples=[["rle", "polygons"]],
+)
+PolygonToleranceField = _documented(
+    {"type": "number", "minimum": 0},
+    "How far, in pixels, simplified polygons may stray from the mask's boundary (Douglas-Peucker). "
+    "Default 0: every corner of the pixel boundary.",
+    examples=[1.5],
+)
+ObjectsField = _documented(
+    {"type": "array", "items": Prompt.model_json_schema(), "minItems": 1, "maxItems": MAX_OBJECTS},
+    f"One prompt per object (1 to {MAX_OBJECTS}), each with the fields of /segment: points, labels, box, "
+    "multimask_output, previous_mask_id, candidates.",
+    examples=[[{"box": [10, 20, 200, 220]}, {"points": [[300, 150]], "labels": [1]}]],
+)
+
+
+def parse_image_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not IMAGE_ID.fullmatch(value):
+        raise InvalidField(f"`image_id` must be 1-128 characters of A-Z a-z 0-9 . _ : -; got {_shown(value)}")
+    return value
+
+
+def parse_image_url(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidField(f"`image_url` must be a string: s3://bucket/key or https://host/path; got {_shown(value)}")
+
+
+def parse_formats(value: Any) -> frozenset[str]:
+    """``formats``: a list of :data:`sam2_api.maskformats.FORMATS` names (or one name, or names
+    separated by commas, as a form field is easily typed); none by default."""
+    if value is None:
+        return frozenset()
+    names = value.split(",") if isinstance(value, str) else value
+    if isinstance(names, list) and all(isinstance(name, str) and name.strip() in FORMATS for name in names):
+        return frozenset(name.strip() for name in names)
+    choices = " and/or ".join(f'"{name}"' for name in FORMATS)
+    raise InvalidField(f'`formats` must be a list of {choices}, e.g. ["rle"]; got {_shown(value)}')
+
+
+def parse_polygon_tolerance(value: Any) -> float:
+    """``polygon_tolerance``: pixels, a finite number ≥ 0; 0 by default (exact boundaries)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise InvalidField(f"`polygon_tolerance` must be a number of pixels ≥ 0, e.g. 1.5; got {_shown(value)}")
+
+
+def parse_objects(value: Any) -> list[Prompt]:
+    """``objects``: 1 to MAX_OBJECTS prompts, each checked as /segment checks its fields."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_OBJECTS:
+        raise InvalidPrompt(
+            f"`objects` must be a list of 1 to {MAX_OBJECTS} prompts, e.g. "
+            f'[{{"box": [10, 20, 200, 220]}}, {{"points": [[300, 150]]}}]; got {_shown(value)}'
+        )
+    prompts = []
+    for index, fields in enumerate(value):
+        if not isinstance(fields, dict):
+            raise InvalidPrompt(f"objects[{index}] must be an object with the fields of /segment; got {_shown(fields)}")
+        try:
+            prompts.append(Prompt.parse(**fields))
+        except InvalidPrompt as exc:
+            raise InvalidPrompt(f"objects[{index}]: {exc}") from None
+    return prompts
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _unless_asked(description: str) -> Any:
+    """A field left out of the response unless the request asked for it (or, for an error, unless there was one)."""
+    return Field(None, description=description, exclude_if=lambda value: value is None)
+
+
+# Why a URL is null: for programs to branch on; the server's log has the details (never in the response).
+UploadError = Literal[storage.NOT_CONFIGURED, storage.UNREACHABLE, storage.FAILED, storage.LATE]
+MASK_ERROR = (
+    "Only when `mask_url` is null: why the mask was not stored. \"s3 not configured\" (no bucket or no "
+    "credentials on the server), \"s3 unreachable\" (no connection or no answer in time), \"upload failed\" (S3 "
+    "refused it: permissions, bucket), \"upload deadline passed\" (not stored within S3_UPLOAD_DEADLINE)."
+)
+
+
+class Mask(BaseModel):
+    """One mask: where its PNG went, how sure the model is, how to refine it, and what it covers.
+
+    Frames: pixels of the upright image, x to the right and y down from its top-left corner.
+    """
+
+    mask_url: str | None = Field(
+        description="URL of the PNG mask (single-channel 8-bit, 0 = background, 255 = object, "
+        "width × height pixels); null when it was not stored, and then `mask_error` says why."
+    )
+    mask_error: UploadError | None = _unless_asked(MASK_ERROR)
+    score: float = Field(description="SAM 2's predicted IoU of this mask, 0–1.")
+    mask_id: str = Field(
+        description="Names this mask's low-resolution logits on the server: send it as `previous_mask_id` "
+        "with the next click to refine this mask."
+    )
+    bbox: list[int] = Field(
+        description="[x1, y1, x2, y2]: the mask's pixels lie in x1 ≤ x < x2, y1 ≤ y < y2; [0, 0, 0, 0] "
+        "when it is empty."
+    )
+    area: int = Field(description="The mask's pixel count.")
+    rle: dict | None = _unless_asked(
+        'With formats ["rle"]: COCO RLE as pycocotools writes it, {"size": [height, width], "counts": str} '
+        "(column-major runs: pycocotools.mask.decode reads it)."
+    )
+    polygons: list[dict] | None = _unless_asked(
+        'With formats ["polygons"]: each part of the mask, largest first, as {"exterior": [[x, y], ...], '
+        '"holes": [[[x, y], ...], ...]}; vertices are the centres of boundary pixels (fill the exterior, '
+        "clear each hole's inside, keep the hole's ring: the mask's pixels again)."
+    )
+
+
+class Candidate(Mask):
+    """One of SAM 2's candidate masks for a prompt."""
+
+
+class SegmentResponse(Mask):
+    """The best mask (where it went, how sure the model is, how to refine it, what it covers) and
+    the size it has; with `candidates`, all three."""
+
+    width: int = Field(description="Width of the upright image and of the mask, in pixels.")
+    height: int = Field(description="Height of the upright image and of the mask, in pixels.")
+    candidates: list[Candidate] | None = _unless_asked(
+        "With `candidates`: SAM 2's three masks, best first (the first is the one above)."
+    )
+
+
+class ObjectMask(Mask):
+    """This object's best mask, as in /segment."""
+
+    candidates: list[Candidate] | None = _unless_asked(
+        "With this object's `candidates`: SAM 2's three masks, best first (the first is the one above)."
+    )
+
+
+class ObjectsResponse(BaseModel):
+    """One mask per object, in the order of `objects`."""
+
+    objects: list[ObjectMask]
+    width: int = Field(description="Width of the upright image and of every mask, in pixels.")
+    height: int = Field(description="Height of the upright image and of every mask, in pixels.")
+
