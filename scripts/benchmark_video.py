@@ -39,9 +39,8 @@ from sam2_api.model.device_thread import DeviceThread  # noqa: E402
 from sam2_api.prompts import Prompt  # noqa: E402
 from sam2_api.messages import RecordReader, TrackedFrame, TrackPrompt, TrackSpec  # noqa: E402
 from sam2_api.model.segmenter import Segmenter  # noqa: E402
-from sam2_api.model.tracker import (  # noqa: E402
-    Tracker, TrackerSettings, frame_bytes, memory_reach, state_bytes, state_bytes_per_object,
-)
+from sam2_api.model.tracker import Tracker, TrackerSettings  # noqa: E402
+from sam2_api.model.video_session import frame_bytes, memory_reach, state_bytes, state_bytes_per_object  # noqa: E402
 from tests.clips import encode  # noqa: E402
 
 TEST_CHECKPOINT = REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt"

@@ -24,8 +24,9 @@ from sam2_api.messages import (
 )
 from sam2_api.prompts import Prompt
 from sam2_api.model.segmenter import Segmenter
-from sam2_api.model.tracker import (
-    FrameStore, Tracker, TrackerSettings, memory_reach, new_inference_state, plan_offload, processed_range, state_bytes,
+from sam2_api.model.tracker import Tracker, TrackerSettings
+from sam2_api.model.video_session import (
+    FrameStore, memory_reach, new_inference_state, plan_offload, processed_range, state_bytes,
 )
 from tests.clips import encode, moving_shapes
 
@@ -277,7 +278,7 @@ def test_a_rotated_clip_is_tracked_upright(tracker):
 
 
 def test_beyond_the_waiting_room_a_clip_is_turned_away(tracker, clip):
-    from sam2_api.model.tracker import MAX_WAITING_JOBS
+    from sam2_api.model.track_queue import MAX_WAITING_JOBS
 
     streams = [tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id=f"w{i}", tenant=f"key{i}"))
                for i in range(MAX_WAITING_JOBS + 2)]
@@ -291,7 +292,7 @@ def test_beyond_the_waiting_room_a_clip_is_turned_away(tracker, clip):
 
 
 def test_one_key_gets_its_share_of_the_waiting_room_and_another_key_still_gets_in(tracker, clip):
-    from sam2_api.model.tracker import MAX_WAITING_PER_TENANT
+    from sam2_api.model.track_queue import MAX_WAITING_PER_TENANT
 
     def submit(job_id, tenant):
         stream = tracker.stream(clip, spec([on(0, 0, points=[[20, 32]])], job_id=job_id, tenant=tenant))
@@ -311,10 +312,10 @@ def test_one_key_gets_its_share_of_the_waiting_room_and_another_key_still_gets_i
 
 
 def test_waiting_clips_take_turns_across_keys():
-    from sam2_api.model.tracker import _Job, _Turns
+    from sam2_api.model.track_queue import TrackJob, Turns
 
-    turns = _Turns(max_waiting=8, max_waiting_per_tenant=4)
-    jobs = {name: _Job(name, float("inf"), tenant) for name, tenant in
+    turns = Turns(max_waiting=8, max_waiting_per_tenant=4)
+    jobs = {name: TrackJob(name, float("inf"), tenant) for name, tenant in
             [("a0", "A"), ("a1", "A"), ("a2", "A"), ("a3", "A"), ("b0", "B"), ("b1", "B"), ("c0", "C")]}
     for job in jobs.values():  # in this order: a0 tracks at once, the others wait
         turns.join(job)
@@ -331,7 +332,7 @@ def test_waiting_clips_take_turns_across_keys():
         tracked.append(next(name for name, job in jobs.items() if name not in tracked and turns.wait(job, 0) == 0))
     assert tracked == ["a0", "b0", "c0", "a1", "b1", "a2", "a3"]
     # a key that arrives while another's clips wait goes ahead of all but one of them
-    late = _Job("c1", float("inf"), "C")
+    late = TrackJob("c1", float("inf"), "C")
     turns.join(late)
     turns.leave(jobs["a3"])
     assert turns.wait(late, 0) == 0
