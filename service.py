@@ -123,7 +123,7 @@ class SAM2Model:
 
     @bentoml.api
     def track(self, video: bytes, spec: TrackSpec) -> Generator[bytes, None, None]:
-        """Track ``spec``'s objects through the clip ``video``: a stream of records (protocol.py)."""
+        """Track ``spec``'s objects through the clip ``video``: a stream of records (messages.py)."""
         yield from self.tracker.stream(video, spec)
 
     @bentoml.api

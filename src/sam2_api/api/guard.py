@@ -10,7 +10,7 @@ nothing. The body is then watched while BentoML reads it:
 - it must arrive within a deadline and, after a grace period, at a minimum rate: BentoML's
   Timeout and MaxConcurrency middlewares run *outside* this one, so a trickling body holds one
   of the replica's ``max_concurrency`` slots for as long as it takes;
-- a multipart form is inspected part by part (``forms.py``) for what BentoML's own form
+- a multipart form is inspected part by part (``multipart.py``) for what BentoML's own form
   handling would turn into a 500 or into a download; a url-encoded form and a JSON body, once
   complete, for what BentoML would download or answer with pydantic's report instead of a message.
 

@@ -8,7 +8,7 @@ and pays for no transfer.
 
 S3 objects are read with the service's own credentials, and only from the allowed buckets.
 HTTPS URLs are fetched only from public addresses, to the very address that was checked, within
-one deadline (``webfetch.py``), so that callers cannot make the service reach into its own
+one deadline (``web_fetch.py``), so that callers cannot make the service reach into its own
 network. Both are bounded by ``SAM2_MAX_UPLOAD_BYTES``. (BentoML's own guard for URL inputs
 patches only its async event loop, which these sync handlers do not use.)
 """

@@ -112,7 +112,7 @@ def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
 
 def _task_routes(spec: dict[str, Any]) -> None:
     """A task's routes (``/track/...``): BentoML 1.4 gives ``/cancel`` the operation id of ``/retry``
-    (ids must be unique); the status gains the ``progress`` that ``taskstate.TaskProgress`` adds."""
+    (ids must be unique); the status gains the ``progress`` that ``task_board.TaskProgress`` adds."""
     for path, item in spec["paths"].items():
         operation = item.get("put", {})
         if path.endswith("/cancel") and operation.get("operationId", "").endswith("_retry"):

@@ -2,7 +2,7 @@
 
 :meth:`TrackJobs.run` checks the request and the clip's header here (a wrong field, not a video, a
 clip over the limits: answered before the model service is involved), sends the clip to the model
-service and reads its stream of records (``protocol.py``): one per processed frame, with each
+service and reads its stream of records (``messages.py``): one per processed frame, with each
 object's mask as bits. Each mask becomes a PNG under ``<prefix><folder>/<object>/<frame>.png`` (the
 frame zero-padded to 6 digits; the folder a fresh :func:`storage.unique_name` per run, never the
 task id, which would let whoever sees a mask's URL ask about the task), uploaded in parallel in
@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import os
-import queue
 import tempfile
 import threading
 import time
@@ -33,16 +32,16 @@ from typing import Any, Callable, Iterator, Protocol
 
 import anyio
 
-from .. import errors, imaging, video
+from .. import errors, video
 from ..config import Settings
-from ..maskformats import describe
 from .segment import _unreachable
 from ..messages import (
     Failure, RecordReader, TrackDecoding, TrackedFrame, TrackEnd, TrackPrompt, TrackQueued, TrackSpec, TrackStarted,
 )
 from .image_urls import ImageSources
-from .storage import FAILED, MaskStore, Upload, make_s3_client, unique_name
+from .storage import MaskStore, Upload, make_s3_client, unique_name
 from .task_board import TaskBoard
+from .track_masks import MaskUploads, TrackedMasks
 from .track_stream import ModelStream, event_loop_token
 from .fields.track import (
     PREVIEW_NOT_MADE, TrackResponse, parse_flag, parse_formats, parse_frame_count, parse_track_objects, parse_video_url,
@@ -51,8 +50,6 @@ from .web_fetch import WebFetcher
 
 log = logging.getLogger(__name__)
 
-UPLOAD_BATCH = 32  # masks per parallel upload (each batch within S3_UPLOAD_DEADLINE)
-UPLOADS_QUEUED = 2  # batches waiting while one uploads; the stream waits beyond that
 PROGRESS_EVERY_S = 0.25
 CANCEL_POLL_S = 0.5
 
@@ -67,7 +64,7 @@ class TrackModel(Protocol):
 
 @dataclass(frozen=True)
 class TrackRequest:
-    """A tracking request, its fields checked (``trackschemas.py``)."""
+    """A tracking request, its fields checked (``fields/track.py``)."""
 
     upload: bytes | None
     url: str | None
@@ -129,7 +126,7 @@ class TrackJobs:
         self.board.update(task_id, "queued")
         folder = unique_name()
         with (tempfile.TemporaryDirectory(prefix="sam2-track-") as workdir, _CancelWatch(self, task_id) as watch,
-              contextlib.closing(_Tracked(os.path.join(workdir, "masks.bits"))) as tracked):
+              contextlib.closing(TrackedMasks(os.path.join(workdir, "masks.bits"))) as tracked):
             self._track(spec, data, request.formats, watch, tracked, folder)
             self.board.update(task_id, "storing")
             preview = self._preview(folder, data, tracked, os.path.join(workdir, "preview.mp4"), watch)
@@ -170,9 +167,9 @@ class TrackJobs:
             raise type(exc)(str(exc).replace("image_url", "video_url")) from None
 
     def _track(self, spec: TrackSpec, data: bytes, formats: tuple[str, ...], watch: _CancelWatch,
-               tracked: _Tracked, folder: str) -> None:
+               tracked: TrackedMasks, folder: str) -> None:
         """Fill ``tracked`` from the model service's stream, uploading each frame's masks under ``folder``."""
-        uploads = _Uploads(self.store)
+        uploads = MaskUploads(self.store)
         reader = RecordReader()
         ended = False
         last_progress = 0.0
@@ -213,7 +210,7 @@ class TrackJobs:
         if not ended or tracked.started is None:
             raise errors.ModelUnavailable("the model service ended the tracking job early (restarted?); retry the task")
 
-    def _preview(self, folder: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> Upload:
+    def _preview(self, folder: str, data: bytes, tracked: TrackedMasks, path: str, watch: _CancelWatch) -> Upload:
         """The preview's URL, or why there is none (not made, or not stored: the masks are what counts)."""
         try:
             return self._make_preview(folder, data, tracked, path, watch)
@@ -223,7 +220,7 @@ class TrackJobs:
             log.exception("the preview of %s could not be made", folder)
             return Upload(None, PREVIEW_NOT_MADE)
 
-    def _make_preview(self, folder: str, data: bytes, tracked: _Tracked, path: str, watch: _CancelWatch) -> Upload:
+    def _make_preview(self, folder: str, data: bytes, tracked: TrackedMasks, path: str, watch: _CancelWatch) -> Upload:
         started = tracked.started
         low, high = sorted((started.first_frame, started.last_frame))
         writer = video.PreviewWriter(path, started.width, started.height, started.fps)
@@ -239,80 +236,6 @@ class TrackJobs:
             writer.close()
         with open(path, "rb") as mp4:
             return self.store.put_named(f"{folder}/preview.mp4", mp4.read(), "video/mp4")
-
-
-class _Tracked:
-    """What the stream brought: the clip's header, a manifest entry per frame (mask URLs filled in
-    as uploads finish), and every mask's bits in a file for the preview (:meth:`close` frees it)."""
-
-    def __init__(self, spool_path: str) -> None:
-        self.started: TrackStarted | None = None
-        self.entries: dict[int, dict[str, Any]] = {}
-        self._spool = open(spool_path, "w+b")
-        self._offsets: dict[int, int] = {}
-
-    def add(self, frame: TrackedFrame, folder: str, formats: tuple[str, ...], uploads: _Uploads) -> None:
-        started = self.started
-        objects = []
-        self._offsets[frame.frame_index] = self._spool.seek(0, os.SEEK_END)
-        for index, bits in enumerate(frame.masks):
-            self._spool.write(bits)
-            entry = {"mask_url": None, **describe(imaging.unpack_mask(bits, started.height, started.width), formats)}
-            objects.append(entry)
-            name = f"{folder}/{index}/{frame.frame_index:06d}.png"
-            uploads.add(name, lambda bits=bits: imaging.mask_png(bits, started.height, started.width), entry)
-        self.entries[frame.frame_index] = {"frame_index": frame.frame_index, "objects": objects}
-
-    def masks(self, frame_index: int) -> list:
-        """The objects' ``(H, W)`` bool masks on ``frame_index``, read back from the spool."""
-        started = self.started
-        size = started.height * ((started.width + 7) // 8)
-        objects = len(self.entries[frame_index]["objects"])
-        self._spool.seek(self._offsets[frame_index])
-        raw = self._spool.read(size * objects)
-        return [imaging.unpack_mask(raw[i * size:(i + 1) * size], started.height, started.width) for i in range(objects)]
-
-    def close(self) -> None:
-        self._spool.close()
-
-
-class _Uploads:
-    """PNGs uploaded in batches of :data:`UPLOAD_BATCH` by one background thread (each batch in
-    parallel, :meth:`MaskStore.put_named_many`); :meth:`add` waits when :data:`UPLOADS_QUEUED`
-    batches are already waiting. Each URL lands in its manifest entry."""
-
-    def __init__(self, store: MaskStore) -> None:
-        self._store = store
-        self._batch: list[tuple[str, Callable[[], bytes], dict]] = []
-        self._queue: queue.Queue = queue.Queue(maxsize=UPLOADS_QUEUED)
-        self._thread = threading.Thread(target=self._upload, name="track-uploads", daemon=True)
-        self._thread.start()
-
-    def add(self, name: str, make: Callable[[], bytes], entry: dict) -> None:
-        self._batch.append((name, make, entry))
-        if len(self._batch) >= UPLOAD_BATCH:
-            self._queue.put(self._batch)
-            self._batch = []
-
-    def close(self) -> None:
-        """Upload what is left and wait for every batch."""
-        if self._batch:
-            self._queue.put(self._batch)
-            self._batch = []
-        self._queue.put(None)
-        self._thread.join()
-
-    def _upload(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            try:
-                stored = self._store.put_named_many([(name, make) for name, make, _ in batch], bulk=True)
-            except Exception:  # the masks stay unstored (mask_url null), the task goes on
-                log.exception("uploading %d masks failed", len(batch))
-                stored = [Upload(None, FAILED)] * len(batch)
-            for (_, _, entry), upload in zip(batch, stored):
-                entry["mask_url"] = upload.url
-                if upload.error is not None:  # as /segment says it: only when mask_url is null
-                    entry["mask_error"] = upload.error
 
 
 class _CancelWatch:

@@ -1,7 +1,7 @@
 """GET one image from a public web address: to the address that was checked, within one deadline.
 
 - DNS rebinding: the host name is resolved once, every address it resolves to is checked
-  (``addresses.py``), and the connection goes to a checked address: httpcore is given a network
+  (``public_ip.py``), and the connection goes to a checked address: httpcore is given a network
   backend that never resolves the name again. The URL keeps its host name, so the Host header,
   the TLS server name (SNI) and the certificate check are the host's own.
 - One deadline for the whole fetch: every socket operation (connect, TLS handshake, each read

@@ -1,4 +1,4 @@
-"""Two small ASGI helpers for our middlewares (guard, hop, lifecycle, taskstate): keep an app's
+"""Two small ASGI helpers for our middlewares (guard, hop, lifecycle, task_board): keep an app's
 response instead of sending it, and answer with JSON."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ that the API service would refuse. So the model service serves only callers that
 secret ``SAM2_INTERNAL_TOKEN`` in the ``X-SAM2-Internal-Token`` header: :class:`HopGuard` checks
 it (constant-time) before BentoML reads a byte of the body, and answers 401 otherwise. Health
 probes and metrics stay open (they read no body). The API service sends the token with every call
-(:func:`prepare_client`); the model service re-checks every bound it is given (``engine.py``) all the
+(:func:`prepare_client`); the model service re-checks every bound it is given (``model/engine.py``) all the
 same.
 
 Where the token comes from: the environment (a Kubernetes Secret, a BentoCloud secret), the same

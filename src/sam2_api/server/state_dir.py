@@ -1,5 +1,5 @@
 """Where one server keeps what it writes while it runs: BentoML's task store, the track board beside
-it (``taskstate.py``) and Prometheus' per-process files.
+it (``api/task_board.py``) and Prometheus' per-process files.
 
 BentoML keeps the first and the last under ``BENTOML_HOME`` and wipes both at every start, so a
 second server on the same host (another port, the test suite, a Bento beside ``serve.sh``) would

@@ -1,6 +1,6 @@
 """The HTTP contract of the ``track`` task: its fields, their checks, its result.
 
-As in ``schemas.py``, fields are documented with the JSON schema of what they must hold but
+As in ``fields/segment.py``, fields are documented with the JSON schema of what they must hold but
 accepted as sent and checked here, so that a malformed field gets one message in words.
 """
 
