@@ -1,5 +1,6 @@
-"""Write requirements.lock (everything, tests included) and bento/requirements.txt (serving only)
-from the packages installed in this venv, so the Bento installs exactly what CI tests.
+"""Write requirements.lock (everything, tests included) and bento/requirements.txt (serving only: the
+project's ``server`` extra) from the packages installed in this venv, so the Bento installs exactly
+what CI tests.
 
     .venv/bin/python scripts/lock_requirements.py          # after changing pyproject.toml
     .venv/bin/python scripts/lock_requirements.py --check  # CI: fail if either file is stale
@@ -58,7 +59,7 @@ def main() -> None:
         everything.pop(tool, None)
     files = {
         REPO / "requirements.lock": render(everything),
-        REPO / "bento" / "requirements.txt": render(closure(set()), drop=SHIPPED_AS_WHEEL),
+        REPO / "bento" / "requirements.txt": render(closure({"server"}), drop=SHIPPED_AS_WHEEL),
     }
     stale = [path for path, text in files.items() if not path.exists() or path.read_text() != text]
     if args.check:

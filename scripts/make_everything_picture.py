@@ -47,7 +47,7 @@ def main() -> None:
         with served_with_s3(Path(tmp), "readme-everything", BUCKET, PREFIX, CREDENTIALS,
                             {"SAM2_CHECKPOINT": str(args.checkpoint)}, REPO) as server:
             drawn = Path(tmp) / "everything.png"
-            command = [sys.executable, "-m", "sam2_api.cli.commands", "everything", str(REPO / "tests" / "data" / IMAGE),
+            command = [sys.executable, "-m", "sam2_api.cli", "everything", str(REPO / "tests" / "data" / IMAGE),
                        *ARGUMENTS, "--overlay", str(drawn), "--url", server.url]
             done = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=600)
         if done.returncode != 0:

@@ -31,7 +31,7 @@ from pathlib import Path
 import boto3
 from PIL import Image
 
-from sam2_api.cli.commands import BACKGROUND_COLOUR, BOX_COLOUR, MASK_COLOUR, OBJECT_COLOUR, RING_COLOUR
+from sam2_api.cli.overlay import BACKGROUND_COLOUR, BOX_COLOUR, MASK_COLOUR, OBJECT_COLOUR, RING_COLOUR
 import _shared  # noqa: F401  (puts the repository's root on sys.path, for tests.support)
 from tests.support.localdev import bento_server, clean_env, moto_server, prepare_mask_bucket
 
@@ -88,7 +88,7 @@ def screenshot_ui(url: str, image: Path, chromium: str) -> Image.Image:
 
 
 def run_overlay(url: str, image: Path, out: Path) -> None:
-    command = [sys.executable, "-m", "sam2_api.cli.commands", "segment", str(image), *OVERLAY_PROMPT, "--overlay", str(out),
+    command = [sys.executable, "-m", "sam2_api.cli", "segment", str(image), *OVERLAY_PROMPT, "--overlay", str(out),
                "--url", url]
     done = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     if done.returncode != 0:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the service with its test tools, at the versions in requirements.lock.
+# Create .venv and install the service (the `server` extra) with its test tools (`dev`), at the versions
+# in requirements.lock.
 # Safe to re-run; a second run installs nothing new.
 #
 # A first run downloads PyTorch with NVIDIA's CUDA libraries, on a machine without a GPU too (the
@@ -28,6 +29,7 @@ step 3 "sam2, built against that torch"
 SAM2_BUILD_CUDA=0 "${PIP[@]}" install --no-build-isolation $(lock sam2)
 step 4 "everything else in requirements.lock"
 "${PIP[@]}" install -r requirements.lock
-step 5 "this project (sam2_api and the sam2-api command), editable"
-"${PIP[@]}" install --no-deps -e .
+step 5 "this project (sam2_api and the sam2-api command), editable, with its server and dev extras"
+# --no-deps: step 4 installed every dependency of .[server,dev] at the lock's versions already.
+"${PIP[@]}" install --no-deps -e ".[server,dev]"
 echo "setup: .venv ready in $((SECONDS - started)) s" >&2

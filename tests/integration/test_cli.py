@@ -30,7 +30,7 @@ from tests.support.localdev import clean_env, free_port
 from tests.integration.test_segment_api import fetch_mask
 
 # The module, not the installed console script: this runs the checkout's own code wherever it is.
-SAM2_API = [sys.executable, "-m", "sam2_api.cli.commands"]
+SAM2_API = [sys.executable, "-m", "sam2_api.cli"]
 
 
 def sam2_api(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -114,7 +114,7 @@ def test_openapi_documents_the_route(server):
 
 
 def test_the_command_line_prints_the_objects_and_colours_each_in_the_overlay(server, small_cat, tmp_path):
-    from sam2_api.cli.commands import draw_objects
+    from sam2_api.cli.overlay import draw_objects
     from tests.integration.test_cli import sam2_api
 
     image = tmp_path / "cat.png"

@@ -30,11 +30,11 @@ def test_setup_names_each_step_and_its_time_then_installs_the_lock_in_order(tmp_
         "setup: [2/5] setuptools and wheel, to build sam2",
         "setup: [3/5] sam2, built against that torch",
         "setup: [4/5] everything else in requirements.lock",
-        "setup: [5/5] this project (sam2_api and the sam2-api command), editable",
+        "setup: [5/5] this project (sam2_api and the sam2-api command), editable, with its server and dev extras",
     ]
     assert re.fullmatch(r"setup: \.venv ready in \d+ s", last)
     pins = dict(line.split("==") for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line)
     calls = [line.removeprefix("-m pip --disable-pip-version-check -q install ")
              for line in (tmp_path / "pip-calls.txt").read_text().splitlines()]
     assert calls == [f"torch=={pins['torch']} torchvision=={pins['torchvision']}", "setuptools>=68 wheel",
-                     f"--no-build-isolation sam2=={pins['sam2']}", "-r requirements.lock", "--no-deps -e ."]
+                     f"--no-build-isolation sam2=={pins['sam2']}", "-r requirements.lock", "--no-deps -e .[server,dev]"]

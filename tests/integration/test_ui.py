@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_api.cli.commands import mask_edge
+from sam2_api.cli.overlay import mask_edge
 from tests.conftest import upright_rgb
 from tests.integration.test_segment_api import fetch_mask
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from sam2_api.cli.commands import draw_objects
+from sam2_api.cli.overlay import draw_objects
 from sam2_api.api.labelmap import read_png
 from tests.conftest import upright_rgb
 from tests.integration import test_ui

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_api.cli.commands import DEFAULT_URL, Client, draw_overlay, mask_edge, parse_args, resume_command
+from sam2_api.cli.batch import resume_command
+from sam2_api.cli.client import DEFAULT_URL, Client
+from sam2_api.cli.commands import parse_args
+from sam2_api.cli.overlay import draw_overlay, mask_edge
 
 GREEN, RED, WHITE, YELLOW = [34, 197, 94], [239, 68, 68], [255, 255, 255], [250, 204, 21]
 BLUE = [30, 144, 255]
@@ -145,7 +148,7 @@ def test_track_refuses_a_malformed_object(argv, capsys):
 
 
 def test_everything_overlay_tints_each_object_in_its_own_colour_and_outlines_it():
-    from sam2_api.cli.commands import draw_objects, object_colour
+    from sam2_api.cli.overlay import draw_objects, object_colour
 
     image = Image.new("RGB", (60, 40), (GREY, GREY, GREY))
     labels = np.zeros((40, 60), dtype=np.uint16)

@@ -27,138 +27,29 @@ request the server refuses prints its JSON answer and exits 1 too. When stdout i
 from __future__ import annotations
 
 import argparse
-import collections
 import io
 import json
 import os
-import queue
-import shlex
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
-DEFAULT_URL = "http://localhost:3000"
-DEFAULT_TIMEOUT = 300.0
-DEFAULT_CONCURRENCY = 4
-INTERRUPT_GRACE_S = 10.0  # after Ctrl+C, how long requests already sent may take to finish
+from .batch import DEFAULT_CONCURRENCY, command_batch
+from .client import (
+    DEFAULT_TIMEOUT, DEFAULT_URL, REFERENCE_SCHEMES, Client, CommandError, check_api_key, overlay_source,
+    printed_body, read_image,
+)
+from .overlay import draw_objects, overlay
+
 CLOSED_PIPE_STATUS = 128 + signal.SIGPIPE  # what a shell reports for a tool that SIGPIPE ended
-REFERENCE_SCHEMES = ("s3://", "https://")
 
-# The overlay's look, the same as the /ui page's (RGB).
-MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)
-MASK_ALPHA = 0.5
-OBJECT_COLOUR, BACKGROUND_COLOUR = (34, 197, 94), (239, 68, 68)
-RING_COLOUR, BOX_COLOUR = (255, 255, 255), (250, 204, 21)
-
-
-class CommandError(Exception):
-    """What stops a command, in one line for the person who typed it."""
-
-
-class Client:
-    """A thin client for POST /segment; one per thread (httpx clients are not shared)."""
-
-    def __init__(self, url: str, api_key: str | None, timeout: float):
-        self.has_key = bool(api_key)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-
-    def segment(self, image: str, fields: dict, mask_input: Path | None = None) -> httpx.Response:
-        """POST /segment: ``image`` a path or a URL, ``fields`` the JSON fields, ``mask_input`` a mask file."""
-        return self.post("/segment", image, fields, {"mask_input": mask_input} if mask_input else {})
-
-    def everything(self, image: str, fields: dict) -> httpx.Response:
-        return self.post("/segment_everything", image, fields)
-
-    def post(self, route: str, image: str, fields: dict, other_files: dict[str, Path] | None = None) -> httpx.Response:
-        form = {name: json.dumps(value) for name, value in fields.items() if value is not None}
-        if image.startswith(REFERENCE_SCHEMES):
-            form["image_url"] = json.dumps(image)
-            files = {"none": ("", b"")}  # keeps the request multipart
-        else:
-            files = {"image": (Path(image).name, Path(image).read_bytes())}
-        for name, path in (other_files or {}).items():
-            files[name] = (path.name, path.read_bytes())
-        return self.http.post(route, data=form, files=files)
-
-
-# ---- The overlay --------------------------------------------------------------------------------
-
-def mask_edge(mask: np.ndarray, width: int) -> np.ndarray:
-    """The mask's pixels within ``width`` pixels (a square's reach) of a pixel outside it; beyond
-    the image counts as inside, so a mask that touches the image's edge has no edge line there."""
-    height, image_width = mask.shape
-    padded = np.pad(mask, width, constant_values=True)
-    across = np.ones((height + 2 * width, image_width), dtype=bool)
-    for dx in range(2 * width + 1):
-        across &= padded[:, dx:dx + image_width]
-    inner = np.ones_like(mask)
-    for dy in range(2 * width + 1):
-        inner &= across[dy:dy + height]
-    return mask & ~inner
-
-
-def draw_overlay(image: Image.Image, mask: np.ndarray, points: Sequence[Sequence[float]] = (),
-                 labels: Sequence[int] = (), box: Sequence[float] | None = None) -> Image.Image:
-    """The image with the mask tinted and outlined, and the prompt on top: each point a disc (green
-    = object, red = background) in a white ring, the box a yellow frame.
-
-    ``image``: the upright image, W×H; ``mask``: (H, W) bool; ``points`` ([x, y] each), ``labels``
-    (1 = object, 0 = background; default 1) and ``box`` ([x1, y1, x2, y2]) in pixels of that image,
-    x to the right and y down from its top-left corner, as sent to the server. Marker and line sizes
-    grow with the image, so that they stay visible on large photos.
-    """
-    pixels = np.array(image.convert("RGB"), dtype=np.float32)
-    if mask.shape != pixels.shape[:2]:
-        raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the image {image.width}x{image.height}")
-    radius = max(6, round(max(image.size) / 80))
-    line = max(2, round(radius / 3))
-    pixels[mask] = (1 - MASK_ALPHA) * pixels[mask] + MASK_ALPHA * MASK_COLOUR
-    pixels[mask_edge(mask, line)] = MASK_COLOUR
-    drawn = Image.fromarray(np.round(pixels).astype(np.uint8))
-    pen = ImageDraw.Draw(drawn)
-    if box is not None:
-        pen.rectangle([round(c) for c in box], outline=BOX_COLOUR, width=line)
-    labels = list(labels) + [1] * (len(points) - len(labels))
-    for (x, y), label in zip(points, labels):
-        pen.ellipse([x - radius, y - radius, x + radius, y + radius], outline=RING_COLOUR, width=line,
-                    fill=OBJECT_COLOUR if label else BACKGROUND_COLOUR)
-    return drawn
-
-
-def overlay(image_bytes: bytes, rle: Mapping, points=(), labels=(), box=None) -> Image.Image:
-    """``draw_overlay`` of an encoded image (EXIF orientation applied, as the server does) and the
-    mask's COCO RLE as the server returns it (``{"size": [h, w], "counts": str}``)."""
-    from ..maskformats import from_coco_rle  # pycocotools: only when an overlay is drawn
-
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes)))
-    height, width = rle["size"]
-    return draw_overlay(image, from_coco_rle(rle["counts"], height, width), points, labels, box)
-
-
-def read_image(source: str, timeout: float) -> bytes:
-    """The image's bytes, wherever it is (S3 with the caller's own AWS credentials)."""
-    if source.startswith("https://"):
-        response = httpx.get(source, timeout=timeout, follow_redirects=True)
-        response.raise_for_status()
-        return response.content
-    if source.startswith("s3://"):
-        import boto3
-
-        bucket, _, key = source.removeprefix("s3://").partition("/")
-        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    return Path(source).read_bytes()
-
-
-# ---- segment ------------------------------------------------------------------------------------
 
 def parse_point(text: str) -> tuple[list[float], int]:
     parts = [p.strip() for p in text.split(",")]
@@ -173,41 +64,6 @@ def parse_box(text: str) -> list[float]:
     if len(parts) != 4:
         raise argparse.ArgumentTypeError(f"--box wants X1,Y1,X2,Y2; got {text!r}")
     return [float(p) for p in parts]
-
-
-def check_api_key(response: httpx.Response, client: Client) -> None:
-    """A 401 as the command line's own words (the server's speak of HTTP headers)."""
-    if response.status_code == 401:
-        raise CommandError(refused_key_advice(client.has_key))
-
-
-def refused_key_advice(had_key: bool) -> str:
-    if had_key:
-        return "the server refused this API key (--api-key, or SAM2_API_KEY in the environment)"
-    return "the server wants an API key: pass --api-key KEY, or set SAM2_API_KEY in the environment"
-
-
-def printed_body(response: httpx.Response, client: Client, leave_out: Iterable[str] = ()) -> dict:
-    """The response's JSON (or its text as an error), printed without the fields ``leave_out``;
-    all of it is returned. A 401 raises :class:`CommandError` instead."""
-    check_api_key(response, client)
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"error": response.text}
-    print(json.dumps({name: value for name, value in body.items() if name not in leave_out}, indent=2))
-    return body
-
-
-def overlay_source(body: dict, field: str, timeout: float) -> bytes | None:
-    """The stored PNG that the response's ``field`` names, for an overlay; None (and why, on stderr)
-    when the server stored none."""
-    if not body.get(field):
-        print(f"no overlay: the server returned no {field} (S3 not configured there?)", file=sys.stderr)
-        return None
-    stored = httpx.get(body[field], timeout=timeout)
-    stored.raise_for_status()
-    return stored.content
 
 
 def command_segment(args: argparse.Namespace) -> int:
@@ -228,50 +84,6 @@ def command_segment(args: argparse.Namespace) -> int:
         drawn.save(args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
-
-
-# ---- everything ---------------------------------------------------------------------------------
-
-GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
-
-
-def object_colour(label: int) -> tuple[int, int, int]:
-    """The colour of object ``label`` (1-based): hues a golden-ratio step apart, so that neighbours in
-    the list differ; the /ui page (everything.js) uses the same formula."""
-    hue = (label * GOLDEN_RATIO_CONJUGATE) % 1.0
-    sector, fraction = divmod(hue * 6, 1)
-    value, saturation = 0.95, 0.75
-    low = value * (1 - saturation)
-    falling, rising = value * (1 - saturation * fraction), value * (1 - saturation * (1 - fraction))
-    rgb = [(value, rising, low), (falling, value, low), (low, value, rising),
-           (low, falling, value), (rising, low, value), (value, low, falling)][int(sector) % 6]
-    return tuple(round(255 * c) for c in rgb)
-
-
-def draw_objects(image: Image.Image, labels: np.ndarray) -> Image.Image:
-    """The image with each object of the label map tinted in its own colour (:func:`object_colour`)
-    and outlined where it meets another object or the background. ``labels``: ``(H, W)``, 0 = none,
-    i = the i-th object, at the image's size (the /segment_everything label map)."""
-    pixels = np.array(image.convert("RGB"), dtype=np.int32)
-    if labels.shape != pixels.shape[:2]:
-        raise ValueError(f"the label map is {labels.shape[1]}x{labels.shape[0]}, the image {image.width}x{image.height}")
-    present = np.unique(labels)
-    palette = np.zeros((int(present.max()) + 1, 3), dtype=np.int32)
-    for label in present[present > 0]:
-        palette[label] = object_colour(int(label))
-    colours = palette[labels]
-    inside = labels > 0
-    # Half-way to the colour, rounding halves up: integer arithmetic that the page repeats exactly.
-    pixels[inside] = (pixels[inside] + colours[inside] + 1) // 2
-    across, down = labels[:, 1:] != labels[:, :-1], labels[1:, :] != labels[:-1, :]
-    edge = np.zeros_like(inside)  # the pixels on either side of a change of label
-    edge[:, 1:] |= across
-    edge[:, :-1] |= across
-    edge[1:, :] |= down
-    edge[:-1, :] |= down
-    edge &= inside
-    pixels[edge] = colours[edge]
-    return Image.fromarray(pixels.astype(np.uint8))
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -304,146 +116,6 @@ def command_everything(args: argparse.Namespace) -> int:
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return 0
 
-
-# ---- batch --------------------------------------------------------------------------------------
-
-class Interrupts:
-    """Counts Ctrl+C (SIGINT) while in use, instead of raising KeyboardInterrupt wherever the main
-    thread happens to be (half-way through writing a result line, say). It replaces Python's own
-    handler only, in the main thread: a SIGINT that this process was started to ignore stays ignored."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._previous = None
-
-    def __enter__(self) -> Interrupts:
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._interrupted)
-        return self
-
-    def _interrupted(self, signum, frame) -> None:
-        self.count += 1
-
-    def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-class Workers:
-    """Threads that take request indexes in order and put one result each on ``results``.
-
-    ``stop()`` lets no new request start. The threads are daemons: a request still in flight when
-    the command returns is abandoned with the process, it does not hold the exit.
-    """
-
-    def __init__(self, indexes: Iterable[int], send: Callable[[Client, int], dict], clients: list[Client]):
-        self._todo = collections.deque(indexes)
-        self._lock = threading.Lock()
-        self._stopped = False
-        self.started = 0
-        self.results: queue.Queue[dict] = queue.Queue()
-        for client in clients:
-            threading.Thread(target=self._work, args=(send, client), daemon=True).start()
-
-    def _next(self) -> int | None:
-        with self._lock:
-            if self._stopped or not self._todo:
-                return None
-            self.started += 1
-            return self._todo.popleft()
-
-    def _work(self, send: Callable[[Client, int], dict], client: Client) -> None:
-        while (index := self._next()) is not None:
-            self.results.put(send(client, index))
-
-    def stop(self) -> int:
-        """Sends nothing more; returns how many requests were started."""
-        with self._lock:
-            self._stopped = True
-            return self.started
-
-
-def send_request(client: Client, request: dict, line: int) -> dict:
-    """One batch line's result: the server's answer, or what went wrong on the way (never raises)."""
-    result = {"line": line, "id": request.get("id"), "image": request.get("image")}
-    try:
-        fields = {k: request.get(k) for k in ("points", "labels", "box", "multimask_output")}
-        response = client.segment(str(request["image"]), fields)
-        body = response.json()
-        result.update(status=response.status_code, ok=response.status_code == 200, **body)
-    except Exception as exc:  # a bad line or a lost connection is this line's failure, not the batch's
-        result.update(ok=False, status=0, error=f"{type(exc).__name__}: {exc}")
-    return result
-
-
-def finished_lines(output: Path) -> set[int]:
-    """Lines of an earlier run with a final answer: a mask or a 4xx. Server and network failures
-    (5xx, status 0) and a refused API key (401) are not final: --resume sends them again."""
-    done = set()
-    if output.exists():
-        for line in output.read_text().splitlines():
-            result = json.loads(line)
-            if result.get("ok") or (400 <= result.get("status", 0) < 500 and result["status"] != 401):
-                done.add(result["line"])
-    return done
-
-
-def resume_command(args: argparse.Namespace) -> str:
-    words = ["sam2-api", "batch", str(args.requests), "--output", str(args.output), "--resume", "--url", args.url]
-    if args.concurrency != DEFAULT_CONCURRENCY:
-        words += ["--concurrency", str(args.concurrency)]
-    if args.timeout != DEFAULT_TIMEOUT:
-        words += ["--timeout", f"{args.timeout:g}"]
-    if args.quiet:
-        words.append("--quiet")
-    return shlex.join(words)
-
-
-def command_batch(args: argparse.Namespace) -> int:
-    requests = [json.loads(line) for line in args.requests.read_text().splitlines() if line.strip()]
-    done = finished_lines(args.output) if args.resume else set()
-    todo = [i for i in range(len(requests)) if i not in done]
-    clients = [Client(args.url, args.api_key, args.timeout) for _ in range(min(args.concurrency, len(todo)))]
-    ok = failed = refused = 0
-    started = None  # set by the first Ctrl+C: the requests sent by then; no more are sent
-    with (Interrupts() as interrupts, args.output.open("a") as out,
-          tqdm(total=len(todo), unit="image", disable=args.quiet) as progress):
-        workers = Workers(todo, lambda client, i: send_request(client, requests[i], i), clients)
-        while ok + failed < len(todo):
-            if interrupts.count and started is None:
-                started = workers.stop()
-                deadline = time.monotonic() + INTERRUPT_GRACE_S
-                if started > ok + failed:
-                    tqdm.write(f"stopping: waiting up to {INTERRUPT_GRACE_S:g} s for the {started - ok - failed} "
-                               "requests in flight (Ctrl+C again to stop at once)", file=sys.stderr)
-            if started is not None and (ok + failed == started or interrupts.count > 1 or time.monotonic() > deadline):
-                break
-            try:
-                result = workers.results.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            out.write(json.dumps(result) + "\n")
-            out.flush()
-            ok += result["ok"]
-            failed += not result["ok"]
-            refused += result["status"] == 401
-            progress.update()
-    summary = f"{ok} ok, {failed} failed, {len(done)} already done; results in {args.output}"
-    if refused:
-        print(f"error: {refused} requests refused: {refused_key_advice(bool(args.api_key))}", file=sys.stderr)
-    if ok + failed == len(todo):
-        print(summary, file=sys.stderr)
-        return 1 if failed else 0
-    abandoned = f", {started - ok - failed} abandoned in flight" if started > ok + failed else ""
-    print(f"stopped by Ctrl+C: {summary}; {len(todo) - started} not sent{abandoned}", file=sys.stderr)
-    print(f"resume with: {resume_command(args)}", file=sys.stderr)
-    if args.api_key:
-        print("  (with your API key again: --api-key, or SAM2_API_KEY in the environment)", file=sys.stderr)
-    return 130
-
-
-# ---- track --------------------------------------------------------------------------------------
 
 TRACK_POLL_S = 0.5
 
@@ -534,8 +206,6 @@ def _json(response: httpx.Response) -> dict:
     except ValueError:
         return {"error": response.text, "status": response.status_code}
 
-
-# ---- the command line ---------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
     """The command line, with the server options taken before or after the command (the later one
@@ -660,7 +330,6 @@ def http_failure(exc: httpx.HTTPError, args: argparse.Namespace) -> str:
         return (f"no server answers at {args.url} ({exc}); start one (scripts/serve.sh) or give its "
                 f"address with --url or SAM2_API_URL")
     return f"{exc.request.method} {url}: {type(exc).__name__}: {exc}"
-
 
 if __name__ == "__main__":
     sys.exit(main())
