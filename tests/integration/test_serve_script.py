@@ -31,7 +31,7 @@ def project(tmp_path):
     for path in ("scripts/serve.sh", "service.py"):  # BentoML wants service.py itself in its working folder
         shutil.copy(REPO / path, root / path)
     (root / "scripts" / "setup.sh").write_text("# the project's .venv is set up already\n")
-    for path in ("scripts/local_s3.py", ".venv"):
+    for path in ("scripts/local_s3.py", ".venv", "tests"):  # tests: serve.sh's port checks are tests/support's
         (root / path).symlink_to(REPO / path)
     return root
 
