@@ -17,43 +17,43 @@ from pathlib import Path
 from typing import Annotated, Callable, Generator, TypeVar
 
 import bentoml
-from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
 import sam2_api
 from sam2_api import errors, metrics
-from sam2_api.server import header_deadline
-from sam2_api.config import Settings
+from sam2_api.api.answers import answers_request_errors
 from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
 from sam2_api.api.everything import EverythingResult, segment_everything
-from sam2_api.messages import EverythingParams, EverythingReply
-from sam2_api.api.fields.everything import parse_output, parse_params
+from sam2_api.api.fields.common import parse_formats
 from sam2_api.api.fields.everything import EverythingFields as Everything
-from sam2_api.api.fields.everything import EverythingResponse
-from sam2_api.api.guard import RequestGuard
-from sam2_api.server.hop import HopGuard, prepare_client, token_for_local_serve
-from sam2_api.api.route_metrics import label_metrics_by_route
-from sam2_api.server.lifecycle import BoundedReadiness, exit_after_grace
-from sam2_api.api.openapi import PublishedOpenAPI
-from sam2_api.api.segment import ImageRequest, Result, build_pipeline
-from sam2_api.prompts import Prompt
-from sam2_api.messages import LowResMask, ModelReply, RawImage, TrackSpec
+from sam2_api.api.fields.everything import EverythingResponse, parse_output, parse_params
 from sam2_api.api.fields.segment import (
     BoxField, ImageField, ImageIdField, ImageUrlField, LabelsField, MultimaskField, ObjectMask, ObjectsField,
     ObjectsResponse, PointsField, SegmentResponse, parse_image_id, parse_image_url, parse_objects,
 )
 from sam2_api.api.fields.segment import (  # refinement, candidates, mask formats
-    CandidatesField, FormatsField, MaskInputField, PolygonToleranceField, PreviousMaskIdField, parse_formats,
+    CandidatesField, FormatsField, MaskInputField, PolygonToleranceField, PreviousMaskIdField,
     parse_polygon_tolerance,
 )
-from sam2_api.server.state_dir import use_own_state_dir
-from sam2_api.api.task_board import TaskBoard, TaskProgress
-from sam2_api.timing import StageTimer
-from sam2_api.api.track import TrackRequest, build_track_jobs
 from sam2_api.api.fields.track import FormatsField as TrackFormatsField
 from sam2_api.api.fields.track import (
     MaxFramesField, ReverseField, StartFrameField, TrackObjectsField, TrackResponse, VideoField, VideoUrlField,
 )
+from sam2_api.api.guard import RequestGuard
+from sam2_api.api.openapi import PublishedOpenAPI
+from sam2_api.api.route_metrics import label_metrics_by_route
+from sam2_api.api.segment import ImageRequest, Result, build_pipeline
+from sam2_api.api.task_board import TaskBoard, TaskProgress
+from sam2_api.api.track import TrackRequest, build_track_jobs
+from sam2_api.config import Settings
+from sam2_api.maskformats import FORMATS
+from sam2_api.messages import EverythingParams, EverythingReply, LowResMask, ModelReply, RawImage, TrackSpec
+from sam2_api.prompts import Prompt
+from sam2_api.server import header_deadline
+from sam2_api.server.hop import HopGuard, prepare_client, token_for_local_serve
+from sam2_api.server.lifecycle import BoundedReadiness, exit_after_grace
+from sam2_api.server.state_dir import use_own_state_dir
+from sam2_api.timing import StageTimer
 
 logging.getLogger("sam2_api").setLevel(logging.INFO)  # BentoML leaves other loggers at WARNING
 
@@ -148,13 +148,6 @@ OptionalMaskInput = Annotated[Path, MaskInputField]
 OptionalVideo = Annotated[Path, VideoField]
 
 
-def error_response(ctx: bentoml.Context, exc: errors.RequestError) -> JSONResponse:
-    """Our request errors, as `{"error": message}` with their status (BentoML would hide a 403's).
-    The status goes on the context too: BentoML sets it on any response of an API that takes one."""
-    ctx.response.status_code = exc.status
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
-
-
 # The click-to-segment page: static files calling the same POST /segment as any client; its
 # Content-Security-Policy lets it load scripts and send requests here only, and show masks from the bucket.
 UI_PAGES = PageHeaders(StaticFiles(directory=Path(sam2_api.api.__file__).parent / "ui", html=True),
@@ -221,12 +214,13 @@ class SAM2API:
                   mask_input: Path | None = None) -> Callable[..., Result]:
         """The ``serve`` of /segment and /segment_objects: the prompts, the output formats asked for,
         and a mask file to start from."""
-        formats, polygon_tolerance = parse_formats(formats), parse_polygon_tolerance(polygon_tolerance)
+        formats, polygon_tolerance = parse_formats(formats, FORMATS), parse_polygon_tolerance(polygon_tolerance)
         mask_files = None if mask_input is None else [mask_input.read_bytes()]
         return lambda request, timer, tenant: self.pipeline.run(request, prompts, timer, tenant, mask_files, formats,
                                                                 polygon_tolerance)
 
     @bentoml.api
+    @answers_request_errors
     def segment(
         self,
         ctx: bentoml.Context,
@@ -254,16 +248,14 @@ class SAM2API:
         `previous_mask_id`; 408 body too slow; 413 upload or image too large; 415 not an image;
         429 too many requests in flight.
         """
-        try:
-            prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output,
-                                  previous_mask_id=previous_mask_id, candidates=candidates)
-            result = self._run(ctx, image, image_id, image_url,
-                               self._prompted([prompt], formats, polygon_tolerance, mask_input))
-        except errors.RequestError as exc:
-            return error_response(ctx, exc)
+        prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output,
+                              previous_mask_id=previous_mask_id, candidates=candidates)
+        result = self._run(ctx, image, image_id, image_url,
+                           self._prompted([prompt], formats, polygon_tolerance, mask_input))
         return SegmentResponse(**result.masks[0].response_fields(), width=result.width, height=result.height)
 
     @bentoml.api
+    @answers_request_errors
     def segment_objects(
         self,
         ctx: bentoml.Context,
@@ -279,15 +271,13 @@ class SAM2API:
         `objects` is a list of prompts with the fields of /segment (`previous_mask_id` and
         `candidates` included); the response lists the masks in the same order. Errors as for /segment.
         """
-        try:
-            result = self._run(ctx, image, image_id, image_url,
-                               self._prompted(parse_objects(objects), formats, polygon_tolerance))
-        except errors.RequestError as exc:
-            return error_response(ctx, exc)
+        result = self._run(ctx, image, image_id, image_url,
+                           self._prompted(parse_objects(objects), formats, polygon_tolerance))
         return ObjectsResponse(objects=[ObjectMask(**m.response_fields()) for m in result.masks],
                                width=result.width, height=result.height)
 
     @bentoml.api
+    @answers_request_errors
     def segment_everything(
         self,
         ctx: bentoml.Context,
@@ -320,26 +310,24 @@ class SAM2API:
         503 when the request would run past SAM2_EVERYTHING_DEADLINE_S (the message says what to
         reduce). Other errors as for /segment.
         """
-        try:
-            params = parse_params(
-                points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
-                stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
-                box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
-                crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-                min_mask_region_area=min_mask_region_area, use_m2m=use_m2m, multimask_output=multimask_output,
-                max_objects=max_objects,
-            )
-            output = parse_output(formats, polygon_tolerance, per_object_masks)
-            result: EverythingResult = self._run(
-                ctx, image, image_id, image_url,
-                lambda request, timer, tenant: segment_everything(self.pipeline, request, params, output, timer,
-                                                                  tenant, SETTINGS.sam2_everything_deadline_s),
-            )
-        except errors.RequestError as exc:
-            return error_response(ctx, exc)
+        params = parse_params(
+            points_per_side=points_per_side, points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio, crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area, use_m2m=use_m2m, multimask_output=multimask_output,
+            max_objects=max_objects,
+        )
+        output = parse_output(formats, polygon_tolerance, per_object_masks)
+        result: EverythingResult = self._run(
+            ctx, image, image_id, image_url,
+            lambda request, timer, tenant: segment_everything(self.pipeline, request, params, output, timer,
+                                                              tenant, SETTINGS.sam2_everything_deadline_s),
+        )
         return EverythingResponse.of(result)
 
     @bentoml.task
+    @answers_request_errors
     def track(
         self,
         ctx: bentoml.Context,
@@ -362,13 +350,10 @@ class SAM2API:
         read; 409 canceled; 413 clip too large or too long; 415 not a video; 503 no S3 or no model service.
         """
         task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex  # None: called as POST /track
-        try:
-            request = TrackRequest.parse(video.read_bytes() if video else None, video_url, objects, start_frame_index,
-                                         max_frames, reverse, formats)
-            # the caller's key: TaskProgress lets only a task's owner retry it, so it is the owner's too
-            return self.tracks.run(task_id, request, getattr(ctx.request.state, "tenant", None))
-        except errors.RequestError as exc:
-            return error_response(ctx, exc)
+        request = TrackRequest.parse(video.read_bytes() if video else None, video_url, objects, start_frame_index,
+                                     max_frames, reverse, formats)
+        # the caller's key: TaskProgress lets only a task's owner retry it, so it is the owner's too
+        return self.tracks.run(task_id, request, getattr(ctx.request.state, "tenant", None))
 
 
 # Only the API service may call the model service: its token is checked before a body is read.

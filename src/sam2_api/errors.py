@@ -1,7 +1,7 @@
 """What a caller can get wrong, as one small hierarchy.
 
 Each error carries the HTTP status it deserves and a message that tells the caller what to fix;
-``service.py`` turns them into responses in one place.
+:mod:`sam2_api.api.answers` turns them into responses in one place (its decorator on every route).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ import math
 import pytest
 
 from sam2_api.errors import InvalidField
-from sam2_api.api.fields.segment import SegmentResponse, parse_formats, parse_polygon_tolerance
+from sam2_api.api.fields.common import parse_formats
+from sam2_api.api.fields.segment import SegmentResponse, parse_polygon_tolerance
+from sam2_api.maskformats import FORMATS
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -15,13 +17,13 @@ from sam2_api.api.fields.segment import SegmentResponse, parse_formats, parse_po
     ("rle", {"rle"}), ("rle, polygons", {"rle", "polygons"}),
 ])
 def test_formats_are_a_list_or_comma_separated_names(value, expected):
-    assert parse_formats(value) == frozenset(expected)
+    assert parse_formats(value, FORMATS) == tuple(f for f in FORMATS if f in expected)
 
 
 @pytest.mark.parametrize("value", [["rle", "png"], "geojson", [1], {"rle": True}, True, ""])
 def test_unknown_formats_are_refused_with_the_choices(value):
     with pytest.raises(InvalidField, match=r'^`formats` must be a list of "rle" and/or "polygons", e.g. \["rle"\]; got '):
-        parse_formats(value)
+        parse_formats(value, FORMATS)
 
 
 @pytest.mark.parametrize("value, expected", [(None, 0.0), (0, 0.0), (1.5, 1.5), (3, 3.0)])

@@ -6,7 +6,8 @@ import pytest
 
 from sam2_api.errors import InvalidField, InvalidPrompt
 from sam2_api.api.track import TrackRequest
-from sam2_api.api.fields.track import MAX_TRACK_OBJECTS, parse_formats, parse_track_objects
+from sam2_api.api.fields.common import parse_formats
+from sam2_api.api.fields.track import MAX_TRACK_OBJECTS, TRACK_FORMATS, parse_track_objects
 
 
 def test_objects_with_one_prompt_or_several():
@@ -46,7 +47,7 @@ def test_malformed_objects_are_named(value, words):
     ({"start_frame_index": 1.5}, "`start_frame_index` must be a whole number"),
     ({"max_frames": 0}, "`max_frames` must be a whole number of at least 1"),
     ({"reverse": "yes"}, "`reverse` must be true or false"),
-    ({"formats": ["polygons"]}, "`formats` must be a list of 'rle'"),
+    ({"formats": ["polygons"]}, '`formats` must be a list of "rle", e.g. ["rle"]'),
     ({"video_url": 5}, "`video_url` must be a string"),
 ])
 def test_malformed_fields_are_named(fields, words):
@@ -61,4 +62,4 @@ def test_a_request_parses():
                                  ["rle", "rle"])
     assert (request.url, request.objects, request.start_frame_index, request.max_frames, request.reverse,
             request.formats) == ("s3://b/k.mp4", 1, 1, 5, True, ("rle",))
-    assert parse_formats(None) == ()
+    assert parse_formats(None, TRACK_FORMATS) == ()

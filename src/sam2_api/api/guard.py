@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
 from ..server.asgi import send_json
+from .answers import error_body
 from ..config import BODY_TIMEOUT_S, MIN_UPLOAD_BYTES_PER_S
 from ..errors import (
     BodyTimeout, BodyTooLarge, MalformedRequest, RequestError, Unauthorized, UnsupportedContentType,
@@ -245,4 +246,4 @@ async def _reply(send: Send, exc: RequestError, close: bool = False) -> None:
     headers = [(b"www-authenticate", b"Bearer")] if isinstance(exc, Unauthorized) else []
     if close:
         headers.append((b"connection", b"close"))
-    await send_json(send, int(exc.status), {"error": str(exc)}, headers)
+    await send_json(send, int(exc.status), error_body(exc), headers)

@@ -116,7 +116,7 @@ class Pipeline:
         self.max_response_bytes = max_response_bytes
 
     def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None,
-            mask_files: list[bytes | None] | None = None, formats: frozenset[str] = frozenset(),
+            mask_files: list[bytes | None] | None = None, formats: tuple[str, ...] = (),
             polygon_tolerance: float = 0.0) -> Result:
         """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the caches.
 

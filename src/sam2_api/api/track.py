@@ -43,8 +43,9 @@ from .storage import MaskStore, Upload, make_s3_client, unique_name
 from .task_board import TaskBoard
 from .track_masks import MaskUploads, TrackedMasks
 from .track_stream import ModelStream, event_loop_token
+from .fields.common import parse_flag, parse_formats
 from .fields.track import (
-    PREVIEW_NOT_MADE, TrackResponse, parse_flag, parse_formats, parse_frame_count, parse_track_objects, parse_video_url,
+    PREVIEW_NOT_MADE, TRACK_FORMATS, TrackResponse, parse_frame_count, parse_track_objects, parse_video_url,
 )
 from .web_fetch import WebFetcher
 
@@ -82,7 +83,8 @@ class TrackRequest:
         return cls(upload=upload, url=parse_video_url(video_url), objects=count, prompts=prompts,
                    start_frame_index=parse_frame_count(start_frame_index, "start_frame_index", 0),
                    max_frames=parse_frame_count(max_frames, "max_frames", 1),
-                   reverse=parse_flag(reverse, "reverse"), formats=parse_formats(formats))
+                   reverse=parse_flag(reverse, "reverse", default=False),
+                   formats=parse_formats(formats, TRACK_FORMATS))
 
 
 class TrackJobs:

@@ -18,9 +18,9 @@ from ...messages import (
     CPU_POINTS_PER_BATCH, CPU_POINTS_PER_SIDE, DEFAULT_MAX_OBJECTS, GPU_POINTS_PER_BATCH, GPU_POINTS_PER_SIDE,
     MAX_CROP_LAYERS, MAX_OBJECTS, MAX_POINTS_PER_SIDE, EverythingParams,
 )
-from .segment import (  # parse_formats, parse_polygon_tolerance: the one parser of each, for /segment too
-    MASK_ERROR, UploadError, _documented, _unless_asked, parse_formats, parse_polygon_tolerance,
-)
+from ...maskformats import FORMATS
+from .common import parse_flag, parse_formats, shown
+from .segment import MASK_ERROR, UploadError, _documented, _unless_asked, parse_polygon_tolerance
 
 ObjectMaskError = Literal[UploadError, NOT_REQUESTED]
 
@@ -149,7 +149,6 @@ _NUMBERS: dict[str, tuple[type, float, float, str]] = {
     "max_objects": (int, 1, MAX_OBJECTS, "the most objects returned, largest first"),
 }
 _FLAGS = ("use_m2m", "multimask_output")
-FORMATS = ("rle", "polygons")
 
 
 def parse_params(**fields: Any) -> EverythingParams:
@@ -162,15 +161,11 @@ def parse_params(**fields: Any) -> EverythingParams:
         number = _number(value, kind)
         if number is None or not low <= number <= high:
             shape = "an integer" if kind is int else "a number"
-            raise InvalidField(f"`{name}` ({what}) must be {shape} from {low:g} to {high:g}; got {_shown(value)}")
+            raise InvalidField(f"`{name}` ({what}) must be {shape} from {low:g} to {high:g}; got {shown(value)}")
         values[name] = number
     for name in _FLAGS:
-        value = fields.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, bool):
-            raise InvalidField(f"`{name}` must be true or false; got {_shown(value)}")
-        values[name] = value
+        if (value := parse_flag(fields.get(name), name)) is not None:
+            values[name] = value
     return EverythingParams(**values)
 
 
@@ -184,13 +179,6 @@ def _number(value: Any, kind: type) -> int | float | None:
 
 def parse_output(formats: Any = None, polygon_tolerance: Any = None, per_object_masks: Any = None) -> OutputOptions:
     """``formats`` and ``polygon_tolerance`` as /segment takes them; ``per_object_masks``: true or false."""
-    chosen = parse_formats(formats)
+    chosen = parse_formats(formats, FORMATS)
     tolerance = parse_polygon_tolerance(polygon_tolerance)
-    if per_object_masks is not None and not isinstance(per_object_masks, bool):
-        raise InvalidField(f"`per_object_masks` must be true or false; got {_shown(per_object_masks)}")
-    return OutputOptions(tuple(f for f in FORMATS if f in chosen), tolerance, per_object_masks is not False)
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return OutputOptions(chosen, tolerance, parse_flag(per_object_masks, "per_object_masks", default=True))

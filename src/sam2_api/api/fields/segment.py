@@ -3,8 +3,8 @@
 The request fields are documented with the JSON schema of what they must hold (that is what the
 OpenAPI page and generated clients show) but accepted as sent and validated by our own code
 (:class:`sam2_api.prompts.Prompt`, :func:`parse_objects`, :func:`parse_image_id`,
-:func:`parse_formats`), so that a malformed field gets one message in words, the same on every
-route, instead of pydantic's report.
+:func:`sam2_api.api.fields.common.parse_formats`), so that a malformed field gets one message in
+words, the same on every route, instead of pydantic's report.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .. import storage
 from ...errors import InvalidField, InvalidPrompt
 from ...maskformats import FORMATS
 from ...prompts import MAX_POINTS, Box, Label, Point, Prompt
+from .common import shown
 
 MAX_OBJECTS = 32
 IMAGE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -114,26 +115,14 @@ def parse_image_id(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not IMAGE_ID.fullmatch(value):
-        raise InvalidField(f"`image_id` must be 1-128 characters of A-Z a-z 0-9 . _ : -; got {_shown(value)}")
+        raise InvalidField(f"`image_id` must be 1-128 characters of A-Z a-z 0-9 . _ : -; got {shown(value)}")
     return value
 
 
 def parse_image_url(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise InvalidField(f"`image_url` must be a string: s3://bucket/key or https://host/path; got {_shown(value)}")
-
-
-def parse_formats(value: Any) -> frozenset[str]:
-    """``formats``: a list of :data:`sam2_api.maskformats.FORMATS` names (or one name, or names
-    separated by commas, as a form field is easily typed); none by default."""
-    if value is None:
-        return frozenset()
-    names = value.split(",") if isinstance(value, str) else value
-    if isinstance(names, list) and all(isinstance(name, str) and name.strip() in FORMATS for name in names):
-        return frozenset(name.strip() for name in names)
-    choices = " and/or ".join(f'"{name}"' for name in FORMATS)
-    raise InvalidField(f'`formats` must be a list of {choices}, e.g. ["rle"]; got {_shown(value)}')
+    raise InvalidField(f"`image_url` must be a string: s3://bucket/key or https://host/path; got {shown(value)}")
 
 
 def parse_polygon_tolerance(value: Any) -> float:
@@ -142,7 +131,7 @@ def parse_polygon_tolerance(value: Any) -> float:
         return 0.0
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
         return float(value)
-    raise InvalidField(f"`polygon_tolerance` must be a number of pixels ≥ 0, e.g. 1.5; got {_shown(value)}")
+    raise InvalidField(f"`polygon_tolerance` must be a number of pixels ≥ 0, e.g. 1.5; got {shown(value)}")
 
 
 def parse_objects(value: Any) -> list[Prompt]:
@@ -150,22 +139,17 @@ def parse_objects(value: Any) -> list[Prompt]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_OBJECTS:
         raise InvalidPrompt(
             f"`objects` must be a list of 1 to {MAX_OBJECTS} prompts, e.g. "
-            f'[{{"box": [10, 20, 200, 220]}}, {{"points": [[300, 150]]}}]; got {_shown(value)}'
+            f'[{{"box": [10, 20, 200, 220]}}, {{"points": [[300, 150]]}}]; got {shown(value)}'
         )
     prompts = []
     for index, fields in enumerate(value):
         if not isinstance(fields, dict):
-            raise InvalidPrompt(f"objects[{index}] must be an object with the fields of /segment; got {_shown(fields)}")
+            raise InvalidPrompt(f"objects[{index}] must be an object with the fields of /segment; got {shown(fields)}")
         try:
             prompts.append(Prompt.parse(**fields))
         except InvalidPrompt as exc:
             raise InvalidPrompt(f"objects[{index}]: {exc}") from None
     return prompts
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _unless_asked(description: str) -> Any:
@@ -243,4 +227,3 @@ class ObjectsResponse(BaseModel):
     objects: list[ObjectMask]
     width: int = Field(description="Width of the upright image and of every mask, in pixels.")
     height: int = Field(description="Height of the upright image and of every mask, in pixels.")
-

@@ -13,11 +13,12 @@ from pydantic import BaseModel, Field
 from ...errors import InvalidField, InvalidPrompt
 from ...prompts import Prompt
 from ...messages import TrackPrompt
-from .segment import MASK_ERROR, UploadError, _documented, _shown
+from .common import shown
+from .segment import MASK_ERROR, UploadError, _documented
 
 MAX_TRACK_OBJECTS = 16  # each object costs a memory-attention and decoder pass per frame
 MAX_PROMPTS_PER_OBJECT = 16
-FORMATS = ("rle",)
+TRACK_FORMATS = ("rle",)  # a clip's masks: no polygons
 
 _FRAME_PROMPT = {
     "type": "object",
@@ -70,7 +71,7 @@ def parse_track_objects(value: Any) -> tuple[int, list[TrackPrompt]]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_TRACK_OBJECTS:
         raise InvalidPrompt(
             f"`objects` must be a list of 1 to {MAX_TRACK_OBJECTS} objects, each a prompt with its `frame_index`, "
-            f'e.g. [{{"frame_index": 0, "points": [[120, 80]]}}]; got {_shown(value)}'
+            f'e.g. [{{"frame_index": 0, "points": [[120, 80]]}}]; got {shown(value)}'
         )
     prompts = []
     for index, entry in enumerate(value):
@@ -81,7 +82,7 @@ def parse_track_objects(value: Any) -> tuple[int, list[TrackPrompt]]:
             entries = entry["prompts"]
             if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_PROMPTS_PER_OBJECT:
                 raise InvalidPrompt(f"{where}.prompts must be a list of 1 to {MAX_PROMPTS_PER_OBJECT} prompts, "
-                                    f"each with its `frame_index`; got {_shown(entries)}")
+                                    f"each with its `frame_index`; got {shown(entries)}")
             parsed = [_frame_prompt(index, fields, f"{where}.prompts[{n}]") for n, fields in enumerate(entries)]
         else:
             parsed = [_frame_prompt(index, entry, where)]
@@ -95,11 +96,11 @@ def parse_track_objects(value: Any) -> tuple[int, list[TrackPrompt]]:
 def _frame_prompt(object_index: int, fields: Any, where: str) -> TrackPrompt:
     if not isinstance(fields, dict):
         raise InvalidPrompt(f"{where} must be an object with `frame_index` and the fields of /segment; got "
-                            f"{_shown(fields)}")
+                            f"{shown(fields)}")
     fields = dict(fields)
     frame_index = fields.pop("frame_index", None)
     if not _is_int(frame_index) or frame_index < 0:
-        raise InvalidPrompt(f"{where}.frame_index must be a frame number, 0 or more; got {_shown(frame_index)}")
+        raise InvalidPrompt(f"{where}.frame_index must be a frame number, 0 or more; got {shown(frame_index)}")
     if "multimask_output" in fields:
         raise InvalidPrompt(f"{where}: `multimask_output` does not apply to tracking (SAM 2 chooses per frame)")
     try:
@@ -112,7 +113,7 @@ def _frame_prompt(object_index: int, fields: Any, where: str) -> TrackPrompt:
 def parse_video_url(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise InvalidField(f"`video_url` must be a string: s3://bucket/key or https://host/path; got {_shown(value)}")
+    raise InvalidField(f"`video_url` must be a string: s3://bucket/key or https://host/path; got {shown(value)}")
 
 
 def parse_frame_count(value: Any, name: str, least: int) -> int | None:
@@ -120,24 +121,8 @@ def parse_frame_count(value: Any, name: str, least: int) -> int | None:
     if value is None:
         return None
     if not _is_int(value) or value < least:
-        raise InvalidField(f"`{name}` must be a whole number of at least {least}; got {_shown(value)}")
+        raise InvalidField(f"`{name}` must be a whole number of at least {least}; got {shown(value)}")
     return value
-
-
-def parse_flag(value: Any, name: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise InvalidField(f"`{name}` must be true or false; got {_shown(value)}")
-    return value
-
-
-def parse_formats(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not set(value) <= set(FORMATS) or not all(isinstance(v, str) for v in value):
-        raise InvalidField(f"`formats` must be a list of {', '.join(map(repr, FORMATS))}; got {_shown(value)}")
-    return tuple(dict.fromkeys(value))
 
 
 def _is_int(value: Any) -> bool:
