@@ -279,10 +279,11 @@ def default_points_per_side(device_type: str) -> int:
 
 
 # Points per decoder call when a request leaves points_per_batch out: Meta's 64 on a GPU. On a CPU a
-# batch runs whole between the device's checkpoints (one of 16 points took 7-9 s on a busy 2-core
-# machine, and every other caller's click waited for it), and small batches are faster there too:
-# 64 points of a 1024x1024 image took 20 s in batches of 64 and 9 s in batches of 4 (upsampling and
-# filtering many full-size candidate masks at once costs more memory traffic than it saves).
+# batch runs whole between the device's checkpoints, so every other caller's click waits for it (a
+# flood's 16 points of a 256x192 image: one batch of 2.5 s, or four of at most 0.35 s), and small
+# batches are faster there too: 64 points of a 1024x1024 noise image spent 15.9 s in batches of 64,
+# 8.0 s in batches of 4, longest 0.6 s (upsampling and filtering many full-size candidate masks at
+# once costs more memory traffic than it saves). scripts/measure_points_per_batch.py measures it.
 GPU_POINTS_PER_BATCH = 64
 CPU_POINTS_PER_BATCH = 4
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from sam2_api.model.device_thread import DeviceThread, Lane
 from sam2_api.prompts import Prompt
-from sam2_api.model.segmenter import Segmenter
+from sam2_api.model.segmenter import GPU_DECODER_BATCH, Segmenter
 from sam2_api.timing import StageTimer
 from tests.conftest import upright_rgb
 
@@ -128,8 +128,9 @@ def test_turns_are_shared_by_device_time_so_a_key_with_long_jobs_waits_out_its_d
     assert ran == ["a1", "b1", "b2", "b3", "b4", "b5", "b6", "a2"]  # round-robin by count: a1 b1 a2 b2 ...
 
 
-def test_a_request_with_many_prompts_is_one_job_per_decoder_call_with_the_same_masks(segmenter, test_images):
+def test_a_request_with_many_prompts_is_one_job_per_decoder_call_with_the_same_masks(sam2_model, test_images):
     """Before: all of a request's decoder calls were one job, which others waited for whole."""
+    segmenter = Segmenter(sam2_model, decoder_batch=GPU_DECODER_BATCH)  # the CPU's is 1: one call per prompt
     device = DeviceThread(segmenter)
     embedding = device.encode(upright_rgb(test_images / "chelsea.png"), StageTimer())
     prompts = [Prompt(points=[[20 + 9 * i, 30 + 5 * i]]) for i in range(20)] + [Prompt(box=[10, 10, 200, 150])]

@@ -8,7 +8,7 @@ import torch
 
 from sam2_api.imaging import pack_mask
 from sam2_api.prompts import Prompt
-from sam2_api.model.segmenter import Segmenter
+from sam2_api.model.segmenter import GPU_DECODER_BATCH, Segmenter
 from tests.conftest import upright_rgb
 
 PROMPTS = {
@@ -120,8 +120,27 @@ def test_candidates_are_the_predictors_three_masks_best_first(segmenter, referen
     assert segmenter.decode(embedding, Prompt(points=[[225, 150]])).others == ()
 
 
-def test_batched_prompts_with_mask_inputs_equal_each_alone(segmenter, test_images):
-    """/segment_objects decodes prompts of one shape together, mask inputs too."""
+def test_on_the_cpu_each_object_is_its_own_decoder_call_exactly_the_predictors_for_that_prompt(
+        segmenter, reference_predictor, test_images):
+    """Before: 8 prompts a call on the CPU too, a few seconds that another caller's click waited
+    for, with masks that could differ from each prompt's alone in the last bits."""
+    image = upright_rgb(test_images / "astronaut.png")
+    embedding = segmenter.encode(image)
+    points = [[60.0 + 37 * i, 40.0 + 29 * i] for i in range(10)]
+    prompts = [Prompt(points=[point]) for point in points]
+    assert segmenter.decoder_batch == 1 and segmenter.decoder_calls(prompts, [None] * 10) == [[i] for i in range(10)]
+    predictor = reference_predictor(image)
+    for point, mask in zip(points, segmenter.decode_many(embedding, prompts)):
+        masks, scores, logits = predictor.predict(point_coords=np.asarray([point]), point_labels=np.asarray([1]),
+                                                  multimask_output=True)
+        best = int(np.argmax(scores))
+        assert np.array_equal(mask.pixels(), masks[best] > 0)
+        assert torch.equal(mask.logits, torch.from_numpy(logits[best]))
+
+
+def test_batched_prompts_with_mask_inputs_equal_each_alone(sam2_model, test_images):
+    """/segment_objects decodes prompts of one shape together (on a GPU), mask inputs too."""
+    segmenter = Segmenter(sam2_model, decoder_batch=GPU_DECODER_BATCH)
     image = upright_rgb(test_images / "coffee.png")
     embedding = segmenter.encode(image)
     first = [segmenter.decode(embedding, Prompt(points=[point])) for point in ([300, 200], [100, 300])]

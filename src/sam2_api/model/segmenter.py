@@ -33,7 +33,12 @@ from ..prompts import Prompt
 
 MASK_THRESHOLD = 0.0  # logits above this are object, as in SAM2ImagePredictor
 LOGIT_BOUND = 32.0  # SAM2ImagePredictor clamps the low-res logits it returns to ±32
-DECODER_BATCH = 8  # prompts per decoder call; bounds its memory for requests with many objects
+# Prompts per decoder call, which bounds its memory for requests with many objects: 8 on a GPU. On
+# a CPU batching saves nothing (8 prompts of a 1024x1024 image took 3.2-4.4 s batched, 4.3 s one by
+# one) and a call runs whole, so another caller's click waits for it: there each prompt is its own
+# call, exactly SAM2ImagePredictor.predict's computation for that prompt alone.
+GPU_DECODER_BATCH = 8
+CPU_DECODER_BATCH = 1
 
 # Images arrive as read-only arrays (they sit where the request landed) and are only ever read;
 # torch warns about read-only memory on every from_numpy.
@@ -81,9 +86,11 @@ class Mask:
 class Segmenter:
     """Encoder + decoder over one SAM 2 model, on the model's device. Not thread-safe by itself."""
 
-    def __init__(self, model: SAM2Base) -> None:
+    def __init__(self, model: SAM2Base, decoder_batch: int | None = None) -> None:
         self.model = model
         self.device = model.device
+        # prompts per decoder call (:meth:`decoder_calls`); None: this device's default
+        self.decoder_batch = decoder_batch or (GPU_DECODER_BATCH if self.device.type == "cuda" else CPU_DECODER_BATCH)
         with warnings.catch_warnings():
             # sam2 scripts its resize with torch.jit, which torch now deprecates; nothing to act on.
             warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
@@ -172,7 +179,7 @@ class Segmenter:
         :attr:`Mask.logits`, or :func:`sam2_api.maskinput.logits` of a mask file).
 
         Prompts of the same shape (point count, box or not, multimask or not, mask input or not)
-        share batched decoder calls of up to ``DECODER_BATCH``, as ``SAM2ImagePredictor.predict``
+        share batched decoder calls of up to :attr:`decoder_batch` (one on a CPU), as ``SAM2ImagePredictor.predict``
         does with batched prompts; the masks are identical to the predictor's for the same batches.
         A batch of one is exactly the single-prompt computation.
         """
@@ -183,18 +190,18 @@ class Segmenter:
                 masks[index] = mask
         return masks
 
-    @staticmethod
-    def decoder_calls(prompts: list[Prompt], mask_inputs: Sequence[Any]) -> list[list[int]]:
+    def decoder_calls(self, prompts: list[Prompt], mask_inputs: Sequence[Any]) -> list[list[int]]:
         """The decoder calls :meth:`decode_many` makes, as lists of prompt indices: prompts of the
-        same shape together, at most ``DECODER_BATCH`` a call (the decoder's activations grow with
-        the batch, about 22 MB a prompt, not with the image)."""
+        same shape together, at most :attr:`decoder_batch` a call (the decoder's activations grow
+        with the batch, about 22 MB a prompt, not with the image)."""
         groups: dict[tuple[int, bool, bool, bool], list[int]] = {}
         for index, prompt in enumerate(prompts):
             shape = (len(prompt.points or ()), prompt.box is not None, prompt.wants_multimask,
                      mask_inputs[index] is not None)
             groups.setdefault(shape, []).append(index)
-        return [same_shape[start : start + DECODER_BATCH]
-                for same_shape in groups.values() for start in range(0, len(same_shape), DECODER_BATCH)]
+        batch = self.decoder_batch
+        return [same_shape[start : start + batch]
+                for same_shape in groups.values() for start in range(0, len(same_shape), batch)]
 
     @torch.inference_mode()
     def decode_call(self, embedding: Embedding, prompts: list[Prompt], mask_inputs: Sequence[Any],
