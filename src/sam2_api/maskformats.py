@@ -124,40 +124,43 @@ def _rings(mask: np.ndarray) -> tuple[np.ndarray, ...]:
     ``xs[starts[i]:starts[i+1]]`` (and ys), from its top-left one: each ring simple, with at least
     four corners, clockwise on screen (exteriors, positive area) or counter-clockwise (holes);
     ``labels``: the 4-connected part (``cv2.connectedComponents``' label) that each ring bounds;
-    ``areas``: signed shoelace areas; ``top_left``: the row-major index of each ring's first corner."""
+    ``areas``: signed shoelace areas; ``top_left``: each ring's first corner's rank in row-major order."""
     height, width = mask.shape
+    # Indices of corners and passes: 4 bytes where they fit (a noisy mask has about one corner a pixel).
+    whole = np.int32 if 2 * (height + 1) * (width + 1) < 2**31 else np.int64
     padded = np.pad(mask.astype(bool, copy=False), 1).view(np.uint8)
     config = padded[:-1, :-1] | (padded[:-1, 1:] << 1) | (padded[1:, :-1] << 2) | (padded[1:, 1:] << 3)
     del padded
-    turns = _VERTICES[:, 0][config]
-    corners = np.flatnonzero(turns)  # row-major, so the next corner right of one is the next one here
+    corners = np.flatnonzero(_VERTICES[:, 0][config])  # row-major: the next corner right of one is the next here
     table = _VERTICES[config.reshape(-1)[corners]]
-    del config, turns
+    del config
     count = corners.size
-    cy, cx = np.divmod(corners, width + 1)
+    cy, cx = (values.astype(whole) for values in np.divmod(corners, width + 1))
     del corners
-    by_column = np.lexsort((cy, cx))
-    column_rank = np.empty(count, dtype=np.int64)
-    column_rank[by_column] = np.arange(count)
+    by_column = np.lexsort((cy, cx)).astype(whole)
+    column_rank = np.empty(count, dtype=whole)
+    column_rank[by_column] = np.arange(count, dtype=whole)
 
-    saddles = np.flatnonzero(table[:, 0] == 2)
-    second = np.full(count, -1, dtype=np.int64)
-    second[saddles] = count + np.arange(saddles.size)
-    corner = np.concatenate([np.arange(count), saddles])  # each pass's corner
-    into = np.concatenate([table[:, 1], table[saddles, 3]]).astype(np.int64)
-    out = np.concatenate([table[:, 2], table[saddles, 4]]).astype(np.int64)
+    saddles = np.flatnonzero(table[:, 0] == 2).astype(whole)
+    second = np.full(count, -1, dtype=whole)
+    second[saddles] = count + np.arange(saddles.size, dtype=whole)
+    corner = np.concatenate([np.arange(count, dtype=whole), saddles])  # each pass's corner
+    into = np.concatenate([table[:, 1], table[saddles, 3]])
+    out = np.concatenate([table[:, 2], table[saddles, 4]])
     del table
     # The corner each pass leads to: the next corner along its row or column in its direction.
-    rank = np.where(out % 2 == 0, corner, column_rank[corner])
-    rank += np.where(out < 2, 1, -1)
-    target = np.where(out % 2 == 0, rank, by_column[np.clip(rank, 0, count - 1)])
-    del rank, by_column, column_rank
+    along_row = out % 2 == 0
+    target = np.where(along_row, corner, column_rank[corner])
+    target += np.where(out < 2, 1, -1).astype(whole)
+    np.clip(target, 0, count - 1, out=target)
+    target = np.where(along_row, target, by_column[target])
+    del along_row, by_column, column_rank
     succ = np.where(into[target] == out, target, second[target])
-    del target
+    del target, out
 
     # Each pass's ring (the smallest pass in it) and its place in it, by pointer jumping.
     passes = succ.size
-    index = np.arange(passes)
+    index = np.arange(passes, dtype=whole)
     ring = index.copy()
     jump = succ.copy()
     while True:
@@ -166,7 +169,8 @@ def _rings(mask: np.ndarray) -> tuple[np.ndarray, ...]:
         if np.array_equal(ring[succ], ring):
             break
     jump = np.where(succ == ring, index, succ)  # cut each ring before its smallest pass
-    to_end = (jump != index).astype(np.int64)
+    del succ
+    to_end = (jump != index).astype(whole)
     while True:
         ahead = jump[jump]
         if np.array_equal(ahead, jump):
@@ -174,13 +178,14 @@ def _rings(mask: np.ndarray) -> tuple[np.ndarray, ...]:
         to_end += to_end[jump]
         jump = ahead
     del jump, ahead
-    heads = np.flatnonzero(ring == index)
+    heads = np.flatnonzero(ring == index).astype(whole)
     lengths = to_end[heads] + 1
-    starts = np.concatenate([[0], np.cumsum(lengths)])
-    number = np.searchsorted(heads, ring)
-    order = np.empty(passes, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    number = np.searchsorted(heads, ring).astype(whole)
+    del heads
+    order = np.empty(passes, dtype=whole)
     order[starts[number] + lengths[number] - 1 - to_end] = index
-    del to_end, index, succ
+    del to_end, index
 
     # Cut the rings that pass a saddle twice into rings that pass each point once.
     touching = np.flatnonzero(ring[saddles] == ring[count:])
@@ -191,28 +196,33 @@ def _rings(mask: np.ndarray) -> tuple[np.ndarray, ...]:
         for i in cut.tolist():
             kept[starts[i]:starts[i + 1]] = False
             pieces.extend(_simple_loops(order[starts[i]:starts[i + 1]], corner))
-        lengths = np.concatenate([np.delete(lengths, cut), [len(piece) for piece in pieces]])
-        order = np.concatenate([order[kept], *pieces])
-        starts = np.concatenate([[0], np.cumsum(lengths)])
+        lengths = np.concatenate([np.delete(lengths, cut), [len(piece) for piece in pieces]]).astype(whole)
+        order = np.concatenate([order[kept], *pieces]).astype(whole, copy=False)
+        starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        del kept, pieces
     del ring, number
 
     # Each ring from its top-left corner (the first in row-major order), so that the output does
     # not depend on how the passes were numbered.
     key = corner[order]  # corners are numbered in row-major order
-    ring_of = np.repeat(np.arange(lengths.size), lengths)
+    ring_of = np.repeat(np.arange(lengths.size, dtype=whole), lengths)
     smallest = np.minimum.reduceat(key, starts[:-1])
     shift = np.flatnonzero(key == smallest[ring_of]) - starts[:-1]  # a ring passes each corner once
-    place = np.arange(key.size) - starts[ring_of] - shift[ring_of]
+    place = np.arange(key.size, dtype=whole) - (starts[:-1] + shift).astype(whole)[ring_of]
+    place %= lengths[ring_of]
+    place += starts[:-1].astype(whole)[ring_of]
     rotated = np.empty_like(order)
-    rotated[starts[ring_of] + place % lengths[ring_of]] = order
+    rotated[place] = order
     order = rotated
     del key, ring_of, shift, place, rotated
 
     xs, ys = cx[corner[order]], cy[corner[order]]
     first = order[starts[:-1]]
     right = _RIGHT_OF[into[first]]
+    del order, corner, into, cx, cy
     parts = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)[1]
     labels = parts[ys[starts[:-1]] + right[:, 1], xs[starts[:-1]] + right[:, 0]]
+    del parts
     areas = _shoelace(xs, ys, starts)
     return xs, ys, starts, labels, areas, smallest
 
@@ -278,14 +288,18 @@ def polygons(mask: np.ndarray, tolerance: float = 0.0, budget: FormatBudget | No
     points = np.stack([xs, ys], axis=1)
     del xs, ys
 
-    def coordinates(i: int) -> np.ndarray:
-        return points[starts[i]:starts[i + 1]]
+    def traced(exteriors: list[int]) -> list[list[np.ndarray]]:
+        return [[points[starts[i]:starts[i + 1]] for i in [e, *grouped[first_ring[e] + 1:past_ring[e]].tolist()]]
+                for e in exteriors]
+
+    def each_part() -> Iterable[list[np.ndarray]]:
+        order = part_order.tolist()
+        for begin in range(0, len(order), 1024):  # a batch at a time: checked together, made lazily
+            batch = traced(order[begin:begin + 1024])
+            yield from _simplified(batch, tolerance) if tolerance > 0 else batch
 
     parts = []
-    for e in part_order.tolist():
-        rings = [coordinates(e)] + [coordinates(h) for h in grouped[first_ring[e] + 1:past_ring[e]].tolist()]
-        if tolerance > 0:
-            rings = _simplified(rings, tolerance)
+    for rings in each_part():
         if budget is not None:
             for ring in rings:
                 budget.charge(json_bytes(ring))
@@ -293,54 +307,89 @@ def polygons(mask: np.ndarray, tolerance: float = 0.0, budget: FormatBudget | No
     return parts
 
 
-def _simplified(rings: list[np.ndarray], tolerance: float) -> list[np.ndarray]:
-    """A part's rings simplified by Douglas-Peucker, or as they are if that would make it invalid."""
+def _simplified(parts: list[list[np.ndarray]], tolerance: float) -> list[list[np.ndarray]]:
+    """Each part's rings (exterior first) simplified by Douglas-Peucker where that leaves a valid
+    Polygon. A ring that would collapse (fewer than 3 vertices, no area, turned inside out) keeps
+    its exact outline; rings that would then meet (cross or touch, a hole leaving its exterior or
+    entering another) are put back exact too, for a few rounds; a part still invalid after them is
+    exact as a whole. No part or hole is dropped."""
     simple = []
-    for ring in rings:
-        fewer = cv2.approxPolyDP(ring.reshape(-1, 1, 2).astype(np.int32), tolerance, True).reshape(-1, 2)
-        if len(fewer) < 3:
-            return rings  # a ring that would vanish: the part stays as it is
-        simple.append(fewer.astype(np.int64))
-    if all(len(fewer) == len(ring) for fewer, ring in zip(simple, rings)):
-        return rings  # nothing dropped
-    return simple if _valid_part(simple) else rings
+    todo = []  # the parts that simplification changed: to be checked
+    for number, rings in enumerate(parts):
+        fewer_rings = []
+        for index, ring in enumerate(rings):
+            fewer = cv2.approxPolyDP(ring.reshape(-1, 1, 2).astype(np.int32), tolerance, True)
+            area = cv2.contourArea(fewer, oriented=True) if len(fewer) >= 3 else 0.0  # > 0: clockwise on screen
+            if len(fewer) == len(ring) or not (area > 0 if index == 0 else area < 0):
+                fewer_rings.append(ring)
+            else:
+                fewer_rings.append(fewer.reshape(-1, 2))
+        simple.append(fewer_rings)
+        if any(fewer is not ring for fewer, ring in zip(fewer_rings, rings)):
+            todo.append(number)
+    for _ in range(3):
+        if not todo:
+            break
+        checked = [simple[number] for number in todo]
+        exact = [[fewer is ring for fewer, ring in zip(simple[number], parts[number])] for number in todo]
+        again = []
+        for number, bad in zip(todo, _invalid_rings(checked, exact)):
+            if not bad:
+                continue
+            if all(simple[number][index] is parts[number][index] for index in bad):
+                simple[number] = parts[number]
+                continue
+            for index in bad:
+                simple[number][index] = parts[number][index]
+            again.append(number)
+        todo = again
+    for number in todo:
+        simple[number] = parts[number]
+    return simple
 
 
 def _orientation(ax, ay, bx, by, cx, cy):
     return np.sign((bx - ax) * (cy - ay) - (by - ay) * (cx - ax))
 
 
-def _valid_part(rings: list[np.ndarray]) -> bool:
-    """Whether an exterior and its holes (integer vertices) make a valid Polygon with room to spare:
-    each ring of at least 3 distinct vertices, the exterior's area positive and each hole's
-    negative, no two edges meeting except consecutive ones at their shared vertex, each hole inside
-    the exterior and in no other hole. (Stricter than OGC, which lets rings touch at a point.)"""
-    if any(len(ring) < 3 or np.unique(ring[:, 0] * 2**32 + ring[:, 1]).size != len(ring) for ring in rings):
-        return False
-    if len(rings) == 1 and len(rings[0]) == 3:  # a triangle of distinct vertices: valid unless flat
-        return _shoelace(rings[0][:, 0], rings[0][:, 1], np.array([0, 3]))[0] > 0
+def _invalid_rings(parts: list[list[np.ndarray]], exact: list[list[bool]]) -> list[set[int]]:
+    """For each part (an exterior and its holes, integer vertices, each ring of at least 3
+    vertices and of the right orientation), the rings that keep it from being a valid Polygon with
+    room to spare: a vertex repeated, edges that meet other than consecutive ones at their shared
+    vertex, a hole outside the exterior or inside another hole. (Stricter than OGC, which lets
+    rings touch at a point.) ``exact``: per ring, whether it is as traced: exact rings are valid
+    together as they are (they may touch at points), so what they do to one another is not looked
+    at. Empty sets where valid. Vectorised over every edge of every part."""
+    bad: list[set[int]] = [set() for _ in parts]
+    rings = [ring for part in parts for ring in part]
     sizes = np.array([len(ring) for ring in rings])
+    ring_part = np.repeat(np.arange(len(parts)), [len(part) for part in parts])
+    ring_index = np.concatenate([np.arange(len(part)) for part in parts])
+    ring_exact = np.concatenate([np.asarray(flags, dtype=bool) for flags in exact])
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    points = np.concatenate(rings)
+    points = np.concatenate(rings).astype(np.int64)
     xs, ys = points[:, 0], points[:, 1]
-    areas = _shoelace(xs, ys, starts)
-    if areas[0] <= 0 or (areas[1:] >= 0).any():
-        return False
+    ring_of = np.repeat(np.arange(len(rings)), sizes)
+    # A vertex twice in a ring.
+    keyed = np.lexsort((ys, xs, ring_of))
+    same = (np.diff(ring_of[keyed]) == 0) & (np.diff(xs[keyed]) == 0) & (np.diff(ys[keyed]) == 0)
+    for ring in np.unique(ring_of[keyed[1:][same]]).tolist():
+        bad[ring_part[ring]].add(int(ring_index[ring]))
+    # Pairs of edges of one part whose boxes overlap, found by sweeping the edges' left ends.
     following = np.arange(1, len(points) + 1)
     following[starts[1:] - 1] = starts[:-1]
     x1, y1, x2, y2 = xs, ys, xs[following], ys[following]
-    ring_of = np.repeat(np.arange(len(rings)), sizes)
-    # Pairs of edges whose boxes overlap, found by sweeping the edges' left ends.
-    left, right = np.minimum(x1, x2), np.maximum(x1, x2)
+    span = int(max(xs.max(), 0)) + 2
+    part_of = ring_part[ring_of] * span
+    left, right = part_of + np.minimum(x1, x2), part_of + np.maximum(x1, x2)
     low, high = np.minimum(y1, y2), np.maximum(y1, y2)
     by_left = np.argsort(left, kind="stable")
     reach = np.searchsorted(left[by_left], right[by_left], side="right")  # edges starting up to my right end
     counts = reach - np.arange(len(by_left)) - 1
     a = np.repeat(by_left, counts)
-    offsets = np.repeat(reach - np.cumsum(counts), counts) + np.arange(counts.sum())
-    b = by_left[offsets]
-    overlap = (low[a] <= high[b]) & (low[b] <= high[a])
-    a, b = a[overlap], b[overlap]
+    b = by_left[np.repeat(reach - np.cumsum(counts), counts) + np.arange(counts.sum())]
+    keep = (low[a] <= high[b]) & (low[b] <= high[a]) & ~(ring_exact[ring_of[a]] & ring_exact[ring_of[b]])
+    a, b = a[keep], b[keep]
     consecutive = (following[a] == b) | (following[b] == a)
     d1 = _orientation(x1[a], y1[a], x2[a], y2[a], x1[b], y1[b])
     d2 = _orientation(x1[a], y1[a], x2[a], y2[a], x2[b], y2[b])
@@ -349,21 +398,33 @@ def _valid_part(rings: list[np.ndarray]) -> bool:
     # Boxes overlap: the edges meet iff neither has both ends strictly on one side of the other's line.
     meet = (d1 * d2 <= 0) & (d3 * d4 <= 0)
     # Consecutive edges share a vertex; they may not fold back onto each other.
-    folded = (d1 == 0) & (d2 == 0)
-    if (meet & ~consecutive).any() or (consecutive & folded & _backwards(x1, y1, x2, y2, a, b)).any():
-        return False
-    # No ring meets another: one vertex of each hole tells which rings hold it.
-    for hole in range(1, len(rings)):
-        px, py = xs[starts[hole]], ys[starts[hole]]
-        crossing = ((y1 > py) != (y2 > py))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            at = x1 + (py - y1) * (x2 - x1) / np.where(crossing, y2 - y1, 1)
-        crossing &= px < at
-        inside = np.bincount(ring_of[crossing], minlength=len(rings)) % 2
-        inside[hole] = 0
-        if inside[0] != 1 or inside[1:].any():
-            return False
-    return True
+    folded = (d1 == 0) & (d2 == 0) & _backwards(x1, y1, x2, y2, a, b)
+    wrong = (meet & ~consecutive) | (consecutive & folded)
+    for ring in np.unique(np.concatenate([ring_of[a[wrong]], ring_of[b[wrong]]])).tolist():
+        bad[ring_part[ring]].add(int(ring_index[ring]))
+    # Rings that do not meet: one vertex of each hole tells which rings hold it.
+    for number, part in enumerate(parts):
+        if len(part) == 1 or bad[number]:
+            continue
+        first = np.flatnonzero(ring_part == number)[0]
+        begin, end = starts[first], starts[first + len(part)]
+        px1, py1, px2, py2 = x1[begin:end], y1[begin:end], x2[begin:end], y2[begin:end]
+        local = ring_of[begin:end] - first
+        flags = ring_exact[first:first + len(part)]
+        for hole in range(1, len(part)):
+            px, py = xs[starts[first + hole]], ys[starts[first + hole]]
+            crossing = (py1 > py) != (py2 > py)
+            at = px1 + (py - py1) * (px2 - px1) / np.where(crossing, py2 - py1, 1)
+            inside = np.bincount(local[crossing & (px < at)], minlength=len(part)) % 2 == 1
+            if flags[hole]:  # exact rings hold one another as traced: their exterior holds it, no hole does
+                inside[flags] = False
+                inside[0] |= bool(flags[0])
+            inside[hole] = False
+            if not inside[0]:
+                bad[number].add(hole)
+            if inside[1:].any():
+                bad[number] |= {hole, *(np.flatnonzero(inside[1:]) + 1).tolist()}
+    return bad
 
 
 def _backwards(x1, y1, x2, y2, a, b) -> np.ndarray:
