@@ -25,6 +25,9 @@ from .errors import ResponseTooLarge
 
 FORMATS = ("rle", "polygons")
 RLE_FIELDS_BYTES = 48  # {"size":[h,w],"counts":""} around the string
+# {"exterior":[],"holes":[]} and a comma around a part's rings, and 2 more a hole: a noisy mask has
+# as many parts as rings (pixels touching at a corner are parts of their own)
+PART_FIELDS_BYTES, HOLE_FIELDS_BYTES = 26, 2
 
 
 class FormatBudget:
@@ -271,7 +274,7 @@ def polygons(mask: np.ndarray, tolerance: float = 0.0, budget: FormatBudget | No
     dropped one within that many pixels of the ring kept). A part whose simplified rings would not
     be a valid Polygon (a ring of fewer than 3 vertices or no area, rings that cross or touch, a
     hole outside its exterior or inside another hole) keeps its exact rings: no part is dropped.
-    ``budget``: each ring is charged before it becomes lists.
+    ``budget``: each part's fields and each ring are charged before they become lists.
     """
     if not mask.any():
         return []
@@ -301,6 +304,7 @@ def polygons(mask: np.ndarray, tolerance: float = 0.0, budget: FormatBudget | No
     parts = []
     for rings in each_part():
         if budget is not None:
+            budget.charge(PART_FIELDS_BYTES + HOLE_FIELDS_BYTES * (len(rings) - 1))
             for ring in rings:
                 budget.charge(json_bytes(ring))
         parts.append({"exterior": rings[0].tolist(), "holes": [ring.tolist() for ring in rings[1:]]})

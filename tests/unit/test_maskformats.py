@@ -11,7 +11,8 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from sam2_api.errors import ResponseTooLarge
-from sam2_api.maskformats import RLE_FIELDS_BYTES, FormatBudget, bbox_and_area, coco_rle, describe, polygons, rasterise
+from sam2_api.maskformats import (HOLE_FIELDS_BYTES, PART_FIELDS_BYTES, RLE_FIELDS_BYTES, FormatBudget, bbox_and_area,
+                                  coco_rle, describe, polygons, rasterise)
 
 
 def ring_with_a_hole_and_an_island() -> np.ndarray:
@@ -80,8 +81,12 @@ def test_the_budget_counts_the_formats_json_bytes_and_refuses_the_first_mask_pas
     mask = MASKS["random blobs"]
     made = describe(mask, {"rle", "polygons"})
     rings = [ring for part in made["polygons"] for ring in [part["exterior"], *part["holes"]]]
-    # Each ring as its JSON list's items with one separator each; the RLE string with its fields around.
-    size = len(made["rle"]["counts"]) + RLE_FIELDS_BYTES + sum(compact_json(ring) - 1 for ring in rings)
+    # Each ring as its JSON list's items with one separator each, each part's fields around them (the
+    # compact JSON of the list of parts, but for a byte a part with holes); the RLE string with its fields.
+    fields = sum(PART_FIELDS_BYTES + HOLE_FIELDS_BYTES * len(part["holes"]) for part in made["polygons"])
+    size = len(made["rle"]["counts"]) + RLE_FIELDS_BYTES + sum(compact_json(ring) - 1 for ring in rings) + fields
+    with_holes = sum(1 for part in made["polygons"] if part["holes"])
+    assert compact_json(made["polygons"]) + with_holes == sum(compact_json(ring) - 1 for ring in rings) + fields + 1
     assert size > 2000
     exact = FormatBudget(3 * size, masks=3, advice="ask for less")
     for _ in range(3):
