@@ -338,7 +338,7 @@ def _simplified(parts: list[list[np.ndarray]], tolerance: float) -> list[list[np
     if not todo:
         return simple
     for _ in range(8):  # each round puts back at least one ring: most batches settle in one or two
-        exact = [[fewer is ring for fewer, ring in zip(rings, exact_rings)] for rings, exact_rings in zip(simple, parts)]
+        exact = [[fewer is ring for fewer, ring in zip(rings, traced)] for rings, traced in zip(simple, parts)]
         changed = False
         # Every part of the batch: a simplified ring may meet a ring of another part too.
         for number, bad in enumerate(_invalid_rings(simple, exact)):
@@ -347,7 +347,8 @@ def _simplified(parts: list[list[np.ndarray]], tolerance: float) -> list[list[np
             if all(exact[number][index] for index in bad):
                 simple[number] = parts[number]  # its exact rings are what is wrong: the part as traced
             else:
-                simple[number] = [parts[number][index] if index in bad else ring for index, ring in enumerate(simple[number])]
+                simple[number] = [parts[number][index] if index in bad else ring
+                                  for index, ring in enumerate(simple[number])]
             changed = True
         if not changed:
             return simple
@@ -432,7 +433,8 @@ def _invalid_rings(parts: list[list[np.ndarray]], exact: list[list[bool]]) -> li
         edges = np.cumsum(end - begin)
         chunk = 0
         while chunk < len(qx):
-            stop = max(int(np.searchsorted(edges, edges[chunk] - (end - begin)[chunk] + 2**21, side="right")), chunk + 1)
+            done = edges[chunk] - (end - begin)[chunk]  # edges of the queries before this chunk
+            stop = max(int(np.searchsorted(edges, done + 2**21, side="right")), chunk + 1)
             counts = (end - begin)[chunk:stop]
             q = np.repeat(np.arange(chunk, stop), counts)
             e = np.repeat(begin[chunk:stop] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())

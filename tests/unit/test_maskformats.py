@@ -127,7 +127,8 @@ def test_a_polygon_tolerance_makes_the_same_mask_fit():
 
 def orientation(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Sign of the turn a → b → c (arrays of [x, y] rows, broadcast)."""
-    return np.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
+    return np.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1])
+                   - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
 
 
 def edge_relations(rings: list[np.ndarray]):
