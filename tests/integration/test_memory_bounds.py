@@ -18,7 +18,7 @@ from tests.integration.test_segment_api import fetch_mask, post
 from tests.unit.test_maskinput import mode_i_tiff, tiff
 
 BYTES_PER_PIXEL, FIXED = 32, 256 * 2**20  # the stated bound
-TRACE_BYTES_PER_PIXEL = 36  # cv2.findContours of one noise mask (290,097 contours at 2048²: +150 MiB)
+TRACE_BYTES_PER_PIXEL = 36  # tracing one noise mask's rings (maskformats: 38 B/px at most, on pure pixel noise)
 SIDE = 1024  # of the noise image of the amplification test: its 96 masks' formats are about twice the bound
 
 
@@ -163,8 +163,8 @@ def test_formats_that_would_amplify_the_response_are_refused_before_any_png(serv
     print(f"refused after {float(timing['total']) / 1000:.1f} s (formats {float(timing['formats']) / 1000:.1f} s), "
           f"+{rss.growth / 2**20:.0f} MiB")
     # The stated bounds together: the request's own (32 bytes a pixel + 256 MiB), tracing one mask's
-    # contours (cv2.findContours: 36 bytes a pixel of noise, before its rings are counted) and the
-    # formats held while the response is built (13 times SAM2_MAX_RESPONSE_BYTES).
+    # rings (36 bytes a pixel of noise, before its rings are counted; was cv2.findContours, the same)
+    # and the formats held while the response is built (13 times SAM2_MAX_RESPONSE_BYTES).
     pixels = SIDE * SIDE
     bound = BYTES_PER_PIXEL * pixels + FIXED + TRACE_BYTES_PER_PIXEL * pixels + 13 * 32 * 2**20
     assert rss.growth < bound, f"+{rss.growth / 2**20:.0f} MiB, bound {bound / 2**20:.0f} MiB"

@@ -17,6 +17,7 @@ from sam2_api.maskformats import rasterise
 from sam2_api.maskinput import logits, low_res_mask
 from tests.conftest import upright_rgb
 from tests.integration.test_segment_api import fetch_mask, post
+from tests.unit.test_maskformats import shoelace
 
 # Clicks added one by one, as a user would: [x, y], label.
 SESSIONS = {
@@ -100,6 +101,9 @@ def test_rle_and_polygons_give_back_the_pngs_pixels(server, test_images):
         assert rle["size"] == [body["height"], body["width"]]
         assert np.array_equal(coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}) == 1, png)
         assert np.array_equal(rasterise(body["polygons"], *png.shape), png), name
+        # Pixel edges: every ring a real polygon (4 corners at least), their areas the pixel count.
+        rings = [np.array(ring) for part in body["polygons"] for ring in [part["exterior"], *part["holes"]]]
+        assert min(len(ring) for ring in rings) >= 4 and sum(map(shoelace, rings)) == png.sum(), name
         rows, cols = np.nonzero(png)
         assert body["bbox"] == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1] and body["area"] == png.sum()
         met.append(parts_and_holes(body["polygons"]))

@@ -67,7 +67,7 @@ class EverythingFields:
         int, f"Return at most this many objects, the largest; 1 to {MAX_OBJECTS}, default {DEFAULT_MAX_OBJECTS}.")
     formats = _documented(
         list[str], 'Also return each mask as "rle" (COCO compressed RLE, pycocotools) and/or "polygons" '
-        "(each part's exterior ring and its holes, [x, y] pixel centres).", examples=[["rle"]])
+        "(each part's exterior ring and its holes, [x, y] pixel corners).", examples=[["rle"]])
     polygon_tolerance = _documented(
         float, "Simplify polygons by at most this many pixels (Douglas-Peucker); default 0 = every corner.")
     per_object_masks = _documented(

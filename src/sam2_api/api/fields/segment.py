@@ -193,8 +193,8 @@ class Mask(BaseModel):
     )
     polygons: list[dict] | None = _unless_asked(
         'With formats ["polygons"]: each part of the mask, largest first, as {"exterior": [[x, y], ...], '
-        '"holes": [[[x, y], ...], ...]}; vertices are the centres of boundary pixels (fill the exterior, '
-        "clear each hole's inside, keep the hole's ring: the mask's pixels again)."
+        '"holes": [[[x, y], ...], ...]}; vertices are pixel corners (pixel (x, y) covers [x, x+1) x [y, y+1)), '
+        "each part a valid Polygon: the pixels whose centres lie inside an odd number of rings are the mask's."
     )
 
 
