@@ -14,7 +14,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Callable, Generator, TypeVar
+from contextlib import contextmanager
+from typing import Annotated, Generator, Iterator
 
 import bentoml
 from starlette.staticfiles import StaticFiles
@@ -23,7 +24,7 @@ import sam2_api
 from sam2_api import errors, metrics
 from sam2_api.api.answers import answers_request_errors
 from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
-from sam2_api.api.everything import EverythingResult, segment_everything
+from sam2_api.api.everything import segment_everything
 from sam2_api.api.fields.common import parse_formats
 from sam2_api.api.fields.everything import EverythingFields as Everything
 from sam2_api.api.fields.everything import EverythingResponse, parse_output, parse_params
@@ -42,7 +43,7 @@ from sam2_api.api.fields.track import (
 from sam2_api.api.guard import RequestGuard
 from sam2_api.api.openapi import PublishedOpenAPI
 from sam2_api.api.route_metrics import label_metrics_by_route
-from sam2_api.api.segment import ImageRequest, Result, build_pipeline
+from sam2_api.api.segment import ImageRequest, build_pipeline
 from sam2_api.api.task_board import TaskBoard, TaskProgress
 from sam2_api.api.track import TrackRequest, build_track_jobs
 from sam2_api.config import Settings
@@ -139,8 +140,36 @@ class SAM2Model:
         return self.engine.everything(key, params, image, deadline_s)
 
 
-Served = TypeVar("Served", Result, EverythingResult)
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
+
+
+@contextmanager
+def timed(ctx: bentoml.Context) -> Iterator[StageTimer]:
+    """A request's stage times, sent as its Server-Timing header (with the handler's total), also
+    when it fails."""
+    timer = StageTimer()
+    started = time.perf_counter()
+    try:
+        yield timer
+    finally:
+        timer.add("total", time.perf_counter() - started)  # the whole handler: the server's time
+        ctx.response.headers["Server-Timing"] = timer.server_timing()
+
+
+def image_request(image: Path | None, image_id: str | None, image_url: str | None, timer: StageTimer) -> ImageRequest:
+    """The request's image, however it was given: an upload (read here), an ``image_url``, an ``image_id``."""
+    with timer.stage("read"):
+        upload = image.read_bytes() if image else None
+    return ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
+
+
+def say_cache(ctx: bentoml.Context, cached: bool) -> None:
+    ctx.response.headers[CACHE_HEADER] = "hit" if cached else "miss"
+
+
+def tenant_of(ctx: bentoml.Context) -> str | None:
+    """The caller's API key id, set by RequestGuard when API keys are on; None when they are off."""
+    return getattr(ctx.request.state, "tenant", None)
 # Optional in practice (absent: None, see ImageField), but annotated as plain Path: BentoML 1.4.40
 # cannot build its input model for Optional[Path] (its file schema is unhashable inside a Union).
 OptionalImage = Annotated[Path, ImageField]
@@ -193,32 +222,6 @@ class SAM2API:
                 threading.Thread(target=self.pipeline.store.check_bucket, name="s3-check", daemon=True).start()
         self.tracks = build_track_jobs(SETTINGS, self.model, self.pipeline.store, TASK_BOARD)
 
-    def _run(self, ctx: bentoml.Context, image: Path | None, image_id, image_url,
-             serve: Callable[..., Served]) -> Served:
-        """``serve(request, timer, tenant)`` for the request's image, with the timing and cache headers."""
-        timer = StageTimer()
-        started = time.perf_counter()
-        try:
-            with timer.stage("read"):
-                upload = image.read_bytes() if image else None
-            request = ImageRequest(upload, parse_image_url(image_url), parse_image_id(image_id))
-            tenant = getattr(ctx.request.state, "tenant", None)  # set by RequestGuard when API keys are on
-            result = serve(request, timer, tenant)
-        finally:
-            timer.add("total", time.perf_counter() - started)  # the whole handler: the server's time
-            ctx.response.headers["Server-Timing"] = timer.server_timing()
-        ctx.response.headers[CACHE_HEADER] = "hit" if result.cached else "miss"
-        return result
-
-    def _prompted(self, prompts: list[Prompt], formats, polygon_tolerance,
-                  mask_input: Path | None = None) -> Callable[..., Result]:
-        """The ``serve`` of /segment and /segment_objects: the prompts, the output formats asked for,
-        and a mask file to start from."""
-        formats, polygon_tolerance = parse_formats(formats, FORMATS), parse_polygon_tolerance(polygon_tolerance)
-        mask_files = None if mask_input is None else [mask_input.read_bytes()]
-        return lambda request, timer, tenant: self.pipeline.run(request, prompts, timer, tenant, mask_files, formats,
-                                                                polygon_tolerance)
-
     @bentoml.api
     @answers_request_errors
     def segment(
@@ -250,8 +253,12 @@ class SAM2API:
         """
         prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output,
                               previous_mask_id=previous_mask_id, candidates=candidates)
-        result = self._run(ctx, image, image_id, image_url,
-                           self._prompted([prompt], formats, polygon_tolerance, mask_input))
+        formats, polygon_tolerance = parse_formats(formats, FORMATS), parse_polygon_tolerance(polygon_tolerance)
+        with timed(ctx) as timer:
+            request = image_request(image, image_id, image_url, timer)
+            mask_files = None if mask_input is None else [mask_input.read_bytes()]
+            result = self.pipeline.run(request, [prompt], timer, tenant_of(ctx), mask_files, formats, polygon_tolerance)
+        say_cache(ctx, result.cached)
         return SegmentResponse(**result.masks[0].response_fields(), width=result.width, height=result.height)
 
     @bentoml.api
@@ -271,8 +278,12 @@ class SAM2API:
         `objects` is a list of prompts with the fields of /segment (`previous_mask_id` and
         `candidates` included); the response lists the masks in the same order. Errors as for /segment.
         """
-        result = self._run(ctx, image, image_id, image_url,
-                           self._prompted(parse_objects(objects), formats, polygon_tolerance))
+        prompts = parse_objects(objects)
+        formats, polygon_tolerance = parse_formats(formats, FORMATS), parse_polygon_tolerance(polygon_tolerance)
+        with timed(ctx) as timer:
+            request = image_request(image, image_id, image_url, timer)
+            result = self.pipeline.run(request, prompts, timer, tenant_of(ctx), None, formats, polygon_tolerance)
+        say_cache(ctx, result.cached)
         return ObjectsResponse(objects=[ObjectMask(**m.response_fields()) for m in result.masks],
                                width=result.width, height=result.height)
 
@@ -319,11 +330,11 @@ class SAM2API:
             max_objects=max_objects,
         )
         output = parse_output(formats, polygon_tolerance, per_object_masks)
-        result: EverythingResult = self._run(
-            ctx, image, image_id, image_url,
-            lambda request, timer, tenant: segment_everything(self.pipeline, request, params, output, timer,
-                                                              tenant, SETTINGS.sam2_everything_deadline_s),
-        )
+        with timed(ctx) as timer:
+            request = image_request(image, image_id, image_url, timer)
+            result = segment_everything(self.pipeline, request, params, output, timer, tenant_of(ctx),
+                                        SETTINGS.sam2_everything_deadline_s)
+        say_cache(ctx, result.cached)
         return EverythingResponse.of(result)
 
     @bentoml.task
@@ -353,7 +364,7 @@ class SAM2API:
         request = TrackRequest.parse(video.read_bytes() if video else None, video_url, objects, start_frame_index,
                                      max_frames, reverse, formats)
         # the caller's key: TaskProgress lets only a task's owner retry it, so it is the owner's too
-        return self.tracks.run(task_id, request, getattr(ctx.request.state, "tenant", None))
+        return self.tracks.run(task_id, request, tenant_of(ctx))
 
 
 # Only the API service may call the model service: its token is checked before a body is read.
