@@ -142,6 +142,38 @@ def test_a_request_with_many_prompts_is_one_job_per_decoder_call_with_the_same_m
     assert [mask.bits for mask in masks] == [mask.bits for mask in segmenter.decode_many(embedding, prompts)]
 
 
+def test_clicks_come_first_at_a_long_jobs_checkpoint(segmenter):
+    """Before: queued short jobs ran for at most as long as the long job's step (0.3 s here, so 3
+    of b's 5 clicks), the long job kept half of the device. Now for up to SHORT_FIRST times its step."""
+    device = DeviceThread(segmenter)
+    ran: list[str] = []
+    queued = threading.Event()
+
+    def long_job() -> None:
+        queued.wait(60)
+        time.sleep(0.3)  # its step
+        ran.append("long0")
+        device.checkpoint()
+        ran.append("long1")
+
+    def click(name: str) -> None:
+        time.sleep(0.1)
+        ran.append(name)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(device.call, long_job, "everything", lane=Lane("a", "everything"), long=True)]
+        while device._running is None:
+            time.sleep(0.01)
+        for index in range(5):
+            futures.append(pool.submit(device.call, lambda name=f"b{index}": click(name), "probe", lane=Lane("b", "segment")))
+            while sum(len(device._lanes.of_tenant(t)) for t in device._lanes.tenants()) < index + 1:
+                time.sleep(0.01)
+        queued.set()
+        for future in futures:
+            future.result(timeout=60)
+    assert ran == ["long0", "b0", "b1", "b2", "b3", "b4", "long1"]  # 0.5 s of clicks within 3 × 0.3 s
+
+
 def test_another_keys_click_runs_between_the_blocks_of_an_encoder_pass_on_the_cpu(segmenter):
     """Before: a click waited for the whole encoder pass of another key's new image (2-17 s on this
     CPU). Now it runs at the next block of the trunk, and the embedding is the same."""

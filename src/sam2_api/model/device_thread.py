@@ -14,8 +14,8 @@ as much, so that a key sending heavy work (many objects on a large image) cannot
 device than a key sending clicks by sending fewer, longer jobs. A request with many prompts is
 several jobs, one per decoder call (:meth:`DeviceThread.decode`). A long job (segment everything) calls
 :meth:`DeviceThread.checkpoint` between its steps, where queued short jobs run, in turn by device
-time, for at most as long as the step took (a click waits for about one step; the long
-job keeps about half of the device or more); long jobs themselves take turns whole, so that each
+time, for up to three times as long as the step took (a click waits for about one step; the long
+job keeps at least a quarter of the device: :data:`SHORT_FIRST`); long jobs themselves take turns whole, so that each
 finishes within its deadline instead of all of them slowing down together. On the CPU, where one
 encoder pass takes seconds, a new image's pass (and a long job's own) stops at a checkpoint after
 each block of the encoder's trunk too (:attr:`Segmenter.between_blocks`): a click waits for one
@@ -43,6 +43,10 @@ from ..timing import StageTimer
 TURN_S = 0.05  # device seconds a tenant's turn adds to its credit (deficit round-robin's quantum)
 TYPICAL_WEIGHT = 0.2  # of the latest run in a stage's typical time (an exponential moving average)
 STRETCH_WEIGHT = 0.2  # of the latest checkpoint in the measured stretch of long jobs (likewise)
+# At a long job's checkpoint, queued short jobs run for up to this many times its last step: clicks
+# come first (a long job keeps at least a quarter of the device while others click; its deadline
+# estimate counts the stretch, so a long job that would not fit is refused before it starts).
+SHORT_FIRST = 3.0
 
 
 class Lane(NamedTuple):
@@ -190,9 +194,9 @@ class DeviceThread:
     def checkpoint(self) -> None:
         """From inside a long job (or between the blocks of an encoder pass on the CPU), on the
         device thread: run queued short jobs, in turn by device time (the job's tenant is charged
-        for its step first), for at most as long as the job's step since its previous checkpoint
-        took (one job at least; in an encoder pass, other encoder passes only where one fits),
-        then return to the job."""
+        for its step first), for up to :data:`SHORT_FIRST` times as long as a long job's step since
+        its previous checkpoint took, or as long as an encoder pass's block took (one job at least;
+        in an encoder pass, other encoder passes only where one fits), then return to the job."""
         if threading.get_ident() != self._thread.ident:
             raise RuntimeError("checkpoint() is for jobs running on the device thread")
         paused_at = time.perf_counter()
@@ -206,8 +210,9 @@ class DeviceThread:
             # In a long job (up to its deadline) a new image's encoder pass may run whole; in an
             # encoder pass, only where one fits in its step (else it waits for the loop, seconds).
             in_encode = running is not None and not running.long
+            budget = step if in_encode else SHORT_FIRST * step
             while (self._serve_one(step - (time.perf_counter() - paused_at) if in_encode else None)
-                   and time.perf_counter() - paused_at < step):
+                   and time.perf_counter() - paused_at < budget):
                 pass
         finally:
             self.segmenter.between_blocks = pausing
@@ -219,7 +224,7 @@ class DeviceThread:
 
     def stretch(self) -> float:
         """How much longer than its own work a long job takes lately, as a fraction of it (0 to
-        about 1): the share of other callers' jobs run at its checkpoints."""
+        about :data:`SHORT_FIRST`): the share of other callers' jobs run at its checkpoints."""
         with self._ready:
             return self._stretch
 
