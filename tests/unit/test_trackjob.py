@@ -8,10 +8,12 @@ size 256, as in test_tracking.py), called directly instead of over HTTP.
 from __future__ import annotations
 
 import io
+import os
 import json
 import re
 import threading
 import time
+import traceback
 
 import av
 import boto3
@@ -176,3 +178,23 @@ def test_cancel_from_another_worker_stops_the_task_and_the_tracker(tracker, s3, 
     assert isinstance(outcome[0], errors.TrackingCanceled)
     assert jobs.model.canceled == ["c"] and "c" not in tracker._jobs
     assert other_worker.get("c")["phase"] == "canceled" and other_worker.get("c")["frames_done"] < 16
+
+
+def test_each_side_opens_and_decodes_the_clip_once(tracker, s3, tmp_path, monkeypatch):
+    """The API side checks the header and the first frame and later draws the preview from one open
+    of the clip; the model side decodes it once. PyAV's reads are counted, by the side that made them."""
+    opened = {"api": 0, "model": 0}
+    real_open = av.open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if mode == "r":
+            in_model = any(frame.filename.endswith(os.path.join("model", "tracker.py"))
+                           for frame in traceback.extract_stack())
+            opened["model" if in_model else "api"] += 1
+        return real_open(file, mode, *args, **kwargs)
+
+    clip = encode(moving_shapes(4))
+    monkeypatch.setattr(av, "open", counting_open)
+    response = make_jobs(tracker, tmp_path).run("once", TrackRequest(clip, None, 1, [on(0, 0, points=[[20, 32]])]))
+    assert response.frames == 4 and response.preview_url is not None
+    assert opened == {"api": 1, "model": 1}

@@ -8,8 +8,9 @@ frame zero-padded to 6 digits; the folder a fresh :func:`storage.unique_name` pe
 task id, which would let whoever sees a mask's URL ask about the task), uploaded in parallel in
 bounded batches while the stream goes on,
 and a manifest entry (box, area, and COCO RLE when asked). The masks' bits also go to a temporary
-file, from which the preview MP4 is drawn once tracking is done; then the preview and the manifest
-go to S3. Memory stays bounded by a few frames' masks whatever the clip's length: a batch waiting
+file, from which the preview MP4 is drawn once tracking is done, on the frames of the one open of
+the clip this side makes (held meanwhile: its decoder keeps the few frames it has in flight); then
+the preview and the manifest go to S3. Memory stays bounded by a few frames' masks whatever the clip's length: a batch waiting
 to upload holds its sender, and so, through the connection, the model service.
 
 Progress and cancel requests go through :class:`sam2_api.api.task_board.TaskBoard`; within half a second
@@ -116,7 +117,14 @@ class TrackJobs:
             raise errors.StorageUnavailable(
                 f"video tracking stores its masks on S3, and none is configured here ({self.store.disabled_reason})")
         data = self._clip(request)
-        info = video.probe(data, self.limits)  # 415, 413 or 400 now, without the model service
+        # One open of the clip on this side: its header and first frame checked now (415, 413 or
+        # 400 without the model service), its frames read on from there for the preview.
+        info, frames = video.decode(data, self.limits)
+        with contextlib.closing(frames):
+            return self._tracked(task_id, request, tenant, data, info, frames)
+
+    def _tracked(self, task_id: str, request: TrackRequest, tenant: str | None, data: bytes, info: video.ClipInfo,
+                 frames: Iterator) -> TrackResponse:
         for prompt in request.prompts:
             try:
                 prompt.prompt.check_fits(info.width, info.height)
@@ -131,7 +139,7 @@ class TrackJobs:
               contextlib.closing(TrackedMasks(os.path.join(workdir, "masks.bits"))) as tracked):
             self._track(spec, data, request.formats, watch, tracked, folder)
             self.board.update(task_id, "storing")
-            preview = self._preview(folder, data, tracked, os.path.join(workdir, "preview.mp4"), watch)
+            preview = self._preview(folder, frames, tracked, os.path.join(workdir, "preview.mp4"), watch)
         started = tracked.started
         manifest = {
             "width": started.width, "height": started.height, "fps": started.fps,
@@ -212,22 +220,24 @@ class TrackJobs:
         if not ended or tracked.started is None:
             raise errors.ModelUnavailable("the model service ended the tracking job early (restarted?); retry the task")
 
-    def _preview(self, folder: str, data: bytes, tracked: TrackedMasks, path: str, watch: _CancelWatch) -> Upload:
-        """The preview's URL, or why there is none (not made, or not stored: the masks are what counts)."""
+    def _preview(self, folder: str, frames: Iterator, tracked: TrackedMasks, path: str, watch: _CancelWatch) -> Upload:
+        """The preview's URL, or why there is none (not made, or not stored: the masks are what counts).
+        ``frames``: the clip's, from its first, as :func:`video.decode` gives them."""
         try:
-            return self._make_preview(folder, data, tracked, path, watch)
+            return self._make_preview(folder, frames, tracked, path, watch)
         except errors.TrackingCanceled:
             raise
         except Exception:
             log.exception("the preview of %s could not be made", folder)
             return Upload(None, PREVIEW_NOT_MADE)
 
-    def _make_preview(self, folder: str, data: bytes, tracked: TrackedMasks, path: str, watch: _CancelWatch) -> Upload:
+    def _make_preview(self, folder: str, frames: Iterator, tracked: TrackedMasks, path: str,
+                      watch: _CancelWatch) -> Upload:
         started = tracked.started
         low, high = sorted((started.first_frame, started.last_frame))
         writer = video.PreviewWriter(path, started.width, started.height, started.fps)
         try:
-            for index, frame in enumerate(video.frames(data, self.limits)):
+            for index, frame in enumerate(frames):
                 if index > high:
                     break
                 if index >= low:
