@@ -198,3 +198,15 @@ def test_each_side_opens_and_decodes_the_clip_once(tracker, s3, tmp_path, monkey
     response = make_jobs(tracker, tmp_path).run("once", TrackRequest(clip, None, 1, [on(0, 0, points=[[20, 32]])]))
     assert response.frames == 4 and response.preview_url is not None
     assert opened == {"api": 1, "model": 1}
+
+
+def test_a_prompt_off_the_frame_is_refused_before_the_model_in_the_model_services_words(tracker, s3, tmp_path):
+    clip = encode(moving_shapes(3))
+    prompts = [on(0, 0, points=[[20, 32]]), on(0, 2, points=[[20, 97]])]
+    jobs = make_jobs(tracker, tmp_path)
+    with pytest.raises(errors.InvalidPrompt) as refused:
+        jobs.run("off", TrackRequest(clip, None, 1, prompts))
+    assert str(refused.value) == "objects[0] on frame 2: point 0 (20.0, 97.0) is outside the 128x96 image"
+    assert jobs.board.get("off")["phase"] == "failed" and "off" not in tracker._jobs
+    failure = RecordReader().feed(b"".join(tracker.stream(clip, spec(prompts, job_id="m"))))[-1]
+    assert (failure.kind, failure.message) == ("InvalidPrompt", str(refused.value))

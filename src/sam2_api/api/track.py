@@ -125,14 +125,10 @@ class TrackJobs:
 
     def _tracked(self, task_id: str, request: TrackRequest, tenant: str | None, data: bytes, info: video.ClipInfo,
                  frames: Iterator) -> TrackResponse:
-        for prompt in request.prompts:
-            try:
-                prompt.prompt.check_fits(info.width, info.height)
-            except errors.InvalidPrompt as exc:
-                raise errors.InvalidPrompt(f"objects[{prompt.object_index}] on frame {prompt.frame_index}: {exc}") from None
         spec = TrackSpec(job_id=task_id, tenant=tenant, objects=request.objects, prompts=request.prompts,
                          start_frame_index=request.start_frame_index, max_frames=request.max_frames,
                          reverse=request.reverse)
+        spec.check_fits(info.width, info.height)  # a 400 now, without the model service
         self.board.update(task_id, "queued")
         folder = unique_name()
         with (tempfile.TemporaryDirectory(prefix="sam2-track-") as workdir, _CancelWatch(self, task_id) as watch,
