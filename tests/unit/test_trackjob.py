@@ -210,3 +210,11 @@ def test_a_prompt_off_the_frame_is_refused_before_the_model_in_the_model_service
     assert jobs.board.get("off")["phase"] == "failed" and "off" not in tracker._jobs
     failure = RecordReader().feed(b"".join(tracker.stream(clip, spec(prompts, job_id="m"))))[-1]
     assert (failure.kind, failure.message) == ("InvalidPrompt", str(refused.value))
+
+
+def test_video_url_errors_name_video_url_and_quote_the_url_as_sent(tracker, s3, tmp_path):
+    jobs = make_jobs(tracker, tmp_path)
+    with pytest.raises(errors.InvalidImageSource) as refused:
+        jobs.run("url", TrackRequest(None, "ftp://host/image_url.mp4", 1, [on(0, 0, points=[[1, 1]])]))
+    assert str(refused.value) == ("video_url must be s3://bucket/key or https://host/path; "
+                                  "got 'ftp://host/image_url.mp4'")

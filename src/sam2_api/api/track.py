@@ -165,12 +165,10 @@ class TrackJobs:
                 raise errors.VideoTooLarge(f"the video is over {self.max_bytes} bytes (SAM2_VIDEO_MAX_UPLOAD_BYTES)")
             return request.upload
         try:
-            return self.sources.fetch(request.url)
-        except errors.ImageTooLarge:
+            return self.sources.fetch(request.url, field="video_url")
+        except errors.ImageTooLarge:  # the sources' bound, max_bytes, is the clip's
             raise errors.VideoTooLarge(
                 f"the video at video_url is over {self.max_bytes} bytes (SAM2_VIDEO_MAX_UPLOAD_BYTES)") from None
-        except errors.RequestError as exc:  # ImageSources words its errors for image_url
-            raise type(exc)(str(exc).replace("image_url", "video_url")) from None
 
     def _track(self, spec: TrackSpec, data: bytes, formats: tuple[str, ...], watch: _CancelWatch,
                tracked: TrackedMasks, folder: str) -> None:
