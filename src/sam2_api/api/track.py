@@ -40,7 +40,7 @@ from ..messages import (
     Failure, RecordReader, TrackDecoding, TrackedFrame, TrackEnd, TrackPrompt, TrackQueued, TrackSpec, TrackStarted,
 )
 from .image_urls import ImageSources
-from .storage import MaskStore, Upload, make_s3_client, unique_name
+from .storage import MaskStore, Upload, shared_s3_client, unique_name
 from .task_board import TaskBoard
 from .track_masks import MaskUploads, TrackedMasks
 from .track_stream import ModelStream, event_loop_token
@@ -300,6 +300,7 @@ def build_track_jobs(settings: Settings, model: TrackModel, store: MaskStore, bo
     """The tracking task's side of the API service, storing where ``store`` does; ``video_url`` is
     read as ``image_url`` is, within the clip's own size and time bounds."""
     max_bytes = settings.sam2_video_max_upload_bytes
-    sources = ImageSources(make_s3_client(settings.aws_region, settings.s3_endpoint_url), settings.input_buckets, max_bytes,
+    s3 = shared_s3_client(settings.aws_region, settings.s3_endpoint_url)  # the mask store's too
+    sources = ImageSources(s3, settings.input_buckets, max_bytes,
                            web=WebFetcher(max_bytes=max_bytes, timeout_s=settings.sam2_video_body_timeout_s))
     return TrackJobs(model, store, sources, TaskBoard(board_path), settings.video_limits, max_bytes)
