@@ -171,6 +171,15 @@ class TrackSpec(BaseModel):
             raise ValueError("every object needs prompts, at most one per frame")
         return self
 
+    def check_fits(self, width: int, height: int) -> None:
+        """:class:`errors.InvalidPrompt`, naming the object and frame, for the first prompt off an upright
+        ``width × height`` frame: the one check of both services, each where it learns the frame's size."""
+        for p in self.prompts:
+            try:
+                p.prompt.check_fits(width, height)
+            except errors.InvalidPrompt as exc:
+                raise errors.InvalidPrompt(f"objects[{p.object_index}] on frame {p.frame_index}: {exc}") from None
+
 
 class TrackQueued(BaseModel):
     """The job waits for the tracker: ``position`` jobs are ahead of it (sent about once a second)."""

@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from sam2_api.config import Settings
 from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
+from sam2_api.api.storage import forget_shared_s3_clients
 
 
 @pytest.fixture
@@ -19,7 +20,8 @@ def env(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return monkeypatch
+    yield monkeypatch
+    forget_shared_s3_clients()  # presigning made this process's S3 client with these credentials
 
 
 @pytest.mark.parametrize("settings, origin", [

@@ -95,6 +95,28 @@ def test_locating_checks_the_url_at_once_without_the_network(s3, lookups, url, e
     assert lookups == []
 
 
+@pytest.mark.parametrize("url, words", [
+    ("ftp://x/image_url.mp4", "video_url must be s3://bucket/key or https://host/path; got 'ftp://x/image_url.mp4'"),
+    ("s3://photos", "video_url must be s3://bucket/key"),
+    ("https://example.com/" + "a" * 3000, "video_url is 3020 characters long"),
+    ("https://example.com/a b.mp4", "video_url may not contain spaces"),
+    ("https://user@example.com/a.mp4", "video_url may not carry a user name or password"),
+    ("https://example.com:0/a.mp4", "the port of video_url must be"),
+    ("https://[fe80::1%25eth0]/a.mp4", "video_url may not name an IPv6 zone"),
+    ("https:///a.mp4", "video_url has no host"),
+    ("https://exa*mple.com/a.mp4", "the host name of video_url may hold only"),
+    ("https://" + "a" * 300 + ".com/a.mp4", "the host name of video_url is not a valid name"),
+    ("https://" + ".".join(["a" * 60] * 5) + "/a.mp4", "the host name of video_url must be at most"),
+    ("s3://photos/" + "k" * 1025, "the S3 key of video_url is over 1024 bytes"),
+])
+def test_each_check_names_the_field_it_is_given(s3, url, words):
+    """A clip's ``video_url`` is checked by the same code, whose messages name that field (and
+    quote the URL as it was sent)."""
+    with pytest.raises(InvalidImageSource) as refused:
+        sources(s3).locate(url, field="video_url")
+    assert words in str(refused.value) and "image_url" not in str(refused.value).replace(url[:100], "")
+
+
 def test_the_loader_reads_only_when_called(s3, lookups):
     load_s3 = sources(s3).locate("s3://photos/later.png")
     load_web = sources(s3).locate("https://images.invalid/x.png")

@@ -13,7 +13,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from sam2_api.api.storage import FailureLog, MaskStore, PngsNotMade, Upload, make_s3_client, mask_key, object_url
+from sam2_api.api.csp import mask_origin
+from sam2_api.api.segment import build_pipeline
+from sam2_api.api.storage import (
+    FailureLog, MaskStore, PngsNotMade, Upload, forget_shared_s3_clients, make_s3_client, mask_key, object_url,
+    shared_s3_client,
+)
+from sam2_api.api.track import build_track_jobs
+from sam2_api.config import Settings
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 KEY_PATTERN = re.compile(r"^sam2-api-masks/\d{8}_\d{6}_[0-9a-f]{32}\.png$")
@@ -292,3 +299,36 @@ def test_the_start_up_check_says_where_masks_go_or_that_the_bucket_is_missing(aw
         "the mask bucket s3://no-such-bucket at AWS eu-west-1 did not answer at start-up: 404 (Not Found); the "
         "service serves on, with mask_url null while uploads fail",
     ]
+
+
+def test_the_api_process_makes_one_s3_client_and_every_part_of_it_shares_it(aws_env, tmp_path, monkeypatch):
+    """The mask store, image_url and video_url reads, and the pages' presigned-URL origin: one client,
+    one connection pool; none kept while there are no credentials, so that a later call finds them."""
+    made = []
+    real_client = boto3.session.Session.client
+
+    def counting_client(self, *args, **kwargs):
+        made.append(args[0] if args else kwargs.get("service_name"))
+        return real_client(self, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "client", counting_client)
+    settings = Settings(s3_bucket_name_staging="masks", aws_region="eu-west-1", s3_url_mode="presigned")
+    forget_shared_s3_clients()
+    try:
+        with monkeypatch.context() as no_credentials:
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                no_credentials.delenv(name)
+            no_credentials.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+            no_credentials.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+            no_credentials.setenv("AWS_EC2_METADATA_DISABLED", "true")
+            assert shared_s3_client("eu-west-1") is None and made == []
+        pipeline = build_pipeline(settings, model=None)
+        tracks = build_track_jobs(settings, None, pipeline.store, str(tmp_path / "board.db"))
+        assert mask_origin(settings).startswith("https://masks.s3.")  # presigned by the shared client
+        client = shared_s3_client("eu-west-1")
+        assert pipeline.store._client is client and pipeline.sources._s3 is client and tracks.sources._s3 is client
+        assert made == ["s3"]
+        assert client.meta.config.retries == {"total_max_attempts": 2, "mode": "standard"}
+        assert shared_s3_client("eu-west-1", "http://127.0.0.1:4566") is not client  # another endpoint, its own
+    finally:
+        forget_shared_s3_clients()

@@ -8,10 +8,12 @@ size 256, as in test_tracking.py), called directly instead of over HTTP.
 from __future__ import annotations
 
 import io
+import os
 import json
 import re
 import threading
 import time
+import traceback
 
 import av
 import boto3
@@ -176,3 +178,43 @@ def test_cancel_from_another_worker_stops_the_task_and_the_tracker(tracker, s3, 
     assert isinstance(outcome[0], errors.TrackingCanceled)
     assert jobs.model.canceled == ["c"] and "c" not in tracker._jobs
     assert other_worker.get("c")["phase"] == "canceled" and other_worker.get("c")["frames_done"] < 16
+
+
+def test_each_side_opens_and_decodes_the_clip_once(tracker, s3, tmp_path, monkeypatch):
+    """The API side checks the header and the first frame and later draws the preview from one open
+    of the clip; the model side decodes it once. PyAV's reads are counted, by the side that made them."""
+    opened = {"api": 0, "model": 0}
+    real_open = av.open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if mode == "r":
+            in_model = any(frame.filename.endswith(os.path.join("model", "tracker.py"))
+                           for frame in traceback.extract_stack())
+            opened["model" if in_model else "api"] += 1
+        return real_open(file, mode, *args, **kwargs)
+
+    clip = encode(moving_shapes(4))
+    monkeypatch.setattr(av, "open", counting_open)
+    response = make_jobs(tracker, tmp_path).run("once", TrackRequest(clip, None, 1, [on(0, 0, points=[[20, 32]])]))
+    assert response.frames == 4 and response.preview_url is not None
+    assert opened == {"api": 1, "model": 1}
+
+
+def test_a_prompt_off_the_frame_is_refused_before_the_model_in_the_model_services_words(tracker, s3, tmp_path):
+    clip = encode(moving_shapes(3))
+    prompts = [on(0, 0, points=[[20, 32]]), on(0, 2, points=[[20, 97]])]
+    jobs = make_jobs(tracker, tmp_path)
+    with pytest.raises(errors.InvalidPrompt) as refused:
+        jobs.run("off", TrackRequest(clip, None, 1, prompts))
+    assert str(refused.value) == "objects[0] on frame 2: point 0 (20.0, 97.0) is outside the 128x96 image"
+    assert jobs.board.get("off")["phase"] == "failed" and "off" not in tracker._jobs
+    failure = RecordReader().feed(b"".join(tracker.stream(clip, spec(prompts, job_id="m"))))[-1]
+    assert (failure.kind, failure.message) == ("InvalidPrompt", str(refused.value))
+
+
+def test_video_url_errors_name_video_url_and_quote_the_url_as_sent(tracker, s3, tmp_path):
+    jobs = make_jobs(tracker, tmp_path)
+    with pytest.raises(errors.InvalidImageSource) as refused:
+        jobs.run("url", TrackRequest(None, "ftp://host/image_url.mp4", 1, [on(0, 0, points=[[1, 1]])]))
+    assert str(refused.value) == ("video_url must be s3://bucket/key or https://host/path; "
+                                  "got 'ftp://host/image_url.mp4'")

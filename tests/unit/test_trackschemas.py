@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sam2_api.errors import InvalidField, InvalidPrompt
+from sam2_api.messages import TrackSpec
 from sam2_api.api.track import TrackRequest
 from sam2_api.api.fields.common import parse_formats
 from sam2_api.api.fields.track import MAX_TRACK_OBJECTS, TRACK_FORMATS, parse_track_objects
@@ -63,3 +64,16 @@ def test_a_request_parses():
     assert (request.url, request.objects, request.start_frame_index, request.max_frames, request.reverse,
             request.formats) == ("s3://b/k.mp4", 1, 1, 5, True, ("rle",))
     assert parse_formats(None, TRACK_FORMATS) == ()
+
+
+def test_prompts_are_checked_against_the_frame_by_the_spec_both_services_share():
+    count, prompts = parse_track_objects([{"frame_index": 0, "points": [[10, 10]]},
+                                          {"prompts": [{"frame_index": 0, "box": [0, 0, 128, 96]},
+                                                       {"frame_index": 4, "points": [[129, 5]]}]}])
+    spec = TrackSpec(job_id="j", objects=count, prompts=prompts)
+    spec.check_fits(129, 96)  # on the frame's edges is on the frame
+    with pytest.raises(InvalidPrompt) as refused:
+        spec.check_fits(100, 96)
+    assert str(refused.value) == "objects[1] on frame 0: box [0.0, 0.0, 128.0, 96.0] is outside the 100x96 image"
+    with pytest.raises(InvalidPrompt, match=r"^objects\[1\] on frame 4: point 0 \(129.0, 5.0\) is outside the 128x96"):
+        spec.check_fits(128, 96)

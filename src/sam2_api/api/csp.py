@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from ..config import Settings
-from .storage import make_s3_client, object_url
+from .storage import object_url, shared_s3_client
 
 # Swagger UI sets styles through the DOM, and its stylesheet draws icons from data: URIs.
 DOCS_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -42,7 +42,7 @@ def mask_origin(settings: Settings) -> str | None:
     if settings.s3_url_mode == "public":
         url = object_url(bucket, settings.s3_mask_prefix, region, endpoint)
     else:
-        client = make_s3_client(region, endpoint)
+        client = shared_s3_client(region, endpoint)
         if client is None:
             return None
         url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": settings.s3_mask_prefix},

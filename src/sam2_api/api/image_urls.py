@@ -29,7 +29,7 @@ ImageLoader = Callable[[], bytes]  # reads the image when called; raises our Req
 MAX_URL_LENGTH = 2048
 MAX_S3_KEY_BYTES = 1024  # S3's own limit
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_FORMS = "image_url must be s3://bucket/key or https://host/path"
+_FORMS = "must be s3://bucket/key or https://host/path"  # after the field's name
 
 
 class ImageSources:
@@ -40,34 +40,35 @@ class ImageSources:
         self._max_bytes = max_bytes
         self._web = web or WebFetcher(max_bytes=max_bytes)
 
-    def locate(self, url: str) -> ImageLoader:
-        """Check ``url`` now, without any network traffic; the returned loader reads the image."""
+    def locate(self, url: str, field: str = "image_url") -> ImageLoader:
+        """Check ``url`` now, without any network traffic; the returned loader reads the image.
+        ``field``: the request's field that held ``url``, which the errors name."""
         if len(url) > MAX_URL_LENGTH:
-            raise InvalidImageSource(f"image_url is {len(url)} characters long; the limit is {MAX_URL_LENGTH}")
+            raise InvalidImageSource(f"{field} is {len(url)} characters long; the limit is {MAX_URL_LENGTH}")
         if any(char.isspace() or not char.isprintable() for char in url):
             # urllib would drop a tab or a newline silently and fetch another URL than the one shown
-            raise InvalidImageSource("image_url may not contain spaces or control characters")
+            raise InvalidImageSource(f"{field} may not contain spaces or control characters")
         scheme, separator, rest = url.partition("://")
         if separator and scheme.lower() == "s3":
-            return self._locate_s3(rest)
+            return self._locate_s3(rest, field)
         if separator and scheme.lower() == "https":
-            address = parse_web_url(url)
+            address = parse_web_url(url, field=field)
             self._web.check_host(address)
             return partial(self._web.get, address)
-        raise InvalidImageSource(f"{_FORMS}; got {_shown(url)}")
+        raise InvalidImageSource(f"{field} {_FORMS}; got {_shown(url)}")
 
-    def fetch(self, url: str) -> bytes:
-        """``locate(url)()``: for callers that always need the bytes (the pipeline should locate first)."""
-        return self.locate(url)()
+    def fetch(self, url: str, field: str = "image_url") -> bytes:
+        """``locate(url, field)()``: for callers that always need the bytes (the pipeline should locate first)."""
+        return self.locate(url, field)()
 
-    def _locate_s3(self, bucket_and_key: str) -> ImageLoader:
+    def _locate_s3(self, bucket_and_key: str, field: str) -> ImageLoader:
         bucket, _, key = bucket_and_key.partition("/")
         if not bucket or not key:
-            raise InvalidImageSource(f"{_FORMS}; got {_shown('s3://' + bucket_and_key)}")
+            raise InvalidImageSource(f"{field} {_FORMS}; got {_shown('s3://' + bucket_and_key)}")
         if not _BUCKET_NAME.fullmatch(bucket):
             raise InvalidImageSource(f"{_shown(bucket)} is not an S3 bucket name")
         if len(key.encode()) > MAX_S3_KEY_BYTES:
-            raise InvalidImageSource(f"the S3 key of image_url is over {MAX_S3_KEY_BYTES} bytes")
+            raise InvalidImageSource(f"the S3 key of {field} is over {MAX_S3_KEY_BYTES} bytes")
         if bucket not in self._buckets or self._s3 is None:
             raise ForbiddenSource(f"bucket {bucket!r} is not one this service reads from (S3_INPUT_BUCKETS)")
         return partial(self._from_s3, bucket, key)

@@ -32,7 +32,7 @@ from ..messages import EverythingParams, EverythingReply
 from ..prompts import Prompt
 from ..messages import LowResMask, ModelReply, RawImage, scoped_key
 from .image_urls import ImageSources
-from .storage import MaskStore, make_s3_client
+from .storage import MaskStore, shared_s3_client
 from ..timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -273,9 +273,9 @@ def _timed(load: Callable[[], bytes], timer: StageTimer, stage: str) -> Callable
 
 
 def build_pipeline(settings: Settings, model: Model) -> Pipeline:
-    """The API service's side, wired from ``settings``: one S3 client serves both the mask store
-    and ``image_url`` reads from S3."""
-    s3 = make_s3_client(settings.aws_region, settings.s3_endpoint_url)
+    """The API service's side, wired from ``settings``: the process's S3 client serves both the mask
+    store and ``image_url`` reads from S3."""
+    s3 = shared_s3_client(settings.aws_region, settings.s3_endpoint_url)
     store = MaskStore(
         s3, settings.s3_bucket_name_staging, region=settings.aws_region, endpoint_url=settings.s3_endpoint_url,
         prefix=settings.s3_mask_prefix, acl=settings.s3_object_acl,

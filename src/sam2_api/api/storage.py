@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -74,14 +75,36 @@ def object_url(bucket: str, key: str, region: str, endpoint_url: str | None) -> 
 
 
 def make_s3_client(region: str, endpoint_url: str | None = None):
-    """An S3 client with our timeouts and retries, or None when boto3's credential chain finds no
-    credentials. One per process: boto3 clients are thread-safe, their connection pool is shared."""
+    """A new S3 client with our timeouts and retries, or None when boto3's credential chain finds no
+    credentials. The service takes :func:`shared_s3_client`'s instead."""
     session = boto3.session.Session(region_name=region)
     if session.get_credentials() is None:
         return None
     addressing = Config(s3={"addressing_style": "path"}) if endpoint_url else Config()
     config = CLIENT_CONFIG.merge(addressing).merge(Config(max_pool_connections=32))
     return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+_SHARED: dict[tuple[int, str, str | None], object] = {}  # by (pid, region, endpoint): a forked child makes its own
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_s3_client(region: str, endpoint_url: str | None = None):
+    """This process's S3 client for ``region`` and ``endpoint_url``, made at the first call: masks, previews,
+    manifests, ``image_url``/``video_url`` reads and presigned URLs share it and its connection pool (boto3
+    clients are thread-safe; refreshable credentials refresh themselves). None, and nothing kept, while the
+    credential chain finds no credentials."""
+    key = (os.getpid(), region, endpoint_url)
+    with _SHARED_LOCK:
+        if key not in _SHARED and (client := make_s3_client(region, endpoint_url)) is not None:
+            _SHARED[key] = client
+        return _SHARED.get(key)
+
+
+def forget_shared_s3_clients() -> None:
+    """Drop the shared clients (for tests that change the credentials between them)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
 
 
 def public_read_policy(bucket: str, prefix: str) -> str:

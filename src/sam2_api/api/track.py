@@ -8,8 +8,9 @@ frame zero-padded to 6 digits; the folder a fresh :func:`storage.unique_name` pe
 task id, which would let whoever sees a mask's URL ask about the task), uploaded in parallel in
 bounded batches while the stream goes on,
 and a manifest entry (box, area, and COCO RLE when asked). The masks' bits also go to a temporary
-file, from which the preview MP4 is drawn once tracking is done; then the preview and the manifest
-go to S3. Memory stays bounded by a few frames' masks whatever the clip's length: a batch waiting
+file, from which the preview MP4 is drawn once tracking is done, on the frames of the one open of
+the clip this side makes (held meanwhile: its decoder keeps the few frames it has in flight); then
+the preview and the manifest go to S3. Memory stays bounded by a few frames' masks whatever the clip's length: a batch waiting
 to upload holds its sender, and so, through the connection, the model service.
 
 Progress and cancel requests go through :class:`sam2_api.api.task_board.TaskBoard`; within half a second
@@ -39,7 +40,7 @@ from ..messages import (
     Failure, RecordReader, TrackDecoding, TrackedFrame, TrackEnd, TrackPrompt, TrackQueued, TrackSpec, TrackStarted,
 )
 from .image_urls import ImageSources
-from .storage import MaskStore, Upload, make_s3_client, unique_name
+from .storage import MaskStore, Upload, shared_s3_client, unique_name
 from .task_board import TaskBoard
 from .track_masks import MaskUploads, TrackedMasks
 from .track_stream import ModelStream, event_loop_token
@@ -116,22 +117,25 @@ class TrackJobs:
             raise errors.StorageUnavailable(
                 f"video tracking stores its masks on S3, and none is configured here ({self.store.disabled_reason})")
         data = self._clip(request)
-        info = video.probe(data, self.limits)  # 415, 413 or 400 now, without the model service
-        for prompt in request.prompts:
-            try:
-                prompt.prompt.check_fits(info.width, info.height)
-            except errors.InvalidPrompt as exc:
-                raise errors.InvalidPrompt(f"objects[{prompt.object_index}] on frame {prompt.frame_index}: {exc}") from None
+        # One open of the clip on this side: its header and first frame checked now (415, 413 or
+        # 400 without the model service), its frames read on from there for the preview.
+        info, frames = video.decode(data, self.limits)
+        with contextlib.closing(frames):
+            return self._tracked(task_id, request, tenant, data, info, frames)
+
+    def _tracked(self, task_id: str, request: TrackRequest, tenant: str | None, data: bytes, info: video.ClipInfo,
+                 frames: Iterator) -> TrackResponse:
         spec = TrackSpec(job_id=task_id, tenant=tenant, objects=request.objects, prompts=request.prompts,
                          start_frame_index=request.start_frame_index, max_frames=request.max_frames,
                          reverse=request.reverse)
+        spec.check_fits(info.width, info.height)  # a 400 now, without the model service
         self.board.update(task_id, "queued")
         folder = unique_name()
         with (tempfile.TemporaryDirectory(prefix="sam2-track-") as workdir, _CancelWatch(self, task_id) as watch,
               contextlib.closing(TrackedMasks(os.path.join(workdir, "masks.bits"))) as tracked):
             self._track(spec, data, request.formats, watch, tracked, folder)
             self.board.update(task_id, "storing")
-            preview = self._preview(folder, data, tracked, os.path.join(workdir, "preview.mp4"), watch)
+            preview = self._preview(folder, frames, tracked, os.path.join(workdir, "preview.mp4"), watch)
         started = tracked.started
         manifest = {
             "width": started.width, "height": started.height, "fps": started.fps,
@@ -161,12 +165,10 @@ class TrackJobs:
                 raise errors.VideoTooLarge(f"the video is over {self.max_bytes} bytes (SAM2_VIDEO_MAX_UPLOAD_BYTES)")
             return request.upload
         try:
-            return self.sources.fetch(request.url)
-        except errors.ImageTooLarge:
+            return self.sources.fetch(request.url, field="video_url")
+        except errors.ImageTooLarge:  # the sources' bound, max_bytes, is the clip's
             raise errors.VideoTooLarge(
                 f"the video at video_url is over {self.max_bytes} bytes (SAM2_VIDEO_MAX_UPLOAD_BYTES)") from None
-        except errors.RequestError as exc:  # ImageSources words its errors for image_url
-            raise type(exc)(str(exc).replace("image_url", "video_url")) from None
 
     def _track(self, spec: TrackSpec, data: bytes, formats: tuple[str, ...], watch: _CancelWatch,
                tracked: TrackedMasks, folder: str) -> None:
@@ -212,22 +214,24 @@ class TrackJobs:
         if not ended or tracked.started is None:
             raise errors.ModelUnavailable("the model service ended the tracking job early (restarted?); retry the task")
 
-    def _preview(self, folder: str, data: bytes, tracked: TrackedMasks, path: str, watch: _CancelWatch) -> Upload:
-        """The preview's URL, or why there is none (not made, or not stored: the masks are what counts)."""
+    def _preview(self, folder: str, frames: Iterator, tracked: TrackedMasks, path: str, watch: _CancelWatch) -> Upload:
+        """The preview's URL, or why there is none (not made, or not stored: the masks are what counts).
+        ``frames``: the clip's, from its first, as :func:`video.decode` gives them."""
         try:
-            return self._make_preview(folder, data, tracked, path, watch)
+            return self._make_preview(folder, frames, tracked, path, watch)
         except errors.TrackingCanceled:
             raise
         except Exception:
             log.exception("the preview of %s could not be made", folder)
             return Upload(None, PREVIEW_NOT_MADE)
 
-    def _make_preview(self, folder: str, data: bytes, tracked: TrackedMasks, path: str, watch: _CancelWatch) -> Upload:
+    def _make_preview(self, folder: str, frames: Iterator, tracked: TrackedMasks, path: str,
+                      watch: _CancelWatch) -> Upload:
         started = tracked.started
         low, high = sorted((started.first_frame, started.last_frame))
         writer = video.PreviewWriter(path, started.width, started.height, started.fps)
         try:
-            for index, frame in enumerate(video.frames(data, self.limits)):
+            for index, frame in enumerate(frames):
                 if index > high:
                     break
                 if index >= low:
@@ -296,6 +300,7 @@ def build_track_jobs(settings: Settings, model: TrackModel, store: MaskStore, bo
     """The tracking task's side of the API service, storing where ``store`` does; ``video_url`` is
     read as ``image_url`` is, within the clip's own size and time bounds."""
     max_bytes = settings.sam2_video_max_upload_bytes
-    sources = ImageSources(make_s3_client(settings.aws_region, settings.s3_endpoint_url), settings.input_buckets, max_bytes,
+    s3 = shared_s3_client(settings.aws_region, settings.s3_endpoint_url)  # the mask store's too
+    sources = ImageSources(s3, settings.input_buckets, max_bytes,
                            web=WebFetcher(max_bytes=max_bytes, timeout_s=settings.sam2_video_body_timeout_s))
     return TrackJobs(model, store, sources, TaskBoard(board_path), settings.video_limits, max_bytes)

@@ -62,8 +62,9 @@ class WebAddress:
         return f"{self.scheme}://{self.authority}{self.target}"
 
 
-def parse_web_url(url: str, schemes: Iterable[str] = ("https",)) -> WebAddress:
-    """Check ``url``'s syntax and split it; our errors say what is wrong.
+def parse_web_url(url: str, schemes: Iterable[str] = ("https",), field: str = "image_url") -> WebAddress:
+    """Check ``url``'s syntax and split it; our errors say what is wrong, naming the request's
+    ``field`` that held it.
 
     Its length and characters are ``ImageSources.locate``'s to check first (``urlsplit`` would
     silently drop a tab or a newline).
@@ -73,41 +74,41 @@ def parse_web_url(url: str, schemes: Iterable[str] = ("https",)) -> WebAddress:
     if scheme not in schemes:
         raise InvalidImageSource(f"the URL must start with {' or '.join(f'{s}://' for s in schemes)}")
     if "@" in parts.netloc:
-        raise InvalidImageSource("image_url may not carry a user name or password")
+        raise InvalidImageSource(f"{field} may not carry a user name or password")
     try:
         port = parts.port
     except ValueError:  # not a number, or over 65535
         port = 0
     if port == 0:
-        raise InvalidImageSource("the port of image_url must be a number from 1 to 65535")
+        raise InvalidImageSource(f"the port of {field} must be a number from 1 to 65535")
     port = port or _DEFAULT_PORTS[scheme]
     host = parts.hostname or ""
     try:
         literal = parse_address(host)
     except ValueError:
-        return WebAddress(scheme, _checked_name(host), port, _target(parts.path, parts.query))
+        return WebAddress(scheme, _checked_name(host, field), port, _target(parts.path, parts.query))
     if "%" in host:
-        raise InvalidImageSource("image_url may not name an IPv6 zone")
+        raise InvalidImageSource(f"{field} may not name an IPv6 zone")
     return WebAddress(scheme, str(literal), port, _target(parts.path, parts.query))
 
 
-def _checked_name(host: str) -> str:
+def _checked_name(host: str, field: str) -> str:
     if not host:
-        raise InvalidImageSource("image_url has no host")
+        raise InvalidImageSource(f"{field} has no host")
     try:
         ascii_host = host.encode("idna").decode("ascii")
     except UnicodeError:
         raise InvalidImageSource(
-            f"the host name of image_url is not a valid name (labels of 1-{MAX_LABEL_LENGTH} characters)"
+            f"the host name of {field} is not a valid name (labels of 1-{MAX_LABEL_LENGTH} characters)"
         ) from None
     labels = ascii_host.rstrip(".").split(".")
     if len(ascii_host) > MAX_HOST_LENGTH or any(not 0 < len(label) <= MAX_LABEL_LENGTH for label in labels):
         raise InvalidImageSource(
-            f"the host name of image_url must be at most {MAX_HOST_LENGTH} characters, in labels of "
+            f"the host name of {field} must be at most {MAX_HOST_LENGTH} characters, in labels of "
             f"1-{MAX_LABEL_LENGTH}"
         )
     if not set(ascii_host.lower()) <= _HOST_CHARACTERS | {"."}:
-        raise InvalidImageSource("the host name of image_url may hold only letters, digits, '-', '_' and '.'")
+        raise InvalidImageSource(f"the host name of {field} may hold only letters, digits, '-', '_' and '.'")
     return ascii_host.lower()
 
 

@@ -249,10 +249,7 @@ def _checked_range(spec: TrackSpec, start: int, count: int, width: int, height: 
             raise errors.InvalidField(f"{where} is outside the clip (frames 0 to {count - 1})")
         if not low <= prompt.frame_index <= high:
             raise errors.InvalidField(f"{where} is outside the frames tracked, {first} to {last}")
-        try:
-            prompt.prompt.check_fits(width, height)
-        except errors.InvalidPrompt as exc:
-            raise errors.InvalidPrompt(f"objects[{prompt.object_index}] on frame {prompt.frame_index}: {exc}") from None
+    spec.check_fits(width, height)
     return first, last
 
 
