@@ -18,11 +18,13 @@ from contextlib import contextmanager
 from typing import Annotated, Generator, Iterator
 
 import bentoml
+from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
 import sam2_api
 from sam2_api import errors, metrics
 from sam2_api.api.answers import answers_request_errors
+from sam2_api.api import cvat
 from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
 from sam2_api.api.everything import segment_everything
 from sam2_api.api.fields.common import parse_formats
@@ -337,6 +339,34 @@ class SAM2API:
         say_cache(ctx, result.cached)
         return EverythingResponse.of(result)
 
+    @bentoml.api(route=cvat.ROUTE)
+    @answers_request_errors
+    def cvat_interactor(
+        self,
+        ctx: bentoml.Context,
+        image: cvat.ImageField = None,
+        pos_points: cvat.PosPointsField = None,
+        neg_points: cvat.NegPointsField = None,
+        obj_bbox: cvat.ObjBboxField = None,
+    ) -> cvat.CvatResponse:
+        """CVAT's interactor call (a JSON body as CVAT's lambda manager sends it), served by /segment.
+
+        The frame comes as base64 in `image`; `pos_points` are clicks on the object, `neg_points` on
+        the background, `obj_bbox` an optional box. The answer is what CVAT reads: `mask`, the rows of
+        the mask within `bounds` ([xtl, ytl, xbr, ybr], inclusive), and `mask_url` when S3 is
+        configured. deploy/cvat/ holds the nuclio function that forwards CVAT's calls here (docs/CVAT.md).
+        Errors as for /segment.
+        """
+        with timed(ctx) as timer:
+            with timer.stage("read"):
+                request = cvat.parse_request(image, pos_points, neg_points, obj_bbox, SETTINGS.sam2_max_upload_bytes)
+            result = self.pipeline.run(ImageRequest(upload=request.image), [request.prompt], timer, tenant_of(ctx),
+                                       None, cvat.FORMATS)
+            with timer.stage("cvat_answer"):
+                body = cvat.response_body(result)
+        say_cache(ctx, result.cached)
+        return Response(body, media_type="application/json")
+
     @bentoml.task
     @answers_request_errors
     def track(
@@ -373,12 +403,26 @@ SAM2Model.add_asgi_middleware(HopGuard, token=SETTINGS.internal_token)
 # the OpenAPI page stay open.
 SAM2API.add_asgi_middleware(
     RequestGuard,
-    paths={api.route for api in SAM2API.apis.values() if not api.is_task},
+    paths={api.route for api in SAM2API.apis.values() if not api.is_task and api.route != cvat.ROUTE},
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields={name for api in SAM2API.apis.values() for name in api.input_spec.multipart_fields},
+)
+# CVAT's interactor call: the same keys, but a JSON body that carries the image as base64 (its
+# decoded size is checked against SAM2_MAX_UPLOAD_BYTES by the route itself), so the JSON body may be
+# as large as that image in base64, and `image` is a text field there.
+SAM2API.add_asgi_middleware(
+    RequestGuard,
+    paths={cvat.ROUTE},
+    api_keys=SETTINGS.api_keys,
+    max_upload_bytes=cvat.body_limit(SETTINGS.sam2_max_upload_bytes),
+    max_json_body_bytes=cvat.body_limit(SETTINGS.sam2_max_upload_bytes),
+    body_timeout_s=SETTINGS.sam2_body_timeout_s,
+    min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
+    file_fields=(),
+    setting_names=("SAM2_MAX_UPLOAD_BYTES, in base64, with the points", "SAM2_BODY_TIMEOUT_S"),
 )
 # The tracking task's routes (BentoML's submit, status, get, retry, cancel and the plain call): the
 # same keys, with the clip's own size and time bounds; then progress and cancel (sam2_api.api.task_board).

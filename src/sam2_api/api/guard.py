@@ -42,7 +42,7 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_GRACE_S = 5.0  # the start of a body (TCP slow start, a client warming up) is not rate-checked
-MAX_JSON_BODY_BYTES = 1024 * 1024  # a JSON request carries prompts and references, never image bytes
+MAX_JSON_BODY_BYTES = 1024 * 1024  # a JSON request carries prompts and references, no image bytes (but CVAT's)
 PICKLE = "application/vnd.bentoml+pickle"  # BentoML's own between services; its refusal here is not our shape
 # Fields that BentoML treats as files; a text value of one would be downloaded as a URL.
 FILE_FIELDS = ("image",)
@@ -69,8 +69,11 @@ class RequestGuard:
         upload_grace_s: float = UPLOAD_GRACE_S,
         file_fields: Iterable[str] = FILE_FIELDS,
         setting_names: tuple[str, str] = ("SAM2_MAX_UPLOAD_BYTES", "SAM2_BODY_TIMEOUT_S"),
+        max_json_body_bytes: int = MAX_JSON_BODY_BYTES,
     ) -> None:
-        """``setting_names``: the settings of ``max_upload_bytes`` and ``body_timeout_s``, for messages."""
+        """``setting_names``: the settings of ``max_upload_bytes`` and ``body_timeout_s``, for messages.
+        ``max_json_body_bytes``: the limit of a JSON or url-encoded body (held whole to be checked);
+        larger than :data:`MAX_JSON_BODY_BYTES` only for a route whose JSON carries an image (CVAT's)."""
         self.app = app
         self.paths = frozenset(paths)
         self.api_keys = tuple((key.encode(), tenant_id(key)) for key in api_keys)
@@ -80,6 +83,7 @@ class RequestGuard:
         self.upload_grace_s = upload_grace_s
         self.file_fields = frozenset(file_fields)
         self.setting_names = setting_names
+        self.max_json_body_bytes = max_json_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/") not in self.paths:
@@ -147,8 +151,8 @@ class RequestGuard:
             # cannot carry a file) as a multipart one. Both are held whole to be checked, so they are small.
             inspector = (UrlEncodedInspector(self.file_fields) if media_type == "application/x-www-form-urlencoded"
                          else JsonInspector(self.file_fields))
-            if MAX_JSON_BODY_BYTES < limit:
-                limit, limit_name = MAX_JSON_BODY_BYTES, "for a JSON body"
+            if self.max_json_body_bytes < limit:
+                limit, limit_name = self.max_json_body_bytes, "for a JSON body"
 
         if lengths:
             if not lengths[0].isdigit():

@@ -29,6 +29,8 @@ S3. Runs Meta's SAM 2.1.
 * Programs: `POST /segment` (one object), `POST /segment_objects` (several, one encoder pass); as
   `multipart/form-data` (the image as a file), or JSON or a url-encoded form (the image by
   `image_url`, or a cached `image_id`).
+* CVAT: `POST /cvat/interactor` takes CVAT's interactor call (the frame in base64, clicks, a box)
+  and answers the mask as CVAT reads it; deploy/cvat/ has the nuclio function that forwards to it.
 * Video: `POST /track/submit` tracks objects through a clip as a task (then `GET /track/status`,
   `GET /track/get`, `PUT /track/cancel`); masks per frame, a manifest and a preview MP4 go to S3.
 * Errors are `{"error": "<what is wrong>"}` with their HTTP status; see each route.
@@ -82,6 +84,9 @@ ROUTE_ERRORS = {
     },
 }
 
+# Routes whose body is JSON only (no file fields, so no form): CVAT's interactor call.
+JSON_ROUTES = ("/cvat/interactor",)
+
 
 def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
     """BentoML's OpenAPI document as a valid OpenAPI 3.1 document about this service: its title,
@@ -101,6 +106,7 @@ def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
             content = operation.get("requestBody", {}).get("content", {})
             if "multipart/form-data" in content:
                 _form_and_json(content)
+            if "multipart/form-data" in content or path in JSON_ROUTES:
                 errors = {**ERRORS, **ROUTE_ERRORS.get(path, {})}
                 operation["responses"] = {
                     **{k: v for k, v in operation["responses"].items() if k.startswith("2")},
