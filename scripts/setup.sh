@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 started=$SECONDS
-step() { echo "setup: [$1/5] $2 ($((SECONDS - started)) s so far)" >&2; }
+step() { echo "setup: [$1/6] $2 ($((SECONDS - started)) s so far)" >&2; }
 
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -32,4 +32,9 @@ step 4 "everything else in requirements.lock"
 step 5 "this project (sam2_api and the sam2-api command), editable, with its server and dev extras"
 # --no-deps: step 4 installed every dependency of .[server,dev] at the lock's versions already.
 "${PIP[@]}" install --no-deps -e ".[server,dev]"
+# The compatibility tests drive third-party clients (Roboflow's inference-sdk, Label Studio's SDK) from
+# a venv of their own, as their users run them: they pin numpy, Pillow and OpenCV below the service's.
+step 6 "the third-party clients the compatibility tests drive, in .venv-clients (the first time: about 1 GB, 1 min)"
+[ -x .venv-clients/bin/python ] || "$PYTHON" -m venv .venv-clients
+.venv-clients/bin/python -m pip --disable-pip-version-check -q install -r tests/clients/requirements.lock
 echo "setup: .venv ready in $((SECONDS - started)) s" >&2
