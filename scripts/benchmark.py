@@ -42,7 +42,6 @@ from tests.support.localdev import Process, bento_server, moto_server, prepare_m
 
 BUCKET, PREFIX = "bench-masks", "sam2-api-masks/"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
-CHAIN_SESSIONS = 3  # five-click chained sessions, each on a new image
 MODEL_STAGES = ("queue", "encoder", "decoder")  # what the model service's device thread does
 
 
@@ -148,6 +147,8 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=8, help="new images timed raw and served, alternately")
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--rss-requests", type=int, default=300)
+    parser.add_argument("--chain-sessions", type=int, default=3, help="five-click chained sessions, each on a new image")
+    parser.add_argument("--big", type=int, default=3, help="new 3840×2160 images served")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--skip-batching", action="store_true", help="no run with SAM2_ENCODER_BATCH=4")
     parser.add_argument("--skip-uncached", action="store_true", help="no run with the cache off")
@@ -249,7 +250,7 @@ def main() -> None:
             r["hit_stages"] = mean_stages([stages(response) for _, response in hits])
             print(f"served cache hit {r['hit'] * 1000:.1f} ms (server {r['hit_stages']['total'] * 1000:.1f} ms)")
 
-            big_images = variants(big, 3, seed=9)
+            big_images = variants(big, args.big, seed=9)
             r["cold_4k"] = statistics.median(client.segment(data, [[1900.0, 1000.0]])[0] for data in big_images)
             print(f"served new 3840×2160 image {r['cold_4k']:.3f} s")
 
@@ -284,7 +285,7 @@ def main() -> None:
             # previous answer's mask_id (its logits become the mask prompt), against the predictor's loop.
             chain_labels = [1, 1, 0, 1, 0]
             chain: dict[str, list[list]] = {"served": [], "server": [], "predict": [], "differing_pixels": []}
-            for session in range(CHAIN_SESSIONS):
+            for session in range(args.chain_sessions):
                 chain_image = variants(base, 1, seed=10 + session)[0]
                 chain_points = [pts[0] for pts in clicks(width, height, 5, 20 + session)]
                 rows = {key: [] for key in chain}
