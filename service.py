@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 import sam2_api
 from sam2_api import errors, metrics
 from sam2_api.api.answers import answers_request_errors
-from sam2_api.api import cvat
+from sam2_api.api import cvat, labelstudio
 from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
 from sam2_api.api.everything import segment_everything
 from sam2_api.api.fields.common import parse_formats
@@ -186,6 +186,7 @@ UI_PAGES = PageHeaders(StaticFiles(directory=Path(sam2_api.api.__file__).parent 
 
 
 @bentoml.asgi_app(UI_PAGES, path="/ui")
+@bentoml.asgi_app(labelstudio.HEALTH, path=labelstudio.PREFIX)
 @bentoml.service(
     workers=SETTINGS.sam2_api_workers,
     # Each request mostly waits: for the model service, for S3.
@@ -223,6 +224,7 @@ class SAM2API:
             else:  # a wrong endpoint or bucket said at start-up, in a line of its own; serving does not wait for it
                 threading.Thread(target=self.pipeline.store.check_bucket, name="s3-check", daemon=True).start()
         self.tracks = build_track_jobs(SETTINGS, self.model, self.pipeline.store, TASK_BOARD)
+        self.labelstudio = labelstudio.build_backend(SETTINGS, self.pipeline)
 
     @bentoml.api
     @answers_request_errors
@@ -367,6 +369,55 @@ class SAM2API:
         say_cache(ctx, result.cached)
         return Response(body, media_type="application/json")
 
+    @bentoml.api(route=labelstudio.PREDICT_ROUTE)
+    @answers_request_errors
+    def labelstudio_predict(
+        self,
+        ctx: bentoml.Context,
+        tasks: labelstudio.TasksField = None,
+        label_config: labelstudio.LabelConfigField = None,
+        params: labelstudio.ParamsField = None,
+        project: labelstudio.ProjectField = None,
+        model_version: labelstudio.ModelVersionField = None,
+    ) -> labelstudio.PredictResponse:
+        """Label Studio's ML backend: a click (smart keypoints, a smart rectangle) on a task, served by /segment.
+
+        Add `http://<this host>:3000/labelstudio` as the model in Label Studio (docs/LABEL_STUDIO.md). The
+        answer is one prediction whose regions are the mask in Label Studio's brush RLE (`brushlabels`) and/or
+        as a PNG data URL (`bitmasklabels`), as the config's mask tags ask. With API keys, Label Studio sends the
+        key as the basic-auth password. Errors as for /segment.
+        """
+        with timed(ctx) as timer:
+            body, result = self.labelstudio.predict(tasks, label_config, params, timer, tenant_of(ctx))
+        if result is not None:
+            say_cache(ctx, result.cached)
+        return Response(body, media_type="application/json")
+
+    @bentoml.api(route=labelstudio.SETUP_ROUTE)
+    @answers_request_errors
+    def labelstudio_setup(
+        self,
+        ctx: bentoml.Context,
+        schema: labelstudio.SchemaField = None,
+        project: labelstudio.ProjectField = None,
+        hostname: labelstudio.UnusedField = None,
+        access_token: labelstudio.UnusedField = None,
+        extra_params: labelstudio.UnusedField = None,
+        model_version: labelstudio.ModelVersionField = None,
+    ) -> labelstudio.SetupResponse:
+        """Label Studio's check when the model is added: the labelling config must have an image, a mask tag and
+        a click or box tag (400 says what is missing); the answer names the model version."""
+        return Response(self.labelstudio.setup(schema), media_type="application/json")
+
+    @bentoml.api(route=labelstudio.WEBHOOK_ROUTE)
+    @answers_request_errors
+    def labelstudio_webhook(
+        self, ctx: bentoml.Context, action: labelstudio.ActionField = None, project: labelstudio.UnusedField = None,
+    ) -> labelstudio.WebhookResponse:
+        """The events Label Studio sends to every model's webhook: acknowledged, not acted on (SAM 2 is not
+        trained here). Open without an API key, as Label Studio's webhooks carry none; 1 MiB at most."""
+        return Response(self.labelstudio.webhook(action), media_type="application/json")
+
     @bentoml.task
     @answers_request_errors
     def track(
@@ -403,7 +454,8 @@ SAM2Model.add_asgi_middleware(HopGuard, token=SETTINGS.internal_token)
 # the OpenAPI page stay open.
 SAM2API.add_asgi_middleware(
     RequestGuard,
-    paths={api.route for api in SAM2API.apis.values() if not api.is_task and api.route != cvat.ROUTE},
+    paths={api.route for api in SAM2API.apis.values()
+           if not api.is_task and api.route != cvat.ROUTE and not api.route.startswith(labelstudio.PREFIX)},
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
@@ -423,6 +475,28 @@ SAM2API.add_asgi_middleware(
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields=(),
     setting_names=("SAM2_MAX_UPLOAD_BYTES, in base64, with the points", "SAM2_BODY_TIMEOUT_S"),
+)
+# Label Studio's calls: the same keys, also as the password of basic auth (what Label Studio sends), and
+# JSON bodies up to SAM2_MAX_UPLOAD_BYTES: a task comes with its annotations and predictions (brush RLEs).
+# Its webhook is open (Label Studio's webhooks carry no credentials; the route does nothing), within 1 MiB.
+SAM2API.add_asgi_middleware(
+    RequestGuard,
+    paths={labelstudio.PREDICT_ROUTE, labelstudio.SETUP_ROUTE},
+    api_keys=SETTINGS.api_keys,
+    max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
+    max_json_body_bytes=SETTINGS.sam2_max_upload_bytes,
+    body_timeout_s=SETTINGS.sam2_body_timeout_s,
+    min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
+    file_fields=(),
+    basic_auth=True,
+)
+SAM2API.add_asgi_middleware(
+    RequestGuard,
+    paths={labelstudio.WEBHOOK_ROUTE},
+    max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
+    body_timeout_s=SETTINGS.sam2_body_timeout_s,
+    min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
+    file_fields=(),
 )
 # The tracking task's routes (BentoML's submit, status, get, retry, cancel and the plain call): the
 # same keys, with the clip's own size and time bounds; then progress and cancel (sam2_api.api.task_board).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -248,6 +249,19 @@ class Settings(BaseSettings):
         "does not count); masks not stored by then get mask_url null.",
     )
 
+    # --- Label Studio (the ML backend under /labelstudio) ---
+    label_studio_url: str | None = Field(
+        None,
+        description="Label Studio's address as this service reaches it (e.g. http://label-studio:8080): task "
+        "images that Label Studio serves (/data/upload/..., /data/local-files/...) are fetched from there. Only "
+        "this origin is exempt from the rule that image URLs reach public addresses.",
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        None,
+        description="A Label Studio access token (Account & Settings), sent as `Authorization: Token <key>` to "
+        "LABEL_STUDIO_URL only, to fetch task images.",
+    )
+
     @property
     def api_keys(self) -> tuple[str, ...]:
         if self.sam2_api_keys is None:
@@ -287,9 +301,20 @@ class Settings(BaseSettings):
             raise ValueError(f"SAM2_CHECKPOINT={value} is not a file")
         return value
 
+    @field_validator("label_studio_url")
+    @classmethod
+    def _label_studio_origin(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query \
+                or parts.fragment:
+            raise ValueError(f"LABEL_STUDIO_URL must be http(s)://host[:port][/path]; got {value!r}")
+        return value
+
     @field_validator(
         "s3_bucket_name_staging", "s3_endpoint_url", "s3_object_acl", "sam2_config", "sam2_bento_model",
-        "sam2_internal_token",
+        "sam2_internal_token", "label_studio_api_key",
     )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:

@@ -22,6 +22,7 @@ _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 # request for the CPU; bytes on S3 are cheap. (1-bit PNGs would be faster still, but the API
 # promises 8-bit 0/255 masks, which every image library reads the same way.)
 PNG_COMPRESS_LEVEL = 1
+EXIF_ORIENTATION = 0x0112
 T = TypeVar("T")
 
 
@@ -68,6 +69,18 @@ def decode_upright(data: bytes, max_pixels: int, max_side: int, convert: Callabl
         # struct.error and TypeError from EXIF, OverflowError from TIFF tiles, ValueError from
         # a mode it cannot convert (tests/unit/test_imaging.py fuzzes them).
         raise InvalidImage(f"the image could not be decoded (truncated or corrupt?): {exc}") from None
+
+
+def upright_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of the image once its EXIF orientation is applied, from its header alone
+    (no pixel is decoded); None when the header cannot be read (decoding the image says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            width, height = image.size
+            turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)  # a quarter turn, mirrored or not
+    except Exception:
+        return None
+    return (height, width) if turned else (width, height)
 
 
 _SIGNATURES = {

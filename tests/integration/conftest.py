@@ -5,6 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
+from tests.support.fake_label_studio import FakeLabelStudio
 from tests.support.localdev import Process, bento_server, moto_server, prepare_mask_bucket
 from tests.conftest import REPO
 
@@ -15,7 +16,11 @@ PREFIX = "sam2-api-masks/"
 ACCESS_KEY = "AKIAINTEGRATIONTEST1"
 SECRET_KEY = "integration/SECRET/key/that/must/never/leak"
 API_KEYS = ("first-api-key-0123456789", "second-api-key-9876543210")
-SECRETS = (SECRET_KEY, *API_KEYS)
+# guarded_server's Label Studio (tests/support/fake_label_studio.py): the token the service sends it, and
+# the project owner's token that Label Studio puts in /setup's body (which the service never uses)
+LABEL_STUDIO_KEY = "label-studio-token-0123456789abcdef"
+LABEL_STUDIO_ACCESS_TOKEN = "owner-access-token-fedcba9876543210"
+SECRETS = (SECRET_KEY, *API_KEYS, LABEL_STUDIO_KEY, LABEL_STUDIO_ACCESS_TOKEN)
 # How long a server's workers let requests in flight finish once stopped: at the default 5 s, a test
 # server's stop waited that long for its idle connections. Stopping is tested in test_start_stop.py.
 QUICK_STOP = {"SAM2_SHUTDOWN_GRACE_S": "1"}
@@ -73,15 +78,26 @@ def server(s3, s3_server, checkpoint, logs) -> Process:
 
 
 @pytest.fixture(scope="session")
-def guarded_server(s3, s3_server, checkpoint, logs) -> Process:
+def label_studio(test_images) -> FakeLabelStudio:
+    """Label Studio's file routes on loopback, for guarded_server (LABEL_STUDIO_URL): two uploaded images."""
+    files = {f"/data/upload/1/{name}": (test_images / name).read_bytes() for name in ("chelsea.png", "coffee.png")}
+    server = FakeLabelStudio(files, LABEL_STUDIO_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def guarded_server(s3, s3_server, checkpoint, logs, label_studio) -> Process:
     """API keys on, a 2 MB upload limit, and a private bucket served through presigned URLs
-    (tests/integration/test_reliability.py; test_fairness.py's two keys)."""
+    (tests/integration/test_reliability.py; test_fairness.py's two keys); Label Studio's files
+    from a local stand-in (tests/integration/test_labelstudio_api.py)."""
     s3.create_bucket(Bucket=PRIVATE_BUCKET)
     served = bento_server("bentoml-guarded", logs, project=REPO, env={
         "SAM2_CHECKPOINT": str(checkpoint), "S3_BUCKET_NAME_STAGING": PRIVATE_BUCKET,
         "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "SAM2_API_KEYS": ",".join(API_KEYS), "SAM2_MAX_UPLOAD_BYTES": "2000000",
-        "S3_URL_MODE": "presigned", "S3_PRESIGN_EXPIRES": "300", **QUICK_STOP,
+        "S3_URL_MODE": "presigned", "S3_PRESIGN_EXPIRES": "300",
+        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": LABEL_STUDIO_KEY, **QUICK_STOP,
     })
     served.start("/readyz")
     yield served

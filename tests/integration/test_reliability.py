@@ -240,7 +240,9 @@ def test_metrics_do_not_grow_with_paths_that_nobody_serves(server):
                          "/static_content", "/docs.json", "/schema.json", "unmatched",
                          # the track task's routes on SAM2API, and SAM2Model's two tracking calls
                          "/track", "/track/submit", "/track/status", "/track/get", "/track/cancel", "/track/retry",
-                         "/cancel_track"}, endpoints
+                         "/cancel_track",
+                         # Label Studio's ML backend: its routes, and its health checks' mount
+                         "/labelstudio/predict", "/labelstudio/setup", "/labelstudio/webhook", "/labelstudio"}, endpoints
 
 
 def test_api_keys_scope_the_embedding_cache(guarded_server, test_images):

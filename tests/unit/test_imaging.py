@@ -161,3 +161,18 @@ def test_mutated_images_are_decoded_or_refused_with_our_error(test_images, seed)
             except Exception as exc:
                 pytest.fail(f"seed {seed} case {case} ({name}): {type(exc).__name__}: {exc}")
             assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3, (seed, case, name)
+
+
+def test_upright_size_reads_the_header_and_turns_with_exif():
+    from sam2_api.imaging import upright_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a quarter turn: the upright image is 30 wide and 40 high
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(buffer, format="JPEG", exif=exif)
+    assert upright_size(buffer.getvalue()) == (30, 40)
+    assert upright_size(buffer.getvalue()) == load_upright_rgb(buffer.getvalue(), 10**6, 10**4).shape[1::-1]
+    buffer = io.BytesIO()
+    Image.new("L", (40, 30)).save(buffer, format="PNG")
+    assert upright_size(buffer.getvalue()) == (40, 30)
+    assert upright_size(b"not an image") is None

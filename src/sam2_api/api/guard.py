@@ -22,6 +22,8 @@ without a response of its own. Health, metrics and documentation routes are neve
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -70,10 +72,13 @@ class RequestGuard:
         file_fields: Iterable[str] = FILE_FIELDS,
         setting_names: tuple[str, str] = ("SAM2_MAX_UPLOAD_BYTES", "SAM2_BODY_TIMEOUT_S"),
         max_json_body_bytes: int = MAX_JSON_BODY_BYTES,
+        basic_auth: bool = False,
     ) -> None:
         """``setting_names``: the settings of ``max_upload_bytes`` and ``body_timeout_s``, for messages.
         ``max_json_body_bytes``: the limit of a JSON or url-encoded body (held whole to be checked);
-        larger than :data:`MAX_JSON_BODY_BYTES` only for a route whose JSON carries an image (CVAT's)."""
+        larger than :data:`MAX_JSON_BODY_BYTES` only for a route whose JSON carries an image (CVAT's)
+        or a client's whole task (Label Studio's). ``basic_auth``: a key is also taken as the password
+        of HTTP basic auth, whatever the user name (Label Studio sends its model's credentials so)."""
         self.app = app
         self.paths = frozenset(paths)
         self.api_keys = tuple((key.encode(), tenant_id(key)) for key in api_keys)
@@ -84,6 +89,7 @@ class RequestGuard:
         self.file_fields = frozenset(file_fields)
         self.setting_names = setting_names
         self.max_json_body_bytes = max_json_body_bytes
+        self.basic_auth = basic_auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/") not in self.paths:
@@ -95,7 +101,7 @@ class RequestGuard:
             tenant = self._tenant(headers)
             rules = self._body_rules(headers)
         except RequestError as exc:
-            return await _reply(send, exc)
+            return await _reply(send, exc, challenge=b'Basic realm="sam2-api"' if self.basic_auth else b"Bearer")
         if tenant is not None:
             scope.setdefault("state", {})["tenant"] = tenant
         body = _WatchedBody(receive, send, rules, self.body_timeout_s, self.min_upload_bytes_per_s,
@@ -115,12 +121,19 @@ class RequestGuard:
             raise MalformedRequest("send one Authorization header, not several")
         scheme, _, token = (values[0] if values else b"").partition(b" ")
         token = token.strip()
+        if self.basic_auth and scheme.lower() == b"basic":
+            token = _basic_password(token)
+            scheme = b"bearer"
         tenant = None
         if scheme.lower() == b"bearer" and token:
             for key, key_tenant in self.api_keys:  # every key, every time: timing says nothing about which matched
                 if hmac.compare_digest(key, token):
                     tenant = key_tenant
         if tenant is None:
+            if self.basic_auth:
+                raise Unauthorized("missing or invalid API key: give it as the password of basic auth (any user "
+                                   "name; in Label Studio, the model's \"Basic Authentication\"), or send "
+                                   "`Authorization: Bearer <key>`")
             raise Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>`")
         return tenant
 
@@ -246,8 +259,17 @@ class _WatchedBody:
         raise _Refused
 
 
-async def _reply(send: Send, exc: RequestError, close: bool = False) -> None:
-    headers = [(b"www-authenticate", b"Bearer")] if isinstance(exc, Unauthorized) else []
+def _basic_password(credentials: bytes) -> bytes:
+    """The password of HTTP basic auth's ``base64(user:password)``; empty when it is not that."""
+    try:
+        _, colon, password = base64.b64decode(credentials, validate=True).partition(b":")
+    except (binascii.Error, ValueError):
+        return b""
+    return password if colon else b""
+
+
+async def _reply(send: Send, exc: RequestError, close: bool = False, challenge: bytes = b"Bearer") -> None:
+    headers = [(b"www-authenticate", challenge)] if isinstance(exc, Unauthorized) else []
     if close:
         headers.append((b"connection", b"close"))
     await send_json(send, int(exc.status), error_body(exc), headers)

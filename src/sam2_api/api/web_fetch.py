@@ -132,11 +132,13 @@ class WebFetcher:
         self._may_connect = may_connect
         self._ssl_context = ssl_context
 
-    def get(self, address: WebAddress) -> bytes:
+    def get(self, address: WebAddress, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+        """``headers``: sent besides Host, Accept and User-Agent (Label Studio's token, to its own host)."""
         deadline = _Deadline(self.timeout_s)
         backend = _PinnedBackend(self._checked_addresses(address, deadline), deadline)
         url = httpcore.URL(scheme=address.scheme, host=address.host, port=address.port, target=address.target)
-        headers = [(b"Host", address.authority.encode()), (b"Accept", b"image/*"), (b"User-Agent", b"sam2-api")]
+        headers = [(b"Host", address.authority.encode()), (b"Accept", b"image/*"), (b"User-Agent", b"sam2-api"),
+                   *headers]
         try:
             with httpcore.ConnectionPool(ssl_context=self._ssl_context, network_backend=backend, retries=0) as pool:
                 with pool.stream("GET", url, headers=headers) as response:

@@ -1,0 +1,77 @@
+"""The image of a Label Studio task, fetched from where its URL points.
+
+A task's image field holds one of:
+
+- a path on Label Studio's own server: ``/data/upload/<project>/<file>`` (an uploaded file),
+  ``/data/local-files/?d=<path>`` (local storage), ``/tasks/<id>/resolve/?fileuri=...`` (cloud
+  storage through Label Studio). It is fetched from ``LABEL_STUDIO_URL`` with ``Authorization: Token
+  <LABEL_STUDIO_API_KEY>``, as Label Studio's own ML backends do. An absolute URL of exactly that
+  origin (scheme, host and port) is fetched the same way. This one origin is exempt from the rule
+  that image URLs must reach public addresses (Label Studio usually runs beside this service, on a
+  private network); the token goes to it and nowhere else, and its redirects are not followed.
+- ``s3://bucket/key`` from a bucket in ``S3_INPUT_BUCKETS``, or a public ``https://`` URL: the same
+  rules as /segment's ``image_url`` (:class:`sam2_api.api.image_urls.ImageSources`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import InvalidImageSource
+from .fields.common import shown
+from .image_urls import MAX_URL_LENGTH, ImageLoader, ImageSources
+from .web_fetch import WebAddress, WebFetcher, parse_web_url
+
+_SCHEMES = ("http", "https")
+
+
+class TaskImages:
+    """``locate(url, field)``: a loader of the task's image, after every check that needs no network."""
+
+    def __init__(self, sources: ImageSources, max_bytes: int, label_studio_url: str | None = None,
+                 api_key: str | None = None, fetcher: WebFetcher | None = None) -> None:
+        self._sources = sources
+        self._origin: WebAddress | None = None
+        self._base = ""
+        if label_studio_url:
+            self._origin = parse_web_url(label_studio_url, _SCHEMES, field="LABEL_STUDIO_URL")
+            self._base = f"{self._origin.scheme}://{self._origin.authority}{urlsplit(label_studio_url).path.rstrip('/')}"
+        self._headers = [(b"Authorization", b"Token " + api_key.encode())] if api_key else []
+        # Label Studio's own host may be on a private network: any address it resolves to will do.
+        self._fetcher = fetcher or WebFetcher(max_bytes=max_bytes, may_connect=lambda ip: True)
+
+    def locate(self, url: Any, field: str) -> ImageLoader:
+        if not isinstance(url, str) or not url:
+            raise InvalidImageSource(f"`{field}` must be the URL of the task's image; got {shown(url)}")
+        if len(url) > MAX_URL_LENGTH:
+            raise InvalidImageSource(f"`{field}` is {len(url)} characters long; the limit is {MAX_URL_LENGTH}")
+        if any(char.isspace() or not char.isprintable() for char in url):
+            raise InvalidImageSource(f"`{field}` may not contain spaces or control characters")
+        if url.startswith("/") and not url.startswith("//"):  # "//host/..." would be another host
+            return self._from_label_studio(url, field)
+        if self._origin is not None and url.split("://", 1)[0].lower() in _SCHEMES:
+            try:
+                address = parse_web_url(url, _SCHEMES, field=f"`{field}`")
+            except InvalidImageSource:
+                address = None
+            if address is not None and (address.scheme, address.host, address.port) == (
+                    self._origin.scheme, self._origin.host, self._origin.port):
+                return partial(self._get, address)
+        return self._sources.locate(url, f"`{field}`")
+
+    def _from_label_studio(self, path: str, field: str) -> ImageLoader:
+        if self._origin is None:
+            raise InvalidImageSource(
+                f"`{field}` is {shown(path)}, a file that Label Studio serves: set LABEL_STUDIO_URL (Label "
+                "Studio's address as this service reaches it) and LABEL_STUDIO_API_KEY on this service "
+                "(docs/LABEL_STUDIO.md)"
+            )
+        return partial(self._get, parse_web_url(self._base + path, _SCHEMES, field=f"`{field}`"))
+
+    def _get(self, address: WebAddress) -> bytes:
+        try:
+            return self._fetcher.get(address, self._headers)
+        except InvalidImageSource as exc:
+            raise InvalidImageSource(f"{exc} (Label Studio, at LABEL_STUDIO_URL, with LABEL_STUDIO_API_KEY)") from None
