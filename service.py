@@ -382,7 +382,7 @@ class SAM2API:
         image_id: roboflow.ImageIdField = None,
         sam2_version_id: roboflow.VersionField = None,
         api_key: roboflow.ApiKeyField = None,  # checked by RequestGuard before the body reaches here
-    ) -> dict:
+    ) -> roboflow.EmbedResponse:
         """Roboflow's SAM 2 embed call (inference-sdk, roboflow/inference): cache the image's embedding.
 
         Answers `{"image_id", "time"}`: the id to send alone to /sam2/segment_image (without `image_id`,
@@ -411,7 +411,7 @@ class SAM2API:
         mask_input: roboflow.MaskInputField = None,
         sam2_version_id: roboflow.VersionField = None,
         api_key: roboflow.ApiKeyField = None,  # checked by RequestGuard before the body reaches here
-    ) -> dict:
+    ) -> roboflow.SegmentResponse:
         """Roboflow's SAM 2 segment call (inference-sdk's `sam2_segment_image`), served by /segment.
 
         One prediction per prompt: `{"predictions": [{"masks", "confidence", "format", "mask_url"}], "time"}`,

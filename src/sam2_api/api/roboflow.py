@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from ..errors import InvalidField, InvalidImage, InvalidPrompt, MaskIdOfAnotherImage, UnknownMaskId
 from ..prompts import MAX_POINTS, Prompt
 from .cvat import body_limit, decode_image  # noqa: F401 (body_limit: the same JSON bound as CVAT's)
@@ -92,6 +94,32 @@ SaveLogitsField = _documented(bool, "Remember each prompt's logits for a later `
 LoadLogitsField = _documented(bool, "Refine the masks of an earlier request on this image whose prompts this "
                               "request's extend (Roboflow's rule), if its logits are still cached.")
 MaskInputField = _documented(Any, "Not supported here (400): send the clicks with `load_logits_from_cache`.")
+
+
+class EmbedResponse(BaseModel):
+    """Roboflow's ``Sam2EmbeddingResponse``."""
+
+    image_id: str = Field(description="The id to send alone to /sam2/segment_image while the embedding is cached.")
+    time: float = Field(description="Seconds this service took.")
+
+
+class Prediction(BaseModel):
+    """Roboflow's ``Sam2SegmentationPrediction``, plus ``mask_url``."""
+
+    masks: list[list[list[int]]] | dict = Field(
+        description="`json`: rings of [x, y] pixel corners (exteriors and holes: fill them even-odd); "
+        "`rle`: COCO compressed RLE {\"size\": [h, w], \"counts\"}.")
+    confidence: float = Field(description="SAM 2's predicted IoU of the mask.")
+    format: str = Field(description="polygon or rle.")
+    mask_url: str | None = Field(None, description="The PNG mask in S3, when S3 is configured.")
+    mask_error: str | None = Field(None, description="Why `mask_url` is null, when it is.")
+
+
+class SegmentResponse(BaseModel):
+    """Roboflow's ``Sam2SegmentationResponse``: one prediction per prompt, in order."""
+
+    predictions: list[Prediction]
+    time: float = Field(description="Seconds this service took.")
 
 
 @dataclass(frozen=True)
@@ -219,12 +247,12 @@ class RoboflowRoutes:
         self.logits = logits
         self.store_configured = store_configured
 
-    def embed(self, image: RoboflowImage, timer, tenant: str | None) -> tuple[dict, bool]:
+    def embed(self, image: RoboflowImage, timer, tenant: str | None) -> tuple[EmbedResponse, bool]:
         """The image's embedding cached (no decoder run); Roboflow's answer and whether it was cached."""
         started = time.perf_counter()
         reply = self.pipeline.ask(image.request, lambda key, pixels: self.pipeline.model.predict(
             key=key, prompts=[], image=pixels), timer, tenant)
-        return {"image_id": image.image_id, "time": time.perf_counter() - started}, reply.cached
+        return EmbedResponse(image_id=image.image_id, time=time.perf_counter() - started), reply.cached
 
     def segment(self, request: SegmentRequest, timer, tenant: str | None) -> tuple[bytes, bool]:
         """Roboflow's answer (JSON bytes) and whether the embedding was cached."""
