@@ -82,7 +82,7 @@ VersionField = _documented({"enum": list(VERSION_IDS)}, "Roboflow's SAM 2 size; 
 ApiKeyField = _documented(str, "Your API key, when the service has keys (or send `?api_key=`, or "
                           "`Authorization: Bearer <key>`).")
 PromptsField = _documented(
-    {"type": ["object", "array"]},
+    {"anyOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]},
     f"{{\"prompts\": [...]}}, a flat list of prompts, or one prompt (1 to {MAX_OBJECTS}); each a `box` "
     "{\"x\", \"y\", \"width\", \"height\"} (x, y: the box's centre) and/or `points` [{\"x\", \"y\", \"positive\"}], "
     f"at most {MAX_POINTS} points, in pixels of the upright image.",
