@@ -45,8 +45,9 @@ def b64(path) -> dict:
     return {"type": "base64", "value": base64.b64encode(path.read_bytes()).decode()}
 
 
-def segment_mask(server, path, **fields) -> tuple[np.ndarray, dict]:
-    response = post(server, path.read_bytes(), path.name, multimask_output=True, **fields)
+def segment_mask(server, path, multimask_output: bool = True, **fields) -> tuple[np.ndarray, dict]:
+    """/segment's mask, with Roboflow's default: the best of three masks for any prompt."""
+    response = post(server, path.read_bytes(), path.name, multimask_output=multimask_output, **fields)
     assert response.status_code == 200, response.text
     mask = fetch_mask(response.json()["mask_url"]) == 255
     assert 0 < mask.sum() < mask.size
@@ -92,6 +93,14 @@ def test_several_prompts_give_one_prediction_each_in_order(server, test_images):
     first, second = answer["predictions"]
     assert np.array_equal(shown(first, height, width), segment_mask(server, path, **CASES[2][2])[0])
     assert np.array_equal(shown(second, height, width), segment_mask(server, path, points=[[120, 300]])[0])
+
+
+def test_multimask_output_false_is_segments_single_mask(server, test_images):
+    path = test_images / "astronaut.png"
+    height, width = upright_rgb(path).shape[:2]
+    answer = sdk(server, path, [CASES[0][1]], format="rle", multimask_output=False)
+    expected, _ = segment_mask(server, path, multimask_output=False, **CASES[0][2])
+    assert np.array_equal(shown(answer["predictions"][0], height, width), expected)
 
 
 def test_the_sdks_errors_carry_our_words(server, test_images):

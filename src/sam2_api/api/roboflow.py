@@ -17,7 +17,7 @@ label), run through the same pipeline (guards, cache, tenancy, limits). The imag
 names its embedding in our cache; without one it is the SHA-256 of the image's bytes, and
 ``embed_image`` answers it so that the next call may send the id alone. A ``url`` image is read
 as /segment's ``image_url`` (the same checks). ``json`` masks are our polygons' rings (every
-exterior and hole, pixel-corner vertices: fill them even-odd, as ``cv2.fillPoly`` does); ``rle``
+exterior and hole, pixel-corner vertices: the pixels whose centres lie in an odd number of them); ``rle``
 COCO's compressed RLE, as /segment's ``rle``. Each prediction also has ``mask_url`` (and
 ``mask_error`` when it was not stored) when S3 is configured. docs/ROBOFLOW.md lists what is not
 supported (``binary``, ``mask_input``, no prompt at all) and why.
