@@ -175,6 +175,10 @@ def test_api_keys_in_the_body_the_header_or_the_query(guarded_server, test_image
     body = {"image": b64(path), "prompts": prompt}
     assert call(guarded_server, "/sam2/embed_image", body, query=f"?api_key={API_KEYS[1]}").status_code == 200
     assert call(guarded_server, "/sam2/embed_image", body).status_code == 401
+    # guarded_server's SAM2_MAX_UPLOAD_BYTES is 2,000,000: an image just over it is 413, with the words as `message`
+    too_large = {"image": {"type": "base64", "value": base64.b64encode(b"\0" * 2_000_001).decode()}, "prompts": prompt}
+    refused = call(guarded_server, "/sam2/segment_image", too_large, {"Authorization": f"Bearer {API_KEYS[0]}"})
+    assert refused.status_code == 413 and "SAM2_MAX_UPLOAD_BYTES" in refused.json()["message"]
     # elsewhere the header alone counts
     assert call(guarded_server, "/segment", {"image_id": "x", "points": [[1, 1]]},
                 query=f"?api_key={API_KEYS[1]}").status_code == 401
