@@ -24,7 +24,8 @@ from starlette.staticfiles import StaticFiles
 import sam2_api
 from sam2_api import errors, metrics
 from sam2_api.api.answers import answers_request_errors
-from sam2_api.api import cvat, labelstudio
+from sam2_api.api import cvat, labelstudio, roboflow
+from sam2_api.api.roboflow_logits import LogitsIndex
 from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
 from sam2_api.api.everything import segment_everything
 from sam2_api.api.fields.common import parse_formats
@@ -71,6 +72,8 @@ BENTO_MODEL = SETTINGS.sam2_bento_model
 STATE_DIR = use_own_state_dir(SETTINGS.sam2_state_dir)
 # Progress and cancel requests of tracking tasks, beside BentoML's own task store (one per replica).
 TASK_BOARD = str(STATE_DIR / "sam2_track_progress.db")
+# Which mask_id answered which Roboflow prompt set (sam2_api.api.roboflow_logits), for every worker.
+ROBOFLOW_LOGITS = str(STATE_DIR / "sam2_roboflow_logits.db")
 
 
 @bentoml.service(
@@ -205,6 +208,7 @@ class SAM2API:
     @bentoml.on_deployment
     def reset_task_board() -> None:
         TaskBoard.reset(TASK_BOARD)  # once, before any worker: a fresh board, as BentoML starts a fresh task store
+        LogitsIndex.reset(ROBOFLOW_LOGITS)  # the model service's logits start empty too
 
     @bentoml.on_deployment
     def share_internal_token() -> None:
@@ -225,6 +229,8 @@ class SAM2API:
                 threading.Thread(target=self.pipeline.store.check_bucket, name="s3-check", daemon=True).start()
         self.tracks = build_track_jobs(SETTINGS, self.model, self.pipeline.store, TASK_BOARD)
         self.labelstudio = labelstudio.build_backend(SETTINGS, self.pipeline)
+        self.roboflow = roboflow.RoboflowRoutes(self.pipeline, LogitsIndex(ROBOFLOW_LOGITS),
+                                                self.pipeline.store.disabled_reason is None)
 
     @bentoml.api
     @answers_request_errors
@@ -418,6 +424,61 @@ class SAM2API:
         trained here). Open without an API key, as Label Studio's webhooks carry none; 1 MiB at most."""
         return Response(self.labelstudio.webhook(action), media_type="application/json")
 
+    @bentoml.api(route=roboflow.EMBED_ROUTE)
+    @answers_request_errors(with_message=True)
+    def sam2_embed_image(
+        self,
+        ctx: bentoml.Context,
+        image: roboflow.ImageField = None,
+        image_id: roboflow.ImageIdField = None,
+        sam2_version_id: roboflow.VersionField = None,
+        api_key: roboflow.ApiKeyField = None,  # checked by RequestGuard before the body reaches here
+    ) -> roboflow.EmbedResponse:
+        """Roboflow's SAM 2 embed call (inference-sdk, roboflow/inference): cache the image's embedding.
+
+        Answers `{"image_id", "time"}`: the id to send alone to /sam2/segment_image (without `image_id`,
+        the SHA-256 of the image's bytes). docs/ROBOFLOW.md. Errors as for /segment.
+        """
+        roboflow.check_version(sam2_version_id, SETTINGS.sam2_model)
+        with timed(ctx) as timer:
+            with timer.stage("read"):
+                image = roboflow.parse_image(image, image_id, SETTINGS.sam2_max_upload_bytes, self.pipeline.sources)
+            body, cached = self.roboflow.embed(image, timer, tenant_of(ctx))
+        say_cache(ctx, cached)
+        return body
+
+    @bentoml.api(route=roboflow.SEGMENT_ROUTE)
+    @answers_request_errors(with_message=True)
+    def sam2_segment_image(
+        self,
+        ctx: bentoml.Context,
+        image: roboflow.ImageField = None,
+        image_id: roboflow.ImageIdField = None,
+        prompts: roboflow.PromptsField = None,
+        multimask_output: roboflow.MultimaskField = None,
+        format: roboflow.FormatField = None,
+        save_logits_to_cache: roboflow.SaveLogitsField = None,
+        load_logits_from_cache: roboflow.LoadLogitsField = None,
+        mask_input: roboflow.MaskInputField = None,
+        sam2_version_id: roboflow.VersionField = None,
+        api_key: roboflow.ApiKeyField = None,  # checked by RequestGuard before the body reaches here
+    ) -> roboflow.SegmentResponse:
+        """Roboflow's SAM 2 segment call (inference-sdk's `sam2_segment_image`), served by /segment.
+
+        One prediction per prompt: `{"predictions": [{"masks", "confidence", "format", "mask_url"}], "time"}`,
+        `masks` polygons (`format` json) or COCO RLE (rle). A box's x, y are its centre. docs/ROBOFLOW.md.
+        Errors as for /segment.
+        """
+        roboflow.check_version(sam2_version_id, SETTINGS.sam2_model)
+        with timed(ctx) as timer:
+            with timer.stage("read"):
+                image = roboflow.parse_image(image, image_id, SETTINGS.sam2_max_upload_bytes, self.pipeline.sources)
+            request = roboflow.parse_segment(image, prompts, multimask_output, format, save_logits_to_cache,
+                                             load_logits_from_cache, mask_input)
+            body, cached = self.roboflow.segment(request, timer, tenant_of(ctx))
+        say_cache(ctx, cached)
+        return Response(body, media_type="application/json")
+
     @bentoml.task
     @answers_request_errors
     def track(
@@ -455,7 +516,8 @@ SAM2Model.add_asgi_middleware(HopGuard, token=SETTINGS.internal_token)
 SAM2API.add_asgi_middleware(
     RequestGuard,
     paths={api.route for api in SAM2API.apis.values()
-           if not api.is_task and api.route != cvat.ROUTE and not api.route.startswith(labelstudio.PREFIX)},
+           if not api.is_task and api.route not in (cvat.ROUTE, *roboflow.ROUTES)
+           and not api.route.startswith(labelstudio.PREFIX)},
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
@@ -497,6 +559,20 @@ SAM2API.add_asgi_middleware(
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields=(),
+)
+# Roboflow's SAM 2 routes: as CVAT's (the image in base64 JSON), and the key may also come as
+# `?api_key=` or the body's `api_key`, as Roboflow's clients send it (these routes only).
+SAM2API.add_asgi_middleware(
+    RequestGuard,
+    paths=set(roboflow.ROUTES),
+    api_keys=SETTINGS.api_keys,
+    max_upload_bytes=roboflow.body_limit(SETTINGS.sam2_max_upload_bytes),
+    max_json_body_bytes=roboflow.body_limit(SETTINGS.sam2_max_upload_bytes),
+    body_timeout_s=SETTINGS.sam2_body_timeout_s,
+    min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
+    file_fields=(),
+    setting_names=("SAM2_MAX_UPLOAD_BYTES, in base64, with the prompts", "SAM2_BODY_TIMEOUT_S"),
+    key_in_query_or_body=True,
 )
 # The tracking task's routes (BentoML's submit, status, get, retry, cancel and the plain call): the
 # same keys, with the clip's own size and time bounds; then progress and cancel (sam2_api.api.task_board).

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
+from urllib.parse import parse_qs
 
 from ..server.asgi import send_json
 from .answers import error_body
@@ -73,12 +74,16 @@ class RequestGuard:
         setting_names: tuple[str, str] = ("SAM2_MAX_UPLOAD_BYTES", "SAM2_BODY_TIMEOUT_S"),
         max_json_body_bytes: int = MAX_JSON_BODY_BYTES,
         basic_auth: bool = False,
+        key_in_query_or_body: bool = False,
     ) -> None:
         """``setting_names``: the settings of ``max_upload_bytes`` and ``body_timeout_s``, for messages.
         ``max_json_body_bytes``: the limit of a JSON or url-encoded body (held whole to be checked);
-        larger than :data:`MAX_JSON_BODY_BYTES` only for a route whose JSON carries an image (CVAT's)
-        or a client's whole task (Label Studio's). ``basic_auth``: a key is also taken as the password
-        of HTTP basic auth, whatever the user name (Label Studio sends its model's credentials so)."""
+        larger than :data:`MAX_JSON_BODY_BYTES` only for a route whose JSON carries an image (CVAT's,
+        Roboflow's) or a client's whole task (Label Studio's). ``basic_auth``: a key is also taken as the
+        password of HTTP basic auth, whatever the user name (Label Studio sends its model's credentials so).
+        ``key_in_query_or_body``: without an ``Authorization`` header, the key may also come as
+        ``?api_key=`` or as the JSON body's ``api_key``, and refusals carry ``message`` too (as
+        Roboflow's clients send the key and read errors; only their routes)."""
         self.app = app
         self.paths = frozenset(paths)
         self.api_keys = tuple((key.encode(), tenant_id(key)) for key in api_keys)
@@ -90,6 +95,7 @@ class RequestGuard:
         self.setting_names = setting_names
         self.max_json_body_bytes = max_json_body_bytes
         self.basic_auth = basic_auth
+        self.key_in_query_or_body = key_in_query_or_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/") not in self.paths:
@@ -97,35 +103,47 @@ class RequestGuard:
         headers: dict[bytes, list[bytes]] = {}
         for name, value in scope["headers"]:  # ASGI gives lower-cased names as bytes
             headers.setdefault(name, []).append(value)
+        state = scope.setdefault("state", {})
         try:
-            tenant = self._tenant(headers)
+            tenant = self._tenant(headers, scope.get("query_string", b""))
             rules = self._body_rules(headers)
         except RequestError as exc:
-            return await _reply(send, exc, challenge=b'Basic realm="sam2-api"' if self.basic_auth else b"Bearer")
-        if tenant is not None:
-            scope.setdefault("state", {})["tenant"] = tenant
+            return await _reply(send, exc, with_message=self.key_in_query_or_body,
+                                challenge=b'Basic realm="sam2-api"' if self.basic_auth else b"Bearer")
+        if tenant is _IN_BODY:
+            rules.on_fields = lambda fields: state.__setitem__("tenant", self._body_tenant(fields))
+        elif tenant is not None:
+            state["tenant"] = tenant
         body = _WatchedBody(receive, send, rules, self.body_timeout_s, self.min_upload_bytes_per_s,
-                            self.upload_grace_s, self.setting_names[1])
+                            self.upload_grace_s, self.setting_names[1], self.key_in_query_or_body)
         try:
             await self.app(scope, body.receive, body.send)
         except _Refused:
             pass  # our answer is sent; the app's handler was only waiting for the body
 
-    def _tenant(self, headers: dict[bytes, list[bytes]]) -> str | None:
-        """The matched key's tenant id; None when no keys are configured."""
+    def _tenant(self, headers: dict[bytes, list[bytes]], query: bytes = b"") -> str | object | None:
+        """The matched key's tenant id; None when no keys are configured; :data:`_IN_BODY` when the
+        key is to be read from the body once it has arrived (``key_in_query_or_body`` only)."""
         if not self.api_keys:
             return None
         values = headers.get(b"authorization", [])
         if len(values) > 1:
             # Which one counts would depend on who reads them (a proxy, us): refuse to guess.
             raise MalformedRequest("send one Authorization header, not several")
+        if not values and self.key_in_query_or_body:
+            in_query = parse_qs(query.decode("latin-1")).get("api_key", [])
+            if len(in_query) > 1:
+                raise MalformedRequest("send one `api_key` query parameter, not several")
+            return self._matched(in_query[0].encode("latin-1")) if in_query else _IN_BODY
         scheme, _, token = (values[0] if values else b"").partition(b" ")
         token = token.strip()
         if self.basic_auth and scheme.lower() == b"basic":
-            token = _basic_password(token)
-            scheme = b"bearer"
+            return self._matched(_basic_password(token))
+        return self._matched(token if scheme.lower() == b"bearer" else b"")
+
+    def _matched(self, token: bytes) -> str:
         tenant = None
-        if scheme.lower() == b"bearer" and token:
+        if token:
             for key, key_tenant in self.api_keys:  # every key, every time: timing says nothing about which matched
                 if hmac.compare_digest(key, token):
                     tenant = key_tenant
@@ -134,8 +152,13 @@ class RequestGuard:
                 raise Unauthorized("missing or invalid API key: give it as the password of basic auth (any user "
                                    "name; in Label Studio, the model's \"Basic Authentication\"), or send "
                                    "`Authorization: Bearer <key>`")
-            raise Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>`")
+            where = " (or `?api_key=`, or `api_key` in the JSON body)" if self.key_in_query_or_body else ""
+            raise Unauthorized(f"missing or invalid API key: send `Authorization: Bearer <key>`{where}")
         return tenant
+
+    def _body_tenant(self, fields: dict | None) -> str:
+        key = (fields or {}).get("api_key")
+        return self._matched(key.encode() if isinstance(key, str) else b"")
 
     def _body_rules(self, headers: dict[bytes, list[bytes]]) -> _BodyRules:
         """The byte limit of this body and the inspector of its form, from the headers alone."""
@@ -175,6 +198,9 @@ class RequestGuard:
         return _BodyRules(limit, limit_name, inspector)
 
 
+_IN_BODY = object()  # the API key is the JSON body's `api_key`, checked once the body has arrived
+
+
 class _Refused(BaseException):
     """Unwinds the app from inside ``receive()`` once our refusal is sent.
 
@@ -183,22 +209,24 @@ class _Refused(BaseException):
     """
 
 
-@dataclass(frozen=True)
+@dataclass
 class _BodyRules:
     max_bytes: int
     limit_name: str  # what sets the limit, for the message
     inspector: FormInspector | UrlEncodedInspector | JsonInspector  # checks the body as it arrives
+    on_fields: Callable[[dict | None], None] | None = None  # called with the JSON body's fields once complete
 
 
 class _WatchedBody:
     """``receive`` and ``send`` for the app: the body counted, timed and inspected as it streams in."""
 
     def __init__(self, receive: Receive, send: Send, rules: _BodyRules, timeout_s: float, min_rate: int,
-                 grace_s: float, timeout_name: str = "SAM2_BODY_TIMEOUT_S") -> None:
+                 grace_s: float, timeout_name: str = "SAM2_BODY_TIMEOUT_S", with_message: bool = False) -> None:
         self._receive, self._send = receive, send
         self._rules = rules
         self._timeout_s, self._min_rate, self._grace_s = timeout_s, min_rate, grace_s
         self._timeout_name = timeout_name
+        self._with_message = with_message
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.time()
         self._received = 0
@@ -226,6 +254,8 @@ class _WatchedBody:
                 self._rules.inspector.feed(chunk)
                 if self._complete:
                     self._rules.inspector.close()
+                    if self._rules.on_fields is not None:
+                        self._rules.on_fields(getattr(self._rules.inspector, "fields", None))
             except RequestError as exc:
                 await self._refuse(exc)
         return message
@@ -254,7 +284,7 @@ class _WatchedBody:
     async def _refuse(self, exc: RequestError) -> None:
         if not self._responding:  # once the app has started its response, ours cannot be sent
             self._responding = True
-            await _reply(self._send, exc, close=True)
+            await _reply(self._send, exc, close=True, with_message=self._with_message)
         self._refused = True
         raise _Refused
 
@@ -268,8 +298,9 @@ def _basic_password(credentials: bytes) -> bytes:
     return password if colon else b""
 
 
-async def _reply(send: Send, exc: RequestError, close: bool = False, challenge: bytes = b"Bearer") -> None:
+async def _reply(send: Send, exc: RequestError, close: bool = False, with_message: bool = False,
+                 challenge: bytes = b"Bearer") -> None:
     headers = [(b"www-authenticate", challenge)] if isinstance(exc, Unauthorized) else []
     if close:
         headers.append((b"connection", b"close"))
-    await send_json(send, int(exc.status), error_body(exc), headers)
+    await send_json(send, int(exc.status), error_body(exc, with_message), headers)

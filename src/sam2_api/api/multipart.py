@@ -239,6 +239,7 @@ class JsonInspector:
     def __init__(self, file_fields: frozenset[str]) -> None:
         self._file_fields = file_fields
         self._body = bytearray()  # within the JSON body limit, which the guard enforces as it arrives
+        self.fields: dict | None = None  # the body's fields, once closed
 
     def feed(self, chunk: bytes) -> None:
         self._body += chunk
@@ -261,6 +262,7 @@ class JsonInspector:
                 'a JSON body must be an object of fields, e.g. {"image_id": "photo-42", "points": [[x, y]]}; '
                 f"got {_JSON_TYPES.get(type(fields), type(fields).__name__)}"
             )
+        self.fields = fields
         files = sorted(self._file_fields & fields.keys())
         if files:
             name = files[0]
