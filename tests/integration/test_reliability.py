@@ -236,6 +236,7 @@ def test_metrics_do_not_grow_with_paths_that_nobody_serves(server):
     assert unmatched_404s(text) == count + 300
     endpoints = set(re.findall(r'endpoint="([^"]*)"', text))
     assert endpoints <= {"/segment", "/segment_objects", "/segment_everything", "/cvat/interactor", "/predict", "/everything",
+                         "/embed", "/decoder.onnx", "/decoder_onnx",
                          "/livez", "/healthz", "/readyz", "/metrics", "/", "/ui",
                          "/static_content", "/docs.json", "/schema.json", "unmatched",
                          # the track task's routes on SAM2API, and SAM2Model's two tracking calls
