@@ -26,7 +26,8 @@ def ui_policy(mask_origin: str | None) -> str:
     """The policy of ``/ui``'s pages; ``mask_origin``: where their mask and preview URLs point
     (:func:`mask_origin`), None when masks are not stored."""
     bucket = f" {mask_origin}" if mask_origin else ""
-    return ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    # 'wasm-unsafe-eval': WebAssembly may be compiled (onnxruntime-web, vendored here), JavaScript still not eval'd
+    return ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; connect-src 'self'; "
             f"img-src 'self'{bucket}; media-src 'self' blob:{bucket}; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
