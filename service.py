@@ -25,7 +25,7 @@ import sam2_api
 from sam2_api import errors, metrics
 from sam2_api.api.answers import answers_request_errors
 from sam2_api.api import browser, cvat
-from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
+from sam2_api.api.csp import CROSS_ORIGIN_ISOLATED, PageHeaders, mask_origin, ui_policy
 from sam2_api.api.everything import segment_everything
 from sam2_api.api.fields.common import parse_formats
 from sam2_api.api.fields.everything import EverythingFields as Everything
@@ -206,7 +206,8 @@ OptionalVideo = Annotated[Path, VideoField]
 # The ONNX decoder's bytes in this API worker, asked of the model service once (sam2_api.api.browser).
 DECODER_SOURCE = browser.DecoderSource()
 UI_PAGES = PageHeaders(StaticFiles(directory=Path(sam2_api.api.__file__).parent / "ui", html=True),
-                       headers=lambda: {"Content-Security-Policy": ui_policy(mask_origin(SETTINGS))})
+                       headers=lambda: {"Content-Security-Policy": ui_policy(mask_origin(SETTINGS)),
+                                        **CROSS_ORIGIN_ISOLATED})
 
 
 @bentoml.asgi_app(UI_PAGES, path="/ui")

@@ -35,6 +35,11 @@ SHOWN_MASK = """() => {
 }"""
 
 
+TEN_CLICKS = """async () => { const times = [];
+  for (let i = 0; i < 10; i++) { const r = await decodeHere([[225, 150]], [1], null, null); times.push([r.ms, r.total]); }
+  return times; }"""
+
+
 def shown_mask(page) -> np.ndarray:
     width, height, data = page.evaluate(SHOWN_MASK)
     return np.frombuffer(base64.b64decode(data), dtype=np.uint8).reshape(height, width).astype(bool)
@@ -98,14 +103,14 @@ def test_clicks_are_decoded_in_the_browser_and_the_server_is_asked_only_on_keep(
     kept_url = page.get_attribute("#mask-link", "href")
     kept = fetch_mask(kept_url) == 255
     assert np.array_equal(kept, expected_chain)  # the server's own chain, pixel for pixel
+    threads, isolated = page.evaluate("local.threads"), page.evaluate("crossOriginIsolated")
+    assert isolated and threads >= 1
     print(f"\nbrowser decode: first click {first_ms:.1f} ms, refining click {second_ms:.1f} ms; "
           f"pixels differing from /segment: {differing_first * 100:.4f} %, {differing_chain * 100:.4f} %")
 
     # The click latency, measured: ten clicks decoded in the page's worker against ten /segment round
     # trips for the same click on the cached image (docs/BROWSER.md reports them)
-    browser = page.evaluate("""async () => { const times = [];
-      for (let i = 0; i < 10; i++) { const r = await decodeHere([[225, 150]], [1], null, null); times.push([r.ms, r.total]); }
-      return times; }""")
+    browser = page.evaluate(TEN_CLICKS)
     server_s = []
     with httpx.Client(base_url=server.url, timeout=60) as client:
         for _ in range(10):
@@ -113,9 +118,18 @@ def test_clicks_are_decoded_in_the_browser_and_the_server_is_asked_only_on_keep(
             answer = client.post("/segment", files={"image": ("c.png", image.read_bytes())}, data={"points": "[[225, 150]]"})
             server_s.append(time.perf_counter() - started)
             assert answer.status_code == 200 and answer.headers["x-embedding-cache"] == "hit"
+    # and again on one thread (as where the page is not cross-origin isolated), in a page of its own
+    page.goto(f"{server.url}/ui/?threads=1")
+    page.wait_for_function(f"() => local.ready", timeout=120_000)
+    page.set_input_files("#file", str(image))
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('clicks decoded here')",
+                           timeout=120_000)
+    assert page.evaluate("local.threads") == 1
+    one_thread = np.median([t[0] for t in page.evaluate(TEN_CLICKS)])
     run_ms, total_ms = np.median([t[0] for t in browser]), np.median([t[1] for t in browser])
     print(f"median of 10: browser decode {run_ms:.0f} ms (session.run), {total_ms:.0f} ms with the masks drawn; "
-          f"/segment round trip on the cached image {np.median(server_s) * 1000:.0f} ms")
+          f"/segment round trip on the cached image {np.median(server_s) * 1000:.0f} ms; "
+          f"{threads} decoder threads (cross-origin isolated: {isolated}); on one thread {one_thread:.0f} ms")
 
 
 def test_without_webassembly_clicks_go_to_the_server(server, page, test_images):

@@ -22,6 +22,12 @@ DOCS_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-
                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+# /ui cross-origin isolated, so that onnxruntime-web may decode clicks on several threads (SharedArrayBuffer):
+# "credentialless" still shows the bucket's masks, fetched without credentials, where "require-corp"
+# would need the bucket to send Cross-Origin-Resource-Policy.
+CROSS_ORIGIN_ISOLATED = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "credentialless"}
+
+
 def ui_policy(mask_origin: str | None) -> str:
     """The policy of ``/ui``'s pages; ``mask_origin``: where their mask and preview URLs point
     (:func:`mask_origin`), None when masks are not stored."""

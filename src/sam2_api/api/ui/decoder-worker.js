@@ -11,7 +11,10 @@
 
 importScripts("vendor/ort.wasm.min.js");
 ort.env.wasm.wasmPaths = new URL("vendor/", self.location.href).href;
-ort.env.wasm.numThreads = 1;  // threads need a cross-origin-isolated page; one is enough for the decoder
+// Threads need a cross-origin isolated page (/ui is: COOP + COEP credentialless): there onnxruntime-web
+// picks its own default (half the cores, at most 4); one thread elsewhere. Init's `threads`
+// (/ui/?threads=N) sets it, for measuring.
+if (!self.crossOriginIsolated) ort.env.wasm.numThreads = 1;
 ort.env.wasm.proxy = false;
 
 let session = null;
@@ -25,6 +28,7 @@ self.onmessage = (event) => {
 
 async function handle(message) {
   if (message.type === "init") {
+    if (message.threads) ort.env.wasm.numThreads = self.crossOriginIsolated ? message.threads : 1;
     const response = await fetch("../decoder.onnx", { headers: message.headers || {} });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
@@ -33,7 +37,7 @@ async function handle(message) {
     }
     session = await ort.InferenceSession.create(new Uint8Array(await response.arrayBuffer()),
                                                 { executionProviders: ["wasm"] });
-    self.postMessage({ type: "ready" });
+    self.postMessage({ type: "ready", threads: ort.env.wasm.numThreads });
   } else if (message.type === "embedding") {
     const arrays = readNpz(message.buffer);
     const feeds = {};

@@ -37,7 +37,11 @@ function startLocal() {
   if (!localWanted()) { $("mode").textContent = "clicks decoded on the server"; return; }
   local.worker = new Worker("decoder-worker.js");
   local.worker.onmessage = ({ data }) => {
-    if (data.type === "ready") { local.ready = true; $("mode").textContent = "clicks decoded in this browser"; return; }
+    if (data.type === "ready") {
+      Object.assign(local, { ready: true, threads: data.threads });
+      $("mode").textContent = "clicks decoded in this browser";
+      return;
+    }
     const waiter = local.waiting.get(data.id);
     if (data.type === "error" && !waiter) {  // the decoder did not load: server clicks
       $("mode").textContent = `clicks decoded on the server (${data.message})`;
@@ -48,7 +52,8 @@ function startLocal() {
     local.waiting.delete(data.id);
     if (waiter) (data.type === "error" ? waiter.reject(new Error(data.message)) : waiter.resolve(data));
   };
-  local.worker.postMessage({ type: "init", headers: authHeaders() });
+  const threads = Number(new URLSearchParams(location.search).get("threads")) || null;  // for measuring
+  local.worker.postMessage({ type: "init", headers: authHeaders(), threads });
 }
 
 // The chosen image's embedding into the worker; false when the page should click on the server.
