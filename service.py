@@ -205,9 +205,12 @@ OptionalVideo = Annotated[Path, VideoField]
 # Content-Security-Policy lets it load scripts and send requests here only, and show masks from the bucket.
 # The ONNX decoder's bytes in this API worker, asked of the model service once (sam2_api.api.browser).
 DECODER_SOURCE = browser.DecoderSource()
-UI_PAGES = PageHeaders(StaticFiles(directory=Path(sam2_api.api.__file__).parent / "ui", html=True),
-                       headers=lambda: {"Content-Security-Policy": ui_policy(mask_origin(SETTINGS)),
-                                        **CROSS_ORIGIN_ISOLATED})
+# The click page and its decoder worker are cross-origin isolated (threads for onnxruntime-web);
+# the video page is not (its clip plays from a blob: URL and its preview from the bucket).
+UI_PAGES = PageHeaders(
+    PageHeaders(StaticFiles(directory=Path(sam2_api.api.__file__).parent / "ui", html=True),
+                headers=lambda: CROSS_ORIGIN_ISOLATED, skip=lambda path: "video" in path),
+    headers=lambda: {"Content-Security-Policy": ui_policy(mask_origin(SETTINGS))})
 
 
 @bentoml.asgi_app(UI_PAGES, path="/ui")

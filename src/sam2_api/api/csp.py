@@ -63,13 +63,16 @@ class PageHeaders:
     its responses; ``headers`` is called once, at the first response (in the worker that serves it,
     not when the service is defined)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], headers: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], headers: Callable[[], dict[str, str]],
+                 skip: Callable[[str], bool] = lambda path: False) -> None:
+        """``skip(path)``: the paths (as the app sees them) that get no added headers."""
         self.app = app
         self._make_headers = headers
+        self._skip = skip
         self._headers: list[tuple[bytes, bytes]] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._skip(scope["path"]):
             return await self.app(scope, receive, send)
         if self._headers is None:
             self._headers = [(name.lower().encode(), value.encode()) for name, value in self._make_headers().items()]
