@@ -120,12 +120,12 @@ class SAM2Model:
 
         weights = resolve_weights(SETTINGS, packaged, download=False)
         self.tracker = build_tracker(SETTINGS, self.engine.device, weights.config)
-        # The browser's decoder (GET /decoder.onnx): exported from these very weights in the
-        # background, or read from the disk cache under their digest.
+        # The browser's decoder (GET /decoder.onnx): the Bento's (exported at import_model.py), or
+        # exported from these very weights in the background, or read from the disk cache under their digest.
         from sam2_api.model.decoder_export import DecoderModels, default_cache_dir
 
         self.decoders = DecoderModels(default_cache_dir())
-        self.decoders.start(DEFAULT_DECODER, self.engine.device.segmenter.model, weights.checkpoint)
+        self.decoders.start(DEFAULT_DECODER, self.engine.device.segmenter.model, weights.checkpoint, weights.decoder)
 
     @bentoml.api
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,

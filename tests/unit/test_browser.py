@@ -110,3 +110,39 @@ def test_the_export_is_kept_on_disk_under_the_weights_digest(sam2_model, checkpo
     assert again.get("default", timeout_s=60) == onnx and "read from" in caplog.text
     with pytest.raises(KeyError):
         again.get("another-model", timeout_s=1)
+
+
+def test_the_bento_s_model_carries_the_decoder_and_the_service_reads_it(checkpoint, tmp_path):
+    """scripts/import_model.py's store_weights exports the decoder into the stored model (so that the
+    Bento carries it); packaged_weights names it, and DecoderModels serves that file without exporting."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = f"""
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+from pathlib import Path
+from sam2_api.model.weights import store_weights, packaged_weights
+from sam2_api.model.decoder_export import DecoderModels
+import bentoml
+model = store_weights("facebook/sam2.1-hiera-tiny", Path({str(checkpoint)!r}), "decoder-test", "test")
+source = packaged_weights(bentoml.models.get(model.tag))  # as the service finds it in the store
+print("DECODER", source.decoder, source.decoder.stat().st_size)
+models = DecoderModels(Path({str(tmp_path / 'cache')!r}))
+models.start("default", None, source.checkpoint, source.decoder)
+print("SERVED", len(models.get("default", timeout_s=60)))
+"""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    decoder_line = next(line for line in result.stdout.splitlines() if line.startswith("DECODER"))
+    _, path, size = decoder_line.split()
+    assert path.startswith(str(tmp_path / "bentoml")) and path.endswith("decoder.onnx") and int(size) > 10_000_000
+    assert f"SERVED {size}" in result.stdout and "read from the Bento's model" in result.stdout
+    assert "onnxruntime vs torch on a fixed prompt" in result.stdout and ": ok" in result.stdout
+    assert not (tmp_path / "cache").exists()  # nothing exported at start-up

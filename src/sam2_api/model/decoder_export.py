@@ -173,12 +173,13 @@ class DecoderModels:
         self._bytes: dict[str, bytes] = {}
         self._failed: dict[str, str] = {}
 
-    def start(self, name: str, model: SAM2Base, checkpoint: Path) -> None:
-        """Begin exporting ``name``'s decoder (or reading it from the disk cache) in the background."""
+    def start(self, name: str, model: SAM2Base, checkpoint: Path, packaged: Path | None = None) -> None:
+        """Begin exporting ``name``'s decoder (or reading it from the disk cache) in the background;
+        ``packaged``: the file the Bento carries for these weights (:func:`write_decoder`), read instead."""
         if name in self._ready:
             return
         self._ready[name] = threading.Event()
-        threading.Thread(target=self._prepare, args=(name, model, checkpoint), name=f"onnx-export-{name}",
+        threading.Thread(target=self._prepare, args=(name, model, checkpoint, packaged), name=f"onnx-export-{name}",
                          daemon=True).start()
 
     def get(self, name: str, timeout_s: float) -> bytes | None:
@@ -193,8 +194,13 @@ class DecoderModels:
             raise RuntimeError(self._failed[name])
         return self._bytes[name]
 
-    def _prepare(self, name: str, model: SAM2Base, checkpoint: Path) -> None:
+    def _prepare(self, name: str, model: SAM2Base, checkpoint: Path, packaged: Path | None) -> None:
         try:
+            if packaged is not None:
+                self._bytes[name] = packaged.read_bytes()
+                log.info("ONNX decoder of %s read from the Bento's model (%s, %d bytes)", name, packaged,
+                         len(self._bytes[name]))
+                return
             self._bytes[name] = self._load_or_export(name, model, checkpoint)
         except Exception as exc:  # a failed export must not stop the service: /decoder.onnx says so
             log.exception("could not export the ONNX decoder of %s", name)
@@ -208,20 +214,32 @@ class DecoderModels:
         if path.is_file():
             log.info("ONNX decoder of %s read from %s (%d bytes)", name, path, path.stat().st_size)
             return path.read_bytes()
-        with torch.inference_mode(False):
-            onnx_bytes = export(model)
-            parity = check_parity(model, onnx_bytes)
-        log.info("ONNX decoder of %s exported (%d bytes); onnxruntime vs torch on a fixed prompt: max logit "
-                 "difference %.2e, %.4f %% of mask pixels differ, max IoU difference %.2e: %s", name,
-                 len(onnx_bytes), parity.max_logit_diff, parity.differing_pixels * 100, parity.max_iou_diff,
-                 "ok" if parity.ok else "FAILED")
-        if not parity.ok:
-            raise RuntimeError("the exported decoder does not match torch on the parity check")
+        onnx_bytes = checked_export(model, name)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{threading.get_ident()}.part")
         partial.write_bytes(onnx_bytes)
         partial.replace(path)  # atomic: a concurrent reader sees the whole file or none
         return onnx_bytes
+
+
+def checked_export(model: SAM2Base, name: str) -> bytes:
+    """:func:`export`, then :func:`check_parity`, logged; RuntimeError when the check fails."""
+    with torch.inference_mode(False):
+        onnx_bytes = export(model)
+        parity = check_parity(model, onnx_bytes)
+    log.info("ONNX decoder of %s exported (%d bytes); onnxruntime vs torch on a fixed prompt: max logit "
+             "difference %.2e, %.4f %% of mask pixels differ, max IoU difference %.2e: %s", name,
+             len(onnx_bytes), parity.max_logit_diff, parity.differing_pixels * 100, parity.max_iou_diff,
+             "ok" if parity.ok else "FAILED")
+    if not parity.ok:
+        raise RuntimeError("the exported decoder does not match torch on the parity check")
+    return onnx_bytes
+
+
+def write_decoder(model: SAM2Base, path: Path) -> None:
+    """The checked export of ``model``'s decoder written to ``path`` (at ``scripts/import_model.py``:
+    the Bento then carries it beside the checkpoint)."""
+    path.write_bytes(checked_export(model, path.name))
 
 
 def embedding_arrays(embed: torch.Tensor, high_res: tuple[torch.Tensor, ...], dtype: str) -> dict[str, np.ndarray]:
