@@ -149,3 +149,19 @@ def test_the_vendored_runtime_is_served_from_this_origin(server):
         assert httpx.get(f"{server.url}/ui/{name}").headers["content-type"].startswith("text/javascript")
     wasm = httpx.get(f"{server.url}/ui/vendor/ort-wasm-simd-threaded.wasm")
     assert wasm.status_code == 200 and wasm.headers["content-type"] == "application/wasm"
+
+
+def test_with_api_keys_the_page_asks_for_one_then_decodes_here(guarded_server, page, test_images):
+    from tests.integration.conftest import API_KEYS
+
+    page.goto(f"{guarded_server.url}/ui/")
+    page.wait_for_function("() => document.getElementById('mode').textContent.startsWith('clicks decoded on the server (')",
+                           timeout=60_000)  # /decoder.onnx answered 401
+    assert page.is_visible("#api-key")
+    page.fill("#api-key", API_KEYS[0])
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_function("() => document.getElementById('mode').textContent === 'clicks decoded in this browser'",
+                           timeout=120_000)
+    page.set_input_files("#file", str(test_images / "chelsea.png"))
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('clicks decoded here')",
+                           timeout=120_000)

@@ -45,6 +45,7 @@ function startLocal() {
     const waiter = local.waiting.get(data.id);
     if (data.type === "error" && !waiter) {  // the decoder did not load: server clicks
       $("mode").textContent = `clicks decoded on the server (${data.message})`;
+      if (data.status === 401) $("key-label").hidden = false;
       local.worker.terminate();
       local.worker = null;
       return;
@@ -66,7 +67,13 @@ async function embedLocally(file) {
   const response = await fetch("../embed", { method: "POST", body: form, headers: authHeaders() });
   if (!response.ok) {
     const body = await response.json().catch(() => ({ error: response.statusText }));
-    setStatus(`Error ${response.status}: ${body.error}`);
+    if (response.status === 401) {
+      $("key-label").hidden = false;
+      $("api-key").focus();
+      setStatus("This server needs an API key: enter it above, then choose the image again.");
+    } else {
+      setStatus(`Error ${response.status}: ${body.error}`);
+    }
     return true;
   }
   const buffer = await response.arrayBuffer();
@@ -188,6 +195,8 @@ async function keep() {
 }
 
 startLocal();
+// A key entered after the decoder was refused (401): load it again with the key
+$("api-key").addEventListener("change", () => { if (!local.worker && localWanted()) startLocal(); });
 $("keep").addEventListener("click", keep);
 canvas.addEventListener("mousemove", (event) => { if (!state.down) hover(imageXY(event)); });
 canvas.addEventListener("mouseleave", endHover);
