@@ -24,9 +24,9 @@ from starlette.staticfiles import StaticFiles
 import sam2_api
 from sam2_api import errors, metrics
 from sam2_api.api.answers import answers_request_errors
-from sam2_api.api import cvat, labelstudio, roboflow
+from sam2_api.api import browser, cvat, labelstudio, roboflow
 from sam2_api.api.roboflow_logits import LogitsIndex
-from sam2_api.api.csp import PageHeaders, mask_origin, ui_policy
+from sam2_api.api.csp import CROSS_ORIGIN_ISOLATED, PageHeaders, mask_origin, ui_policy
 from sam2_api.api.everything import segment_everything
 from sam2_api.api.fields.common import parse_formats
 from sam2_api.api.fields.everything import EverythingFields as Everything
@@ -51,6 +51,7 @@ from sam2_api.api.task_board import TaskBoard, TaskProgress
 from sam2_api.api.track import TrackRequest, build_track_jobs
 from sam2_api.config import Settings
 from sam2_api.maskformats import FORMATS
+from sam2_api.messages_browser import DEFAULT_DECODER, DecoderReply, EmbedDtype, EmbedReply
 from sam2_api.messages import EverythingParams, EverythingReply, LowResMask, ModelReply, RawImage, TrackSpec
 from sam2_api.prompts import Prompt
 from sam2_api.server import header_deadline
@@ -120,12 +121,32 @@ class SAM2Model:
         from sam2_api.model.weights import resolve_weights
         from sam2_api.model.tracker import build_tracker
 
-        self.tracker = build_tracker(SETTINGS, self.engine.device, resolve_weights(SETTINGS, packaged, download=False).config)
+        weights = resolve_weights(SETTINGS, packaged, download=False)
+        self.tracker = build_tracker(SETTINGS, self.engine.device, weights.config)
+        # The browser's decoder (GET /decoder.onnx): the Bento's (exported at import_model.py), or
+        # exported from these very weights in the background, or read from the disk cache under their digest.
+        from sam2_api.model.decoder_export import DecoderModels, default_cache_dir
+
+        self.decoders = DecoderModels(default_cache_dir())
+        self.decoders.start(DEFAULT_DECODER, self.engine.device.segmenter.model, weights.checkpoint, weights.decoder)
 
     @bentoml.api
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
                 mask_inputs: list[LowResMask | None] | None = None) -> ModelReply:
         return self.engine.predict(key, prompts, image, mask_inputs)
+
+    @bentoml.api
+    def embed(self, key: str, image: RawImage | None = None, dtype: EmbedDtype = "float16") -> EmbedReply:
+        return self.engine.embed(key, image, dtype)
+
+    @bentoml.api
+    def decoder_onnx(self, name: str = DEFAULT_DECODER) -> DecoderReply:
+        """The ONNX prompt encoder + mask decoder of model ``name``; ``pending`` while it is exported."""
+        try:
+            onnx = self.decoders.get(name, timeout_s=DECODER_WAIT_S)
+        except (KeyError, RuntimeError) as exc:
+            return DecoderReply(error=f"no ONNX decoder for {name!r}: {exc}")
+        return DecoderReply(onnx=onnx, pending=onnx is None)
 
     @bentoml.api
     def track(self, video: bytes, spec: TrackSpec) -> Generator[bytes, None, None]:
@@ -145,6 +166,7 @@ class SAM2Model:
         return self.engine.everything(key, params, image, deadline_s)
 
 
+DECODER_WAIT_S = 20.0  # a call for the decoder waits this long for its export, then says "pending"
 CACHE_HEADER = "X-Embedding-Cache"  # "hit" when the image encoder was skipped
 
 
@@ -184,8 +206,14 @@ OptionalVideo = Annotated[Path, VideoField]
 
 # The click-to-segment page: static files calling the same POST /segment as any client; its
 # Content-Security-Policy lets it load scripts and send requests here only, and show masks from the bucket.
-UI_PAGES = PageHeaders(StaticFiles(directory=Path(sam2_api.api.__file__).parent / "ui", html=True),
-                       headers=lambda: {"Content-Security-Policy": ui_policy(mask_origin(SETTINGS))})
+# The ONNX decoder's bytes in this API worker, asked of the model service once (sam2_api.api.browser).
+DECODER_SOURCE = browser.DecoderSource()
+# The click page and its decoder worker are cross-origin isolated (threads for onnxruntime-web);
+# the video page is not (its clip plays from a blob: URL and its preview from the bucket).
+UI_PAGES = PageHeaders(
+    PageHeaders(StaticFiles(directory=Path(sam2_api.api.__file__).parent / "ui", html=True),
+                headers=lambda: CROSS_ORIGIN_ISOLATED, skip=lambda path: "video" in path),
+    headers=lambda: {"Content-Security-Policy": ui_policy(mask_origin(SETTINGS))})
 
 
 @bentoml.asgi_app(UI_PAGES, path="/ui")
@@ -219,6 +247,7 @@ class SAM2API:
         exit_after_grace(SETTINGS.sam2_shutdown_grace_s)
         prepare_client(self.model, SETTINGS.internal_token)
         self.pipeline = build_pipeline(SETTINGS, self.model)
+        DECODER_SOURCE.bind(self.model)  # GET /decoder.onnx asks the model service through this worker's client
         if bentoml.server_context.worker_index in (None, 1):  # once, not per worker
             log = logging.getLogger("sam2_api")
             log.info("people: open /ui (click to segment); programs: POST /segment, documented at / "
@@ -346,6 +375,36 @@ class SAM2API:
                                         SETTINGS.sam2_everything_deadline_s)
         say_cache(ctx, result.cached)
         return EverythingResponse.of(result)
+
+    @bentoml.api(route=browser.EMBED_ROUTE)
+    @answers_request_errors
+    def embed(
+        self,
+        ctx: bentoml.Context,
+        image: OptionalImage,
+        image_id: ImageIdField = None,
+        image_url: ImageUrlField = None,
+        dtype: browser.DtypeField = None,
+    ) -> bytes:
+        """The image's embedding, for decoding clicks in the browser with GET /decoder.onnx: one `.npz`.
+
+        The image as for /segment (the same cache: an image sent to either is encoded once). The
+        file holds `image_embeddings` (1×256×64×64), `image_features_0` (1×32×256×256),
+        `image_features_1` (1×64×128×128), in float16 unless `dtype` is `float32`, and
+        `original_image_size` ([H, W] of the upright image, int32): the ONNX decoder's inputs by
+        name. About 8.4 MB (float16). `ETag` and `If-None-Match` (304) as for any file. Errors as for /segment.
+        """
+        dtype = browser.parse_dtype(dtype)
+        with timed(ctx) as timer:
+            request = image_request(image, image_id, image_url, timer)
+            result = browser.embed(self.pipeline, request, dtype, timer, tenant_of(ctx))
+        say_cache(ctx, result.cached)
+        headers = {"ETag": result.etag, "Cache-Control": browser.EMBED_CACHE_CONTROL, CACHE_HEADER: ctx.response.headers[CACHE_HEADER],
+                   "Server-Timing": ctx.response.headers["Server-Timing"]}
+        if browser.not_modified(ctx.request.headers.get("if-none-match"), result.etag):
+            ctx.response.status_code = 304  # BentoML sets the context's status on the response it returns
+            return Response(status_code=304, headers=headers)
+        return Response(result.body, media_type=browser.NPZ_TYPE, headers=headers)
 
     @bentoml.api(route=cvat.ROUTE)
     @answers_request_errors
@@ -517,7 +576,7 @@ SAM2API.add_asgi_middleware(
     RequestGuard,
     paths={api.route for api in SAM2API.apis.values()
            if not api.is_task and api.route not in (cvat.ROUTE, *roboflow.ROUTES)
-           and not api.route.startswith(labelstudio.PREFIX)},
+           and not api.route.startswith(labelstudio.PREFIX)} | {browser.DECODER_PATH},
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
@@ -587,6 +646,8 @@ SAM2API.add_asgi_middleware(
     file_fields={name for api in SAM2API.apis.values() for name in api.input_spec.multipart_fields},
     setting_names=("SAM2_VIDEO_MAX_UPLOAD_BYTES", "SAM2_VIDEO_BODY_TIMEOUT_S"),
 )
+# GET /decoder.onnx (the browser's decoder), inside the guard above: the same API keys.
+SAM2API.add_asgi_middleware(browser.DecoderFile, source=DECODER_SOURCE)
 SAM2API.add_asgi_middleware(TaskProgress, route=SAM2API.apis["track"].route, board_path=TASK_BOARD)
 # The OpenAPI document at /docs.json: valid, and about this service (BentoML's own is neither).
 SAM2API.add_asgi_middleware(PublishedOpenAPI, spec=lambda: SAM2API.openapi_spec.asdict())

@@ -13,6 +13,7 @@ rm -rf build/wheels
 mkdir -p build/wheels
 SAM2_BUILD_CUDA=0 .venv/bin/python -m pip wheel -q --no-deps --no-build-isolation \
     -w build/wheels "$(grep -E '^sam2==' requirements.lock)" >&2
+scripts/vendor_onnxruntime_web.sh  # /ui's onnxruntime-web, into the package data the wheel carries
 .venv/bin/python -m pip wheel -q --no-deps -w build/wheels . >&2
 # The Bento's service reads this file (sam2_api.config.PACKAGED_ENV_FILE); it exists only for the build.
 trap 'rm -f bento/packaged.env' EXIT

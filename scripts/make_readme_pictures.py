@@ -71,7 +71,7 @@ def screenshot_ui(url: str, image: Path, chromium: str) -> Image.Image:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport=UI_WINDOW)
-            page.goto(f"{url}/ui/")
+            page.goto(f"{url}/ui/?decode=server")  # each click a /segment answer, with its mask link
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#stage:not([hidden])")
             box = page.locator("#canvas").bounding_box()

@@ -37,4 +37,7 @@ step 5 "this project (sam2_api and the sam2-api command), editable, with its ser
 step 6 "the third-party clients the compatibility tests drive, in .venv-clients (the first time: about 1 GB, 1 min)"
 [ -x .venv-clients/bin/python ] || "$PYTHON" -m venv .venv-clients
 .venv-clients/bin/python -m pip --disable-pip-version-check -q install -r tests/clients/requirements.lock
+# /ui's click decoder in the browser: onnxruntime-web from the npm registry, pinned (no step number:
+# without npm the page decodes clicks on the server, so setup goes on).
+if [ -x scripts/vendor_onnxruntime_web.sh ]; then scripts/vendor_onnxruntime_web.sh || echo "setup: onnxruntime-web not vendored: /ui decodes clicks on the server" >&2; fi
 echo "setup: .venv ready in $((SECONDS - started)) s" >&2

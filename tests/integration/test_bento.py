@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import bentoml
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -53,6 +54,7 @@ def test_model_store_records_variant_and_source(built, bentoml_home):
     assert info["metadata"]["config"] == "configs/sam2.1/sam2.1_hiera_t.yaml"
     checkpoint = bentoml_home / "models" / model_tag.replace(":", "/") / "checkpoint.pt"
     assert checkpoint.stat().st_size > 100_000_000
+    assert (checkpoint.parent / "decoder.onnx").stat().st_size > 10_000_000  # the browser's decoder, carried along
 
 
 def test_bento_holds_the_model_and_only_what_serving_needs(built):
@@ -102,6 +104,9 @@ def test_built_bento_serves_segment(built, s3, s3_server, logs, reference_mask, 
         expected, _ = reference_mask(upright_rgb(path), points=[[300, 200]])
         assert np.array_equal(fetch_mask(response.json()["mask_url"]) == 255, expected)
         assert f"bento model {MODEL_NAME}:" in served.log()  # the packaged weights, not a download
+        decoder = httpx.get(f"{served.url}/decoder.onnx", timeout=120)
+        assert decoder.status_code == 200 and len(decoder.content) > 10_000_000
+        assert "ONNX decoder of default read from the Bento's model" in served.log()  # not exported again
     finally:
         served.stop()
 

@@ -237,6 +237,7 @@ def test_metrics_do_not_grow_with_paths_that_nobody_serves(server):
     endpoints = set(re.findall(r'endpoint="([^"]*)"', text))
     assert endpoints <= {"/segment", "/segment_objects", "/segment_everything", "/cvat/interactor", "/predict", "/everything",
                          "/sam2/embed_image", "/sam2/segment_image",
+                         "/embed", "/decoder.onnx", "/decoder_onnx",
                          "/livez", "/healthz", "/readyz", "/metrics", "/", "/ui",
                          "/static_content", "/docs.json", "/schema.json", "unmatched",
                          # the track task's routes on SAM2API, and SAM2Model's two tracking calls

@@ -42,7 +42,7 @@ def test_mask_origin_is_where_the_store_s_urls_point(env, settings, origin):
 
 def test_the_ui_loads_scripts_and_sends_requests_to_its_own_origin_only():
     policy = dict(part.split(" ", 1) for part in ui_policy("http://127.0.0.1:4566").split("; "))
-    assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'"  # no inline, no eval, no CDN
+    assert policy["default-src"] == "'none'" and policy["script-src"] == "'self' 'wasm-unsafe-eval'"  # no inline, no JS eval, no CDN; WebAssembly
     assert policy["connect-src"] == "'self'" and policy["style-src"] == "'self'"
     assert policy["img-src"] == "'self' http://127.0.0.1:4566"  # the masks
     assert policy["media-src"] == "'self' blob: http://127.0.0.1:4566"  # the chosen clip, the preview

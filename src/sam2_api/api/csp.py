@@ -22,11 +22,18 @@ DOCS_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-
                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+# /ui cross-origin isolated, so that onnxruntime-web may decode clicks on several threads (SharedArrayBuffer):
+# "credentialless" still shows the bucket's masks, fetched without credentials, where "require-corp"
+# would need the bucket to send Cross-Origin-Resource-Policy.
+CROSS_ORIGIN_ISOLATED = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "credentialless"}
+
+
 def ui_policy(mask_origin: str | None) -> str:
     """The policy of ``/ui``'s pages; ``mask_origin``: where their mask and preview URLs point
     (:func:`mask_origin`), None when masks are not stored."""
     bucket = f" {mask_origin}" if mask_origin else ""
-    return ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    # 'wasm-unsafe-eval': WebAssembly may be compiled (onnxruntime-web, vendored here), JavaScript still not eval'd
+    return ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; connect-src 'self'; "
             f"img-src 'self'{bucket}; media-src 'self' blob:{bucket}; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -56,13 +63,16 @@ class PageHeaders:
     its responses; ``headers`` is called once, at the first response (in the worker that serves it,
     not when the service is defined)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], headers: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], headers: Callable[[], dict[str, str]],
+                 skip: Callable[[str], bool] = lambda path: False) -> None:
+        """``skip(path)``: the paths (as the app sees them) that get no added headers."""
         self.app = app
         self._make_headers = headers
+        self._skip = skip
         self._headers: list[tuple[bytes, bytes]] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._skip(scope["path"]):
             return await self.app(scope, receive, send)
         if self._headers is None:
             self._headers = [(name.lower().encode(), value.encode()) for name, value in self._make_headers().items()]

@@ -29,6 +29,8 @@ S3. Runs Meta's SAM 2.1.
 * Programs: `POST /segment` (one object), `POST /segment_objects` (several, one encoder pass); as
   `multipart/form-data` (the image as a file), or JSON or a url-encoded form (the image by
   `image_url`, or a cached `image_id`).
+* Browsers decoding clicks themselves: `POST /embed` (the image's embedding, once, as an `.npz`) and
+  `GET /decoder.onnx` (SAM 2's prompt encoder + mask decoder for onnxruntime-web); `/ui` uses them.
 * CVAT: `POST /cvat/interactor` takes CVAT's interactor call (the frame in base64, clicks, a box)
   and answers the mask as CVAT reads it; deploy/cvat/ has the nuclio function that forwards to it.
 * Video: `POST /track/submit` tracks objects through a clip as a task (then `GET /track/status`,
@@ -84,6 +86,32 @@ ROUTE_ERRORS = {
     },
 }
 
+# Routes whose 200 is a file, not JSON: its media type and what it holds.
+FILE_ANSWERS = {
+    "/embed": ("application/octet-stream", "An `.npz` (NumPy's zip of arrays): image_embeddings, image_features_0, "
+                                           "image_features_1 and original_image_size. ETag; 304 on If-None-Match."),
+}
+# Served by a middleware (sam2_api.api.browser.DecoderFile), so absent from BentoML's document.
+DECODER_PATH_ITEM = {"get": {
+    "summary": "The ONNX decoder for browsers",
+    "description": ("SAM 2's prompt encoder + mask decoder of the loaded weights as one ONNX model (about 16 MB), "
+                    "with the input names of onnxruntime's SAM 2 exporter: image_embeddings, image_features_0, "
+                    "image_features_1 (from POST /embed), point_coords (1×N×2, pixels of the upright image; a box as "
+                    "two points labelled 2 and 3, first), point_labels (1×N int32), input_masks (1×1×256×256, a "
+                    "previous low_res_masks entry), has_input_masks ([1] or [0]), original_image_size ([H, W] "
+                    "int32). Outputs: masks (1×4×H×W logits, object where > 0: first the mask /segment returns "
+                    "without multimask output, then the three candidates), iou_predictions (1×4), low_res_masks "
+                    "(1×4×256×256). ETag; 304 on If-None-Match. 503 while it is being exported at start-up."),
+    "operationId": "decoder_onnx",
+    "tags": ["Service APIs"],
+    "responses": {
+        "200": {"description": "The ONNX model", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}},
+        **{status: {"description": ERRORS[status], "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Error"}}}} for status in ("401", "503")},
+    },
+}}
+
 # Routes whose body is JSON only (no file fields, so no form): CVAT's interactor call.
 JSON_ROUTES = ("/cvat/interactor",)
 
@@ -99,6 +127,7 @@ def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
     schemas["Error"] = {"type": "object", "required": ["error"], "properties": {
         "error": {"type": "string", "description": "What is wrong, in words."}}}
     _task_routes(spec)
+    spec["paths"]["/decoder.onnx"] = json.loads(json.dumps(DECODER_PATH_ITEM))
     for path, item in spec["paths"].items():
         for operation in item.values():
             if "description" in operation:  # a docstring: its indentation would make code blocks in Markdown
@@ -113,6 +142,10 @@ def published_spec(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
                     **{status: {"description": text, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Error"}}}} for status, text in errors.items()},
                 }
+            if path in FILE_ANSWERS:
+                media_type, what = FILE_ANSWERS[path]
+                operation["responses"]["200"] = {"description": what, "content": {media_type: {
+                    "schema": {"type": "string", "format": "binary"}}}}
     return spec
 
 

@@ -29,6 +29,8 @@ from ..messages import (
     CACHE_KEY, MAX_PROMPTS, Failure, ImageLimits, LowResMask, MaskBits, ModelReply, RawImage, tenant_of,
 )
 from .segmenter import Embedding, Mask, Segmenter
+from .decoder_export import embedding_arrays
+from ..messages_browser import EmbedDtype, EmbedReply
 from ..timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,22 @@ class Engine:
             masks=[self._reply(key, mask) for mask in masks],
             width=width, height=height, cached=cached, seconds=timer.seconds,
         )
+
+    def embed(self, key: str, image: RawImage | None = None, dtype: EmbedDtype = "float16") -> EmbedReply:
+        """The embedding of the image cached as ``key``, or given as ``image`` (encoded and cached
+        now), as the browser decoder's inputs (``POST /embed``)."""
+        timer = StageTimer()
+        try:
+            self._check_call(key, [], image)
+            embedding, cached = self._embedding(key, image, [], timer, Lane(tenant_of(key), "embed"))
+            if embedding is None:
+                return EmbedReply(needs_image=True)
+            with timer.stage("embed_arrays"):
+                arrays = embedding_arrays(embedding.image_embed, embedding.high_res_feats, dtype)
+        except errors.RequestError as exc:
+            return EmbedReply(failure=Failure.of(exc), seconds=timer.seconds)
+        height, width = embedding.orig_hw
+        return EmbedReply(arrays=arrays, width=width, height=height, cached=cached, seconds=timer.seconds)
 
     def _check_call(self, key: str, prompts: list[Prompt], image: RawImage | None) -> None:
         """The bounds the API service has checked, checked again: this service trusts no caller with

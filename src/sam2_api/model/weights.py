@@ -32,6 +32,7 @@ RANDOM_WEIGHTS_LABEL = "random-test-weights"
 # it): the checkpoint file as Meta ships it, the sam2 config in the metadata, and labels that say
 # which variant it is and where it came from.
 BENTO_CHECKPOINT_FILE = "checkpoint.pt"
+BENTO_DECODER_FILE = "decoder.onnx"  # the browser's ONNX decoder of these weights (decoder_export), made at import
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class WeightsSource:
     config: str
     checkpoint: Path
     origin: str  # the Hugging Face id, "local" or the Bento model, for logs and labels
+    decoder: Path | None = None  # the browser's ONNX decoder exported from these weights, when packaged with them
 
 
 def resolve_weights(settings: Settings, packaged: WeightsSource | None = None, download: bool = True) -> WeightsSource:
@@ -111,15 +113,22 @@ def store_weights(model_id: str, checkpoint: Path, name: str, source: str):
         labels["weights"] = RANDOM_WEIGHTS_LABEL
     with bentoml.models.create(name, labels=labels, metadata={"config": config, "hf_id": model_id}) as model:
         shutil.copyfile(checkpoint, model.path_of(BENTO_CHECKPOINT_FILE))
+        # the browser's decoder, exported and checked here, so that the Bento carries it (GET /decoder.onnx)
+        from .decoder_export import write_decoder
+
+        write_decoder(load_sam2(WeightsSource(config, checkpoint, source), torch.device("cpu")),
+                      Path(model.path_of(BENTO_DECODER_FILE)))
     return model
 
 
 def packaged_weights(stored_model) -> WeightsSource:
     """The weights of a BentoML model written by :func:`store_weights`."""
+    decoder = Path(stored_model.path_of(BENTO_DECODER_FILE))
     return WeightsSource(
         config=stored_model.info.metadata["config"],
         checkpoint=Path(stored_model.path_of(BENTO_CHECKPOINT_FILE)),
         origin=f"bento model {stored_model.tag} ({stored_model.info.labels.get('source', '?')})",
+        decoder=decoder if decoder.is_file() else None,  # models stored before it was made have none
     )
 
 

@@ -3,6 +3,9 @@
 // render() draws one scene ({image, mask, points, labels, box}) onto any 2D context: the page
 // draws the current prompt with it, and each candidate thumbnail its own.
 //
+// Where the browser can, local.js decodes clicks here instead (over the image's embedding, POST
+// /embed) and the server is asked only on "Keep"; without it every click is a POST /segment.
+//
 // Clicks refine: each request sends every click so far and the `mask_id` of the mask shown, as
 // `previous_mask_id`, so that SAM 2 starts from that mask (a 404, when the server no longer holds
 // it, is answered by sending the clicks alone). Every answer is a step in `state.history`; undo
@@ -29,6 +32,7 @@ const state = {
   history: [],                        // per answered prompt: {points, labels, box, choices: [{result, mask}], chosen}
   sent: 0,                            // number of the latest request; answers to older ones are dropped
   down: null, drag: null,             // a mouse press in progress, and the box it drags
+  preview: null,                      // the hover preview's mask (decoded in this browser, local.js)
 };
 
 // ---- Drawing -------------------------------------------------------------------------------------
@@ -74,7 +78,7 @@ function maskLayers(mask, outline) {
   if (!maskLayerCache.has(mask)) maskLayerCache.set(mask, new Map());
   const cached = maskLayerCache.get(mask);
   if (cached.has(outline)) return cached.get(outline);
-  const { naturalWidth: width, naturalHeight: height } = mask;
+  const width = mask.naturalWidth || mask.width, height = mask.naturalHeight || mask.height;  // an <img> or a canvas
   const ring = paint(width, height, ["source-over", mask], ["difference", erode(mask, width, height, outline)]);
   const fill = tint(mask, width, height, LOOK.mask, LOOK.maskKeep), line = tint(ring, width, height, LOOK.mask, 0);
   const layers = [
@@ -121,8 +125,9 @@ function screenScale() { return canvas.getBoundingClientRect().width / canvas.wi
 
 function draw() {
   if (!state.image) return;
-  const { image, mask, points, labels } = state;
+  const { image, points, labels } = state, mask = state.preview || state.mask;
   render(ctx, { image, mask, points, labels, box: state.drag || state.box }, screenScale());
+  $("keep").disabled = !state.result?.local;
   $("undo").disabled = state.history.length === 0;
   $("clear").disabled = points.length === 0 && !state.box;
 }
@@ -186,6 +191,7 @@ function showResult(result, mask) {
     $("score").textContent = result.score.toFixed(3);
     $("mask-part").hidden = !result.mask_url;
     if (result.mask_url) $("mask-link").href = result.mask_url;
+    $("polygons-link").hidden = !result.polygons;  // a mask decoded in this browser has none until kept
     if (polygonsURL) URL.revokeObjectURL(polygonsURL);
     polygonsURL = URL.createObjectURL(new Blob([JSON.stringify(result.polygons)], { type: "application/json" }));
     $("polygons-link").href = polygonsURL;
@@ -243,6 +249,7 @@ async function loadMask(url) {
 async function segment() {
   const sent = ++state.sent;
   if (!state.points.length && !state.box) { showResult(null, null); setStatus(readyText()); return; }
+  if (decodesLocally()) { state.sent--; return segmentLocally(); }  // local.js: no request until Keep
   const headers = {};
   const key = sessionStorage.getItem("sam2-api-key");
   if (key) headers.Authorization = `Bearer ${key}`;
@@ -303,7 +310,8 @@ $("file").addEventListener("change", async () => {
     setStatus(`${file.name}: this browser cannot show it as an image.`);
     return;
   }
-  Object.assign(state, { file, image, points: [], labels: [], box: null, drag: null, down: null, history: [] });
+  Object.assign(state, { file, image, points: [], labels: [], box: null, drag: null, down: null, history: [],
+                         preview: null });
   canvas.width = image.width;
   canvas.height = image.height;
   $("stage").hidden = false;
@@ -311,6 +319,11 @@ $("file").addEventListener("change", async () => {
   showResult(null, null);
   drawCandidates();
   setStatus(readyText());
+  try {
+    await embedLocally(file);  // local.js: the embedding for clicks decoded here, when this browser can
+  } catch (error) {
+    setStatus(`${readyText()} (clicks go to the server: ${error.message})`);
+  }
 });
 
 window.addEventListener("resize", () => { fit(); draw(); });
