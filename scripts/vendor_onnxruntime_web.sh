@@ -13,8 +13,8 @@ LOCK=scripts/onnxruntime-web
 VERSION=$(python3 -c "import json; print(json.load(open('$LOCK/package.json'))['dependencies']['onnxruntime-web'])")
 FILES=(ort.wasm.min.js ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm)
 
-if [ -f "$VENDOR/VERSION" ] && [ "$(cat "$VENDOR/VERSION")" = "$VERSION" ] \
-   && for f in "${FILES[@]}"; do [ -s "$VENDOR/$f" ] || exit 1; done; then
+have_all() { for f in "${FILES[@]}"; do [ -s "$VENDOR/$f" ] || return 1; done; }
+if [ -f "$VENDOR/VERSION" ] && [ "$(cat "$VENDOR/VERSION")" = "$VERSION" ] && have_all; then
   echo "vendor: onnxruntime-web $VERSION already in $VENDOR" >&2
   exit 0
 fi
