@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from sam2_api import brush_rle
 from sam2_api.api import labelstudio
 from sam2_api.api.guard import RequestGuard
 from sam2_api.api.image_urls import ImageSources
-from sam2_api.api.labelstudio_config import parse_label_config
+from sam2_api.api.labelstudio_config import MAX_CONFIG_BYTES, parse_label_config
 from sam2_api.api.labelstudio_images import TaskImages
 from sam2_api.api.segment import Result, StoredMask
 from sam2_api.errors import ForbiddenSource, InvalidField, InvalidImageSource, InvalidPrompt
@@ -303,3 +304,17 @@ def test_label_studios_routes_have_their_guards():
     assert predict["api_keys"] == found["/segment"]["api_keys"]
     assert predict["max_json_body_bytes"] == service.SETTINGS.sam2_max_upload_bytes
     assert "api_keys" not in webhook and "max_json_body_bytes" not in webhook  # open, 1 MiB
+
+
+def test_checking_a_config_of_thousands_of_tags_costs_one_pass_not_one_per_image():
+    # ~8,000 images and ~8,000 mask tags, none pointing at an image: within MAX_CONFIG_BYTES, and
+    # what a key holder could post to /setup over and over (seconds of CPU each when checked per image).
+    count = 8000
+    text = ("<View>" + "".join(f'<Image name="i{k}" value="$a"/>' for k in range(count))
+            + "".join(f'<Brush name="b{k}" toName="z"/>' for k in range(count)) + "</View>")
+    assert len(text.encode()) < MAX_CONFIG_BYTES
+    config = parse_label_config(text, "schema")
+    started = time.perf_counter()
+    with pytest.raises(InvalidField, match="needs an <Image>"):
+        config.check_usable("schema")
+    assert time.perf_counter() - started < 0.5

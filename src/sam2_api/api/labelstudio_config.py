@@ -53,10 +53,12 @@ class LabelConfig:
 
     def check_usable(self, field: str) -> None:
         """400 unless some image has a mask tag and a click or box tag pointing at it."""
-        for image in self.images:
-            prompts = [c for c in self.controls if c.tag in PROMPT_TAGS and image in c.to_names]
-            if self.outputs_for(image) and prompts:
-                return
+        # One pass over the controls, not one per image: a config of thousands of each would
+        # otherwise cost seconds of CPU per call.
+        masked = {n for c in self.controls if c.tag in OUTPUT_TAGS for n in c.to_names}
+        prompted = {n for c in self.controls if c.tag in PROMPT_TAGS for n in c.to_names}
+        if masked & prompted & self.images.keys():
+            return
         raise InvalidField(
             f"`{field}` needs an <Image>, a <BrushLabels> (or <BitmaskLabels>) and a <KeyPointLabels> (or "
             f"<RectangleLabels>) with smart=\"true\", both with toName naming that image; e.g. {EXAMPLE} "
