@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -318,3 +319,51 @@ def test_checking_a_config_of_thousands_of_tags_costs_one_pass_not_one_per_image
     with pytest.raises(InvalidField, match="needs an <Image>"):
         config.check_usable("schema")
     assert time.perf_counter() - started < 0.5
+
+
+def test_a_mask_of_a_million_runs_is_encoded_in_memory_near_its_answers_size():
+    # A 2000 x 2000 checkerboard of 4-pixel squares: 1,000,000 runs, ~1.75 MB of brush RLE. Encoded
+    # bit by bit in one go it took arrays of eight bytes an output bit (over 200 MB at once).
+    rows, cols = np.indices((2000, 2000))
+    mask = (rows // 4 + cols // 4) % 2 == 1
+    tracemalloc.start()
+    try:
+        encoded = brush_rle.encode(mask)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 1_500_000 < len(encoded) < 2_000_000
+    assert peak < 80 * 1024**2, f"{peak / 1024**2:.0f} MB"
+    bits = rle_bits(encoded[:9])
+    assert int(bits[:32], 2) == 4 * 2000 * 2000
+    assert bits[53:53 + 15] == "1" + "01" + f"{15:04b}" + f"{0:08b}"  # 4 pixels off: a run of 16 zeros
+
+
+def decoded_values(data: list[int]) -> np.ndarray:
+    """The values of a brush RLE, read record by record as thi.ng's rle-pack reads them."""
+    bits = rle_bits(data)
+    count, word = int(bits[:32], 2), int(bits[32:37], 2) + 1
+    fields = [int(bits[37 + 4 * i:41 + 4 * i], 2) + 1 for i in range(4)]
+    values, at = [], 53
+    while len(values) < count:
+        run, field = bits[at] == "1", fields[int(bits[at + 1:at + 3], 2)]
+        length = int(bits[at + 3:at + 3 + field], 2) + 1
+        at += 3 + field
+        if run:
+            values += [int(bits[at:at + word], 2)] * length
+            at += word
+        else:
+            values += [int(bits[at + word * i:at + word * (i + 1)], 2) for i in range(length)]
+            at += word * length
+    assert set(bits[at:]) <= {"0"}
+    return np.asarray(values)
+
+
+def test_a_mask_of_more_runs_than_one_chunk_reads_back_exactly():
+    rng = np.random.default_rng(3)
+    mask = rng.random((300, 700)) > 0.5  # ~105,000 runs: more than one chunk of brush_rle.CHUNK
+    mask[:40] = True  # and runs longer than 65,536 values
+    assert np.count_nonzero(mask[:, 1:] != mask[:, :-1]) > brush_rle.CHUNK
+    values = decoded_values(brush_rle.encode(mask)).reshape(300, 700, 4)
+    assert all(np.array_equal(values[..., c] == 255, mask) for c in range(4))
+    assert set(np.unique(values)) == {0, 255}
