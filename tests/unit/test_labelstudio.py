@@ -22,7 +22,7 @@ from sam2_api.api.image_urls import ImageSources
 from sam2_api.api.labelstudio_config import MAX_CONFIG_BYTES, parse_label_config
 from sam2_api.api.labelstudio_images import TaskImages
 from sam2_api.api.segment import Result, StoredMask
-from sam2_api.errors import ForbiddenSource, InvalidField, InvalidImageSource, InvalidPrompt
+from sam2_api.errors import ForbiddenSource, InvalidField, InvalidImageSource, InvalidPrompt, ResponseTooLarge
 from sam2_api.maskformats import describe
 from tests.unit.test_guard import APP, JSON, exchange
 
@@ -367,3 +367,21 @@ def test_a_mask_of_more_runs_than_one_chunk_reads_back_exactly():
     values = decoded_values(brush_rle.encode(mask)).reshape(300, 700, 4)
     assert all(np.array_equal(values[..., c] == 255, mask) for c in range(4))
     assert set(np.unique(values)) == {0, 255}
+
+
+def test_many_mask_tags_share_one_encoding_and_the_answer_keeps_to_the_response_limit():
+    mask = np.random.default_rng(2).random((120, 200)) > 0.5
+    tags = "".join(f'<BrushLabels name="b{k}" toName="image"/><BitmaskLabels name="m{k}" toName="image"/>'
+                   for k in range(40))
+    config = CONFIG.replace("</View>\n", tags + "</View>\n")
+    found = labelstudio.parse_predict(TASKS, config, params({**KEYPOINT, "original_width": 200, "original_height": 120}))
+    assert len(found.outputs) == 81
+    rle, data_url = brush_rle.encode(mask), labelstudio.bitmask_data_url(mask)
+    needed = 41 * 4 * len(rle) + 40 * len(data_url)
+    body = labelstudio.Backend(None, None, "v", max_response_bytes=needed).answer(result_of(mask), found)
+    regions = json.loads(body)["results"][0]["result"]
+    assert len(regions) == 81 and len(body) <= needed + 81 * 400
+    assert all(r["value"]["rle"] == rle for r in regions if r["type"] == "brushlabels")
+    assert all(r["value"]["imageDataURL"] == data_url for r in regions if r["type"] == "bitmasklabels")
+    with pytest.raises(ResponseTooLarge, match=r"81 mask tags.*SAM2_MAX_RESPONSE_BYTES"):
+        labelstudio.Backend(None, None, "v", max_response_bytes=needed - 1).answer(result_of(mask), found)
