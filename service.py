@@ -365,7 +365,7 @@ class SAM2API:
             result = self.pipeline.run(ImageRequest(upload=request.image), [request.prompt], timer, tenant_of(ctx),
                                        None, cvat.FORMATS)
             with timer.stage("cvat_answer"):
-                body = cvat.response_body(result)
+                body = cvat.response_body(result, self.pipeline.max_response_bytes)
         say_cache(ctx, result.cached)
         return Response(body, media_type="application/json")
 
