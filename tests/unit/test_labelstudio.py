@@ -240,6 +240,10 @@ def images(url: str | None = "http://label-studio:8080", key: str | None = "ls-t
     ("/data/upload/1/photo.jpg", "http://label-studio:8080/data/upload/1/photo.jpg"),
     ("/data/local-files/?d=images/a%20b.jpg", "http://label-studio:8080/data/local-files/?d=images/a%20b.jpg"),
     ("http://label-studio:8080/data/upload/2/x.png", "http://label-studio:8080/data/upload/2/x.png"),
+    ("/tasks/12/resolve/?fileuri=czM6Ly9iL2EucG5n", "http://label-studio:8080/tasks/12/resolve/?fileuri=czM6Ly9iL2EucG5n"),
+    ("/projects/3/presign/?fileuri=x", "http://label-studio:8080/projects/3/presign/?fileuri=x"),
+    ("/storage-data/uploaded/?filepath=upload/1/a.png", "http://label-studio:8080/storage-data/uploaded/?filepath=upload/1/a.png"),
+    ("/data/upload/1/a..b.png", "http://label-studio:8080/data/upload/1/a..b.png"),
 ])
 def test_label_studios_files_are_fetched_from_it_with_its_token(url, fetched):
     found, recorder = images()
@@ -385,3 +389,35 @@ def test_many_mask_tags_share_one_encoding_and_the_answer_keeps_to_the_response_
     assert all(r["value"]["imageDataURL"] == data_url for r in regions if r["type"] == "bitmasklabels")
     with pytest.raises(ResponseTooLarge, match=r"81 mask tags.*SAM2_MAX_RESPONSE_BYTES"):
         labelstudio.Backend(None, None, "v", max_response_bytes=needed - 1).answer(result_of(mask), found)
+
+
+@pytest.mark.parametrize("url", [
+    "/api/projects/1/export?exportType=JSON",  # Label Studio's API, with its token: not a task's file
+    "/api/users/",
+    "/data/upload/../../api/projects",
+    "/data/upload/%2e%2e/%2E%2E/api/projects",
+    "/data/upload/1/..%2F..%2F..%2Fapi/projects",
+    "/data/upload/1/..\\..\\api/projects",
+    "/data/upload/./1/a.png",
+    "/tasks/1/resolve/../../api/tasks/1",
+    "/tasks/x/resolve/?fileuri=a",
+    "/user/login/",
+    "http://label-studio:8080/api/projects",
+    "http://label-studio:8080/data/upload/../../api/projects",
+])
+def test_label_studios_token_goes_to_its_file_routes_only(url):
+    found, recorder = images()
+    with pytest.raises(ForbiddenSource, match="LABEL_STUDIO_API_KEY goes to those routes only"):
+        found.locate(url, "tasks[0].data.image")()
+    assert recorder.calls == []
+
+
+def test_below_a_path_prefix_only_its_file_routes_get_the_token():
+    found, recorder = images("https://example.org/ls/")
+    found.locate("https://example.org/ls/data/upload/1/a.jpg", "f")()
+    assert recorder.calls[0][0] == "https://example.org/ls/data/upload/1/a.jpg"
+    for url in ("https://example.org/data/upload/1/a.jpg", "https://example.org/lsx/data/upload/1/a.jpg",
+                "/../data/upload/1/a.jpg"):
+        with pytest.raises(ForbiddenSource):
+            found.locate(url, "f")
+    assert len(recorder.calls) == 1
