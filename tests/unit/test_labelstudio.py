@@ -421,3 +421,11 @@ def test_below_a_path_prefix_only_its_file_routes_get_the_token():
         with pytest.raises(ForbiddenSource):
             found.locate(url, "f")
     assert len(recorder.calls) == 1
+
+
+def test_the_open_webhook_echoes_an_event_name_and_nothing_longer():
+    assert json.loads(labelstudio.Backend.webhook("ANNOTATION_CREATED"))["action"] == "ANNOTATION_CREATED"
+    for action in ("A" * 900_000, "<script>alert(1)</script>", "", None, 5, "x" * 65):
+        with pytest.raises(InvalidField, match="Label Studio's event name") as refused:
+            labelstudio.Backend.webhook(action)
+        assert len(str(refused.value)) < 300

@@ -34,6 +34,7 @@ import base64
 import io
 import json
 import math
+import re
 import secrets
 import warnings
 from dataclasses import dataclass, field
@@ -235,8 +236,10 @@ class Backend:
 
     @staticmethod
     def webhook(action: Any) -> bytes:
-        if not isinstance(action, str) or not action:
-            raise InvalidField(f"a webhook body needs an `action` (Label Studio's event name); got {shown(action)}")
+        # Echoed back on an open route: Label Studio's event names only, not a caller's megabyte of text.
+        if not isinstance(action, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", action):
+            raise InvalidField("a webhook body needs an `action`, Label Studio's event name (e.g. ANNOTATION_CREATED: "
+                               f"letters, digits and _, at most 64); got {shown(action)}")
         return json.dumps({"status": "ignored", "action": action,
                            "reason": "this backend does not train: SAM 2 answers clicks with its weights as they are"
                            }).encode()
