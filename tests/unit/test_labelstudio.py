@@ -130,6 +130,8 @@ def test_a_keypoint_without_is_positive_is_a_click_on_the_object():
 @pytest.mark.parametrize("region, error, words", [
     ({**KEYPOINT, "value": {"x": "50", "y": 1}}, InvalidPrompt, "`params.context.result[0].value.x` must be a number"),
     ({**KEYPOINT, "value": {"x": float("nan"), "y": 1}}, InvalidPrompt, "must be a number"),
+    ({**KEYPOINT, "value": {"x": 1e308, "y": 1}}, InvalidPrompt, "`params.context.result[0].value.x` must be a number"),
+    ({**KEYPOINT, "value": {"x": 1, "y": -float("inf")}}, InvalidPrompt, "`params.context.result[0].value.y` must be"),
     ({**KEYPOINT, "is_positive": "yes"}, InvalidPrompt, "`params.context.result[0].is_positive` must be true or false"),
     ({**KEYPOINT, "original_width": 0}, InvalidPrompt, "the same `original_width` and `original_height`"),
     ({**KEYPOINT, "image_rotation": 90}, InvalidPrompt, "is rotated"),

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import re
 import secrets
 import warnings
@@ -180,7 +179,7 @@ def _with_regions(found: Interaction, regions: list[dict]) -> Interaction:
 
 def _percent(value: dict, name: str, where: str) -> float:
     number = value.get(name)
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not abs(number) <= 1e6:  # NaN too
         raise InvalidPrompt(f"`{where}.value.{name}` must be a number (percent of the image); got {shown(number)}")
     return float(number)
 
