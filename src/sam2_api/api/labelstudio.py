@@ -62,6 +62,9 @@ PREFIX = "/labelstudio"
 PREDICT_ROUTE, SETUP_ROUTE, WEBHOOK_ROUTE = PREFIX + "/predict", PREFIX + "/setup", PREFIX + "/webhook"
 HEALTH_PATHS = ("/health", "/")  # under PREFIX, as the stock backend answers both
 FORMATS = ("rle",)  # the mask comes back from the pipeline as COCO RLE, pixel-exact and small
+# A task with its annotations' brush RLEs, and nothing near SAM2_MAX_UPLOAD_BYTES: parsed, JSON takes up to
+# 21 times its bytes in Python objects ("{}," is a 64-byte dict), twice over (the guard, then BentoML).
+MAX_BODY_BYTES = 16 * 1024**2
 POINT_TYPES = ("keypointlabels", "keypoint")
 # /setup's field is called `schema` by Label Studio; BentoML's input model warns that the name shadows
 # pydantic's deprecated BaseModel.schema(), which nothing here calls (the field parses as any other).
