@@ -434,3 +434,21 @@ def test_the_open_webhook_echoes_an_event_name_and_nothing_longer():
         with pytest.raises(InvalidField, match="Label Studio's event name") as refused:
             labelstudio.Backend.webhook(action)
         assert len(str(refused.value)) < 300
+
+
+def test_large_configs_are_not_kept_parsed():
+    # A key holder's 64 different configs near MAX_CONFIG_BYTES, kept parsed, held 164 MB in each API worker.
+    def config(seed: int) -> str:
+        return ("<View>" + "".join(f'<Image name="i{seed}_{k}" value="$a{k}"/>' for k in range(7000))
+                + "".join(f'<Brush name="b{k}" toName="z{k}"><Label value="l{k}"/></Brush>' for k in range(3500))
+                + "</View>")
+    texts = [config(seed) for seed in range(8)]
+    tracemalloc.start()
+    try:
+        for text in texts:
+            parse_label_config(text, "schema")
+        retained, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert retained < 2 * 1024**2, f"{retained / 1024**2:.0f} MB"
+    assert parse_label_config(CONFIG, "label_config") is parse_label_config(CONFIG, "label_config")  # small: kept

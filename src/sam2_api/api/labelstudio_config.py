@@ -22,6 +22,9 @@ from ..errors import InvalidField
 from .fields.common import shown
 
 MAX_CONFIG_BYTES = 512 * 1024
+# Configs kept parsed (every click of a project sends the same one); a real one is a few KiB. A
+# larger one is parsed at each call: 64 kept configs near MAX_CONFIG_BYTES held 164 MB per worker.
+CACHED_CONFIG_BYTES = 64 * 1024
 PROMPT_TAGS = ("keypointlabels", "keypoint", "rectanglelabels", "rectangle")
 BRUSH_TAGS = ("brushlabels", "brush")
 BITMASK_TAGS = ("bitmasklabels", "bitmask")
@@ -72,7 +75,7 @@ def parse_label_config(text: Any, field: str) -> LabelConfig:
         raise InvalidField(f"`{field}` must be the project's labelling config (XML); got {shown(text)}")
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise InvalidField(f"`{field}` is over {MAX_CONFIG_BYTES} bytes")
-    return _parsed(text, field)
+    return (_parsed if len(text) <= CACHED_CONFIG_BYTES else _parsed.__wrapped__)(text, field)
 
 
 @functools.lru_cache(maxsize=64)  # every click of a project sends the same config
