@@ -452,3 +452,23 @@ def test_large_configs_are_not_kept_parsed():
         tracemalloc.stop()
     assert retained < 2 * 1024**2, f"{retained / 1024**2:.0f} MB"
     assert parse_label_config(CONFIG, "label_config") is parse_label_config(CONFIG, "label_config")  # small: kept
+
+
+class Refusing:
+    def __init__(self, message):
+        self.message = message
+
+    def get(self, address, headers=()):
+        raise InvalidImageSource(self.message.format(address=address, host=address.host))
+
+
+@pytest.mark.parametrize("message", ["{address} answered 404", "{address} could not be fetched: ConnectError",
+                                     "the host {host!r} does not resolve"])
+def test_label_studios_errors_do_not_show_its_internal_address(message):
+    found = TaskImages(ImageSources(None, frozenset(), 1000), 1000, "http://ls-internal.corp:8080", "ls-token",
+                       fetcher=Refusing(message))
+    with pytest.raises(InvalidImageSource) as refused:
+        found.locate("/data/upload/1/gone.png", "tasks[0].data.image")()
+    said = str(refused.value)
+    assert "ls-internal" not in said and "8080" not in said and "ls-token" not in said
+    assert "LABEL_STUDIO_URL" in said and "LABEL_STUDIO_API_KEY" in said

@@ -94,5 +94,7 @@ class TaskImages:
     def _get(self, address: WebAddress) -> bytes:
         try:
             return self._fetcher.get(address, self._headers)
-        except InvalidImageSource as exc:
-            raise InvalidImageSource(f"{exc} (Label Studio, at LABEL_STUDIO_URL, with LABEL_STUDIO_API_KEY)") from None
+        except InvalidImageSource as exc:  # said without Label Studio's address, which may be an internal one
+            said = str(exc).replace(f"{address.scheme}://{address.authority}", "LABEL_STUDIO_URL")
+            said = said.replace(repr(address.host), "of LABEL_STUDIO_URL")
+            raise InvalidImageSource(f"{said} (Label Studio, with LABEL_STUDIO_API_KEY)") from None
