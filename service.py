@@ -471,6 +471,7 @@ SAM2API.add_asgi_middleware(
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=cvat.body_limit(SETTINGS.sam2_max_upload_bytes),
     max_json_body_bytes=cvat.body_limit(SETTINGS.sam2_max_upload_bytes),
+    max_json_items=cvat.MAX_JSON_ITEMS,
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields=(),

@@ -183,6 +183,17 @@ def test_cvats_guard_refuses_a_body_over_the_image_limit_in_base64():
     assert answer.status == 413 and "SAM2_MAX_UPLOAD_BYTES, in base64" in answer.error()
 
 
+def test_cvats_guard_refuses_millions_of_points_before_parsing_them():
+    options = {**guards()[cvat.ROUTE], "paths": {"/segment"}}
+    most = {"image": "", "pos_points": [[1.5, 2.5]] * 64, "neg_points": [[3, 4]] * 64, "obj_bbox": [[1, 2], [3, 4]]}
+    body = json.dumps(cvat_payload(b"x" * 1_500_000, most["pos_points"], most["neg_points"])).encode()
+    assert exchange(RequestGuard(APP, **options), JSON, [body]).status == 200  # a frame and the most points
+    for flood in ('{"image":"eA==","pos_points":[' + ",".join(["[1.5,2.5]"] * 100_000) + "]}",
+                  '{"image":"eA==","obj_bbox":[' + ",".join(["1.5"] * 100_000) + "]}"):
+        answer = exchange(RequestGuard(APP, **options), JSON, [flood.encode()])
+        assert answer.status == 413 and f"more than {cvat.MAX_JSON_ITEMS} values" in answer.error()
+
+
 # --- deploy/cvat/main.py, the nuclio function, with CVAT's context and event ---
 
 def nuclio_main():
