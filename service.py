@@ -487,6 +487,7 @@ SAM2API.add_asgi_middleware(
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=min(SETTINGS.sam2_max_upload_bytes, labelstudio.MAX_BODY_BYTES),
     max_json_body_bytes=min(SETTINGS.sam2_max_upload_bytes, labelstudio.MAX_BODY_BYTES),
+    setting_names=("16 MiB for Label Studio's calls, or SAM2_MAX_UPLOAD_BYTES if less", "SAM2_BODY_TIMEOUT_S"),
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields=(),

@@ -313,6 +313,9 @@ def test_label_studios_routes_have_their_guards():
     # server 589 MB for a 17 MB body
     limit = min(service.SETTINGS.sam2_max_upload_bytes, labelstudio.MAX_BODY_BYTES)
     assert predict["max_json_body_bytes"] == predict["max_upload_bytes"] == limit <= 16 * 1024**2
+    answer = exchange(RequestGuard(APP, **{**predict, "paths": {"/segment"}}),
+                      JSON + [(b"content-length", str(limit + 1).encode())], [b"{}"])
+    assert answer.status == 413 and "16 MiB for Label Studio's calls" in answer.error()
     assert "api_keys" not in webhook and "max_json_body_bytes" not in webhook  # open, 1 MiB
 
 
