@@ -430,7 +430,7 @@ class SAM2API:
             result = self.pipeline.run(ImageRequest(upload=request.image), [request.prompt], timer, tenant_of(ctx),
                                        None, cvat.FORMATS)
             with timer.stage("cvat_answer"):
-                body = cvat.response_body(result)
+                body = cvat.response_body(result, self.pipeline.max_response_bytes)
         say_cache(ctx, result.cached)
         return Response(body, media_type="application/json")
 
@@ -592,20 +592,23 @@ SAM2API.add_asgi_middleware(
     api_keys=SETTINGS.api_keys,
     max_upload_bytes=cvat.body_limit(SETTINGS.sam2_max_upload_bytes),
     max_json_body_bytes=cvat.body_limit(SETTINGS.sam2_max_upload_bytes),
+    max_json_items=cvat.MAX_JSON_ITEMS,
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields=(),
     setting_names=("SAM2_MAX_UPLOAD_BYTES, in base64, with the points", "SAM2_BODY_TIMEOUT_S"),
 )
 # Label Studio's calls: the same keys, also as the password of basic auth (what Label Studio sends), and
-# JSON bodies up to SAM2_MAX_UPLOAD_BYTES: a task comes with its annotations and predictions (brush RLEs).
-# Its webhook is open (Label Studio's webhooks carry no credentials; the route does nothing), within 1 MiB.
+# JSON bodies up to 16 MiB (or SAM2_MAX_UPLOAD_BYTES if less): a task comes with its annotations and
+# predictions (brush RLEs). Its webhook is open (Label Studio's webhooks carry no credentials; the route
+# does nothing), within 1 MiB.
 SAM2API.add_asgi_middleware(
     RequestGuard,
     paths={labelstudio.PREDICT_ROUTE, labelstudio.SETUP_ROUTE},
     api_keys=SETTINGS.api_keys,
-    max_upload_bytes=SETTINGS.sam2_max_upload_bytes,
-    max_json_body_bytes=SETTINGS.sam2_max_upload_bytes,
+    max_upload_bytes=min(SETTINGS.sam2_max_upload_bytes, labelstudio.MAX_BODY_BYTES),
+    max_json_body_bytes=min(SETTINGS.sam2_max_upload_bytes, labelstudio.MAX_BODY_BYTES),
+    setting_names=("16 MiB for Label Studio's calls, or SAM2_MAX_UPLOAD_BYTES if less", "SAM2_BODY_TIMEOUT_S"),
     body_timeout_s=SETTINGS.sam2_body_timeout_s,
     min_upload_bytes_per_s=SETTINGS.sam2_min_upload_bytes_per_s,
     file_fields=(),

@@ -27,6 +27,7 @@ CHANNELS = 4  # RGBA
 WORD_BITS = 8
 FIELD_BITS = (3, 4, 8, 16)  # the four run-length field sizes, chosen by a record's 2-bit index
 LONGEST_RUN = 2 ** FIELD_BITS[-1]  # 65,536 values: the most one record holds
+CHUNK = 1 << 16  # runs (then records) turned into bits at a time
 
 
 def encode(mask: np.ndarray) -> list[int]:
@@ -41,13 +42,19 @@ def encode(mask: np.ndarray) -> list[int]:
         ends = np.append(np.flatnonzero(flat[1:] != flat[:-1]), flat.size - 1)  # last index of each run
         lengths = np.diff(np.append(-1, ends)).astype(np.int64) * CHANNELS
         values = flat[ends].astype(np.int64) * 255
-    codes, widths = _records(lengths, values)
+    # Record by record, a chunk of runs at a time: the bit-level arrays of a whole mask with millions
+    # of runs would take gigabytes (eight bytes an output bit) where the answer takes megabytes.
     header = (count << 21) | ((WORD_BITS - 1) << 16)
     for index, bits in enumerate(FIELD_BITS):
         header |= (bits - 1) << (12 - 4 * index)
-    codes = np.concatenate(([header], codes))
-    widths = np.concatenate(([53], widths))
-    total = int(widths.sum())
+    code_parts, width_parts = [np.array([header], np.int64)], [np.array([53], np.uint8)]
+    for start in range(0, lengths.size, CHUNK):
+        chunk_codes, chunk_widths = _records(lengths[start:start + CHUNK], values[start:start + CHUNK])
+        code_parts.append(chunk_codes)
+        width_parts.append(chunk_widths.astype(np.uint8))  # at most 1 + 2 + 16 + 8 bits
+    del lengths, values
+    codes, widths = np.concatenate(code_parts), np.concatenate(width_parts)
+    total = int(widths.sum(dtype=np.int64))
     total += 8 - total % 8  # the SDK pads with 1-8 zero bits, never none
     return _concatenated_bits(codes, widths, total).tolist()
 
@@ -75,9 +82,13 @@ def _records(lengths: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
 def _concatenated_bits(codes: np.ndarray, widths: np.ndarray, total: int) -> np.ndarray:
     """The codes' bits one after another (each ``widths[i]`` bits, high bit first), zero-padded
     to ``total`` bits, as bytes."""
-    used = int(widths.sum())
-    record = np.repeat(np.arange(codes.size), widths)
-    offset = np.arange(used) - np.repeat(np.cumsum(widths) - widths, widths)
     bits = np.zeros(total, np.uint8)
-    bits[:used] = (codes[record] >> (widths[record] - 1 - offset)) & 1
+    position = 0
+    for start in range(0, codes.size, CHUNK):
+        chunk, width = codes[start:start + CHUNK], widths[start:start + CHUNK].astype(np.int64)
+        used = int(width.sum())
+        record = np.repeat(np.arange(chunk.size), width)
+        offset = np.arange(used) - np.repeat(np.cumsum(width) - width, width)
+        bits[position:position + used] = (chunk[record] >> (width[record] - 1 - offset)) & 1
+        position += used
     return np.packbits(bits)

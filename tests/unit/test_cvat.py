@@ -16,7 +16,7 @@ import pytest
 from sam2_api.api import cvat
 from sam2_api.api.guard import RequestGuard
 from sam2_api.api.segment import Result, StoredMask
-from sam2_api.errors import ImageTooLarge, InvalidImage, InvalidPrompt
+from sam2_api.errors import ImageTooLarge, InvalidImage, InvalidPrompt, ResponseTooLarge
 from sam2_api.maskformats import describe
 from tests.conftest import REPO
 from tests.support.cvat import cvat_payload, cvat_reads
@@ -183,6 +183,17 @@ def test_cvats_guard_refuses_a_body_over_the_image_limit_in_base64():
     assert answer.status == 413 and "SAM2_MAX_UPLOAD_BYTES, in base64" in answer.error()
 
 
+def test_cvats_guard_refuses_millions_of_points_before_parsing_them():
+    options = {**guards()[cvat.ROUTE], "paths": {"/segment"}}
+    most = {"image": "", "pos_points": [[1.5, 2.5]] * 64, "neg_points": [[3, 4]] * 64, "obj_bbox": [[1, 2], [3, 4]]}
+    body = json.dumps(cvat_payload(b"x" * 1_500_000, most["pos_points"], most["neg_points"])).encode()
+    assert exchange(RequestGuard(APP, **options), JSON, [body]).status == 200  # a frame and the most points
+    for flood in ('{"image":"eA==","pos_points":[' + ",".join(["[1.5,2.5]"] * 100_000) + "]}",
+                  '{"image":"eA==","obj_bbox":[' + ",".join(["1.5"] * 100_000) + "]}"):
+        answer = exchange(RequestGuard(APP, **options), JSON, [flood.encode()])
+        assert answer.status == 413 and f"more than {cvat.MAX_JSON_ITEMS} values" in answer.error()
+
+
 # --- deploy/cvat/main.py, the nuclio function, with CVAT's context and event ---
 
 def nuclio_main():
@@ -271,3 +282,16 @@ def test_the_function_yaml_is_an_interactor_cvat_lists():
     assert config["metadata"]["name"] != "pth-facebookresearch-sam-vit-h"  # cvat-ui/plugins/sam's model id
     assert config["spec"]["handler"] == "main:handler"
     assert int(annotations["min_pos_points"]) == 0 and annotations["startswith_box_optional"] is True
+
+
+def test_the_rows_keep_to_the_response_limit_as_segments_formats_do():
+    mask = np.zeros((50, 80), dtype=bool)
+    mask[10:40, 5:65] = True  # 60 x 30 pixels within its bounds: 30 rows of "[v,...,v]," and the brackets
+    size = 30 * (2 * 60 + 2) + 1
+    body = cvat.response_body(result_of(mask), max_bytes=size + len(b',"bounds":[5,10,64,39]}') + len(b'{"mask":'))
+    assert len(json.loads(body)["mask"]) == 30
+    with pytest.raises(ResponseTooLarge, match=r"60x30 pixels.*SAM2_MAX_RESPONSE_BYTES"):
+        cvat.response_body(result_of(mask), max_bytes=size - 1)
+    # the default: a frame-filling mask of 16.8 megapixels is over SAM2_MAX_RESPONSE_BYTES' 32 MiB
+    with pytest.raises(ResponseTooLarge):
+        cvat.response_body(result_of(np.ones((4100, 4100), dtype=bool)))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -17,10 +19,10 @@ from sam2_api import brush_rle
 from sam2_api.api import labelstudio
 from sam2_api.api.guard import RequestGuard
 from sam2_api.api.image_urls import ImageSources
-from sam2_api.api.labelstudio_config import parse_label_config
+from sam2_api.api.labelstudio_config import MAX_CONFIG_BYTES, parse_label_config
 from sam2_api.api.labelstudio_images import TaskImages
 from sam2_api.api.segment import Result, StoredMask
-from sam2_api.errors import ForbiddenSource, InvalidField, InvalidImageSource, InvalidPrompt
+from sam2_api.errors import ForbiddenSource, InvalidField, InvalidImageSource, InvalidPrompt, ResponseTooLarge
 from sam2_api.maskformats import describe
 from tests.unit.test_guard import APP, JSON, exchange
 
@@ -128,6 +130,8 @@ def test_a_keypoint_without_is_positive_is_a_click_on_the_object():
 @pytest.mark.parametrize("region, error, words", [
     ({**KEYPOINT, "value": {"x": "50", "y": 1}}, InvalidPrompt, "`params.context.result[0].value.x` must be a number"),
     ({**KEYPOINT, "value": {"x": float("nan"), "y": 1}}, InvalidPrompt, "must be a number"),
+    ({**KEYPOINT, "value": {"x": 1e308, "y": 1}}, InvalidPrompt, "`params.context.result[0].value.x` must be a number"),
+    ({**KEYPOINT, "value": {"x": 1, "y": -float("inf")}}, InvalidPrompt, "`params.context.result[0].value.y` must be"),
     ({**KEYPOINT, "is_positive": "yes"}, InvalidPrompt, "`params.context.result[0].is_positive` must be true or false"),
     ({**KEYPOINT, "original_width": 0}, InvalidPrompt, "the same `original_width` and `original_height`"),
     ({**KEYPOINT, "image_rotation": 90}, InvalidPrompt, "is rotated"),
@@ -238,6 +242,10 @@ def images(url: str | None = "http://label-studio:8080", key: str | None = "ls-t
     ("/data/upload/1/photo.jpg", "http://label-studio:8080/data/upload/1/photo.jpg"),
     ("/data/local-files/?d=images/a%20b.jpg", "http://label-studio:8080/data/local-files/?d=images/a%20b.jpg"),
     ("http://label-studio:8080/data/upload/2/x.png", "http://label-studio:8080/data/upload/2/x.png"),
+    ("/tasks/12/resolve/?fileuri=czM6Ly9iL2EucG5n", "http://label-studio:8080/tasks/12/resolve/?fileuri=czM6Ly9iL2EucG5n"),
+    ("/projects/3/presign/?fileuri=x", "http://label-studio:8080/projects/3/presign/?fileuri=x"),
+    ("/storage-data/uploaded/?filepath=upload/1/a.png", "http://label-studio:8080/storage-data/uploaded/?filepath=upload/1/a.png"),
+    ("/data/upload/1/a..b.png", "http://label-studio:8080/data/upload/1/a..b.png"),
 ])
 def test_label_studios_files_are_fetched_from_it_with_its_token(url, fetched):
     found, recorder = images()
@@ -301,5 +309,169 @@ def test_label_studios_routes_have_their_guards():
     predict, webhook = found[labelstudio.PREDICT_ROUTE], found[labelstudio.WEBHOOK_ROUTE]
     assert found[labelstudio.SETUP_ROUTE] is predict and predict["basic_auth"] is True
     assert predict["api_keys"] == found["/segment"]["api_keys"]
-    assert predict["max_json_body_bytes"] == service.SETTINGS.sam2_max_upload_bytes
+    # a task with its annotations, not SAM2_MAX_UPLOAD_BYTES (64 MiB) of JSON: parsed, 6 million "{}" took the
+    # server 589 MB for a 17 MB body
+    limit = min(service.SETTINGS.sam2_max_upload_bytes, labelstudio.MAX_BODY_BYTES)
+    assert predict["max_json_body_bytes"] == predict["max_upload_bytes"] == limit <= 16 * 1024**2
+    answer = exchange(RequestGuard(APP, **{**predict, "paths": {"/segment"}}),
+                      JSON + [(b"content-length", str(limit + 1).encode())], [b"{}"])
+    assert answer.status == 413 and "16 MiB for Label Studio's calls" in answer.error()
     assert "api_keys" not in webhook and "max_json_body_bytes" not in webhook  # open, 1 MiB
+
+
+def test_checking_a_config_of_thousands_of_tags_costs_one_pass_not_one_per_image():
+    # ~8,000 images and ~8,000 mask tags, none pointing at an image: within MAX_CONFIG_BYTES, and
+    # what a key holder could post to /setup over and over (seconds of CPU each when checked per image).
+    count = 8000
+    text = ("<View>" + "".join(f'<Image name="i{k}" value="$a"/>' for k in range(count))
+            + "".join(f'<Brush name="b{k}" toName="z"/>' for k in range(count)) + "</View>")
+    assert len(text.encode()) < MAX_CONFIG_BYTES
+    config = parse_label_config(text, "schema")
+    started = time.perf_counter()
+    with pytest.raises(InvalidField, match="needs an <Image>"):
+        config.check_usable("schema")
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_mask_of_a_million_runs_is_encoded_in_memory_near_its_answers_size():
+    # A 2000 x 2000 checkerboard of 4-pixel squares: 1,000,000 runs, ~1.75 MB of brush RLE. Encoded
+    # bit by bit in one go it took arrays of eight bytes an output bit (over 200 MB at once).
+    rows, cols = np.indices((2000, 2000))
+    mask = (rows // 4 + cols // 4) % 2 == 1
+    tracemalloc.start()
+    try:
+        encoded = brush_rle.encode(mask)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 1_500_000 < len(encoded) < 2_000_000
+    assert peak < 80 * 1024**2, f"{peak / 1024**2:.0f} MB"
+    bits = rle_bits(encoded[:9])
+    assert int(bits[:32], 2) == 4 * 2000 * 2000
+    assert bits[53:53 + 15] == "1" + "01" + f"{15:04b}" + f"{0:08b}"  # 4 pixels off: a run of 16 zeros
+
+
+def decoded_values(data: list[int]) -> np.ndarray:
+    """The values of a brush RLE, read record by record as thi.ng's rle-pack reads them."""
+    bits = rle_bits(data)
+    count, word = int(bits[:32], 2), int(bits[32:37], 2) + 1
+    fields = [int(bits[37 + 4 * i:41 + 4 * i], 2) + 1 for i in range(4)]
+    values, at = [], 53
+    while len(values) < count:
+        run, field = bits[at] == "1", fields[int(bits[at + 1:at + 3], 2)]
+        length = int(bits[at + 3:at + 3 + field], 2) + 1
+        at += 3 + field
+        if run:
+            values += [int(bits[at:at + word], 2)] * length
+            at += word
+        else:
+            values += [int(bits[at + word * i:at + word * (i + 1)], 2) for i in range(length)]
+            at += word * length
+    assert set(bits[at:]) <= {"0"}
+    return np.asarray(values)
+
+
+def test_a_mask_of_more_runs_than_one_chunk_reads_back_exactly():
+    rng = np.random.default_rng(3)
+    mask = rng.random((300, 700)) > 0.5  # ~105,000 runs: more than one chunk of brush_rle.CHUNK
+    mask[:40] = True  # and runs longer than 65,536 values
+    assert np.count_nonzero(mask[:, 1:] != mask[:, :-1]) > brush_rle.CHUNK
+    values = decoded_values(brush_rle.encode(mask)).reshape(300, 700, 4)
+    assert all(np.array_equal(values[..., c] == 255, mask) for c in range(4))
+    assert set(np.unique(values)) == {0, 255}
+
+
+def test_many_mask_tags_share_one_encoding_and_the_answer_keeps_to_the_response_limit():
+    mask = np.random.default_rng(2).random((120, 200)) > 0.5
+    tags = "".join(f'<BrushLabels name="b{k}" toName="image"/><BitmaskLabels name="m{k}" toName="image"/>'
+                   for k in range(40))
+    config = CONFIG.replace("</View>\n", tags + "</View>\n")
+    found = labelstudio.parse_predict(TASKS, config, params({**KEYPOINT, "original_width": 200, "original_height": 120}))
+    assert len(found.outputs) == 81
+    rle, data_url = brush_rle.encode(mask), labelstudio.bitmask_data_url(mask)
+    needed = 41 * 4 * len(rle) + 40 * len(data_url)
+    body = labelstudio.Backend(None, None, "v", max_response_bytes=needed).answer(result_of(mask), found)
+    regions = json.loads(body)["results"][0]["result"]
+    assert len(regions) == 81 and len(body) <= needed + 81 * 400
+    assert all(r["value"]["rle"] == rle for r in regions if r["type"] == "brushlabels")
+    assert all(r["value"]["imageDataURL"] == data_url for r in regions if r["type"] == "bitmasklabels")
+    with pytest.raises(ResponseTooLarge, match=r"81 mask tags.*SAM2_MAX_RESPONSE_BYTES"):
+        labelstudio.Backend(None, None, "v", max_response_bytes=needed - 1).answer(result_of(mask), found)
+
+
+@pytest.mark.parametrize("url", [
+    "/api/projects/1/export?exportType=JSON",  # Label Studio's API, with its token: not a task's file
+    "/api/users/",
+    "/data/upload/../../api/projects",
+    "/data/upload/%2e%2e/%2E%2E/api/projects",
+    "/data/upload/1/..%2F..%2F..%2Fapi/projects",
+    "/data/upload/1/..\\..\\api/projects",
+    "/data/upload/./1/a.png",
+    "/tasks/1/resolve/../../api/tasks/1",
+    "/tasks/x/resolve/?fileuri=a",
+    "/user/login/",
+    "http://label-studio:8080/api/projects",
+    "http://label-studio:8080/data/upload/../../api/projects",
+])
+def test_label_studios_token_goes_to_its_file_routes_only(url):
+    found, recorder = images()
+    with pytest.raises(ForbiddenSource, match="LABEL_STUDIO_API_KEY goes to those routes only"):
+        found.locate(url, "tasks[0].data.image")()
+    assert recorder.calls == []
+
+
+def test_below_a_path_prefix_only_its_file_routes_get_the_token():
+    found, recorder = images("https://example.org/ls/")
+    found.locate("https://example.org/ls/data/upload/1/a.jpg", "f")()
+    assert recorder.calls[0][0] == "https://example.org/ls/data/upload/1/a.jpg"
+    for url in ("https://example.org/data/upload/1/a.jpg", "https://example.org/lsx/data/upload/1/a.jpg",
+                "/../data/upload/1/a.jpg"):
+        with pytest.raises(ForbiddenSource):
+            found.locate(url, "f")
+    assert len(recorder.calls) == 1
+
+
+def test_the_open_webhook_echoes_an_event_name_and_nothing_longer():
+    assert json.loads(labelstudio.Backend.webhook("ANNOTATION_CREATED"))["action"] == "ANNOTATION_CREATED"
+    for action in ("A" * 900_000, "<script>alert(1)</script>", "", None, 5, "x" * 65):
+        with pytest.raises(InvalidField, match="Label Studio's event name") as refused:
+            labelstudio.Backend.webhook(action)
+        assert len(str(refused.value)) < 300
+
+
+def test_large_configs_are_not_kept_parsed():
+    # A key holder's 64 different configs near MAX_CONFIG_BYTES, kept parsed, held 164 MB in each API worker.
+    def config(seed: int) -> str:
+        return ("<View>" + "".join(f'<Image name="i{seed}_{k}" value="$a{k}"/>' for k in range(7000))
+                + "".join(f'<Brush name="b{k}" toName="z{k}"><Label value="l{k}"/></Brush>' for k in range(3500))
+                + "</View>")
+    texts = [config(seed) for seed in range(8)]
+    tracemalloc.start()
+    try:
+        for text in texts:
+            parse_label_config(text, "schema")
+        retained, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert retained < 2 * 1024**2, f"{retained / 1024**2:.0f} MB"
+    assert parse_label_config(CONFIG, "label_config") is parse_label_config(CONFIG, "label_config")  # small: kept
+
+
+class Refusing:
+    def __init__(self, message):
+        self.message = message
+
+    def get(self, address, headers=()):
+        raise InvalidImageSource(self.message.format(address=address, host=address.host))
+
+
+@pytest.mark.parametrize("message", ["{address} answered 404", "{address} could not be fetched: ConnectError",
+                                     "the host {host!r} does not resolve"])
+def test_label_studios_errors_do_not_show_its_internal_address(message):
+    found = TaskImages(ImageSources(None, frozenset(), 1000), 1000, "http://ls-internal.corp:8080", "ls-token",
+                       fetcher=Refusing(message))
+    with pytest.raises(InvalidImageSource) as refused:
+        found.locate("/data/upload/1/gone.png", "tasks[0].data.image")()
+    said = str(refused.value)
+    assert "ls-internal" not in said and "8080" not in said and "ls-token" not in said
+    assert "LABEL_STUDIO_URL" in said and "LABEL_STUDIO_API_KEY" in said

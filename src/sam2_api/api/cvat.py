@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from ..errors import ImageTooLarge, InvalidImage, InvalidPrompt
+from ..config import MAX_RESPONSE_BYTES
+from ..errors import ImageTooLarge, InvalidImage, InvalidPrompt, ResponseTooLarge
 from ..maskformats import from_coco_rle
 from ..prompts import MAX_POINTS, Prompt
 from .fields.common import shown
@@ -53,6 +54,10 @@ from .segment import Result
 ROUTE = "/cvat/interactor"
 FORMATS = ("rle",)  # the mask comes back from the pipeline as COCO RLE, pixel-exact and small
 POINTS_BYTES = 64 * 1024  # what a body holds besides the image: 64 points and a box, many times over
+# The values a body may hold (its commas and brackets; base64 has none): 64 points and a box, many times
+# over. The body's size is allowed for the image's base64, not for millions of parsed points: 24 MB of
+# [1.5,2.5] pairs took the server 828 MB and 14 s before the route refused them.
+MAX_JSON_ITEMS = 4096
 _DATA_URL = re.compile(r"^data:[^,]{0,200};base64,", re.IGNORECASE)
 
 ImageField = _documented(
@@ -160,14 +165,21 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def response_body(result: Result) -> bytes:
-    """The JSON CVAT reads for the pipeline's one mask (run with :data:`FORMATS`)."""
+def response_body(result: Result, max_bytes: int = MAX_RESPONSE_BYTES) -> bytes:
+    """The JSON CVAT reads for the pipeline's one mask (run with :data:`FORMATS`); 422 when its rows
+    would take over ``max_bytes`` (``SAM2_MAX_RESPONSE_BYTES``, as for /segment's formats): two bytes a
+    pixel of the mask's box, so a frame-filling mask of a few-kilobyte 50-megapixel PNG would be 100 MB."""
     stored = result.masks[0]
     x1, y1, x2, y2 = stored.details["bbox"]  # x2, y2 exclusive; all 0 for an empty mask
     fields: dict[str, Any] = {}
     if stored.details["area"] == 0:
         rows, fields["bounds"], fields["points"] = b"[[0]]", [0, 0, 0, 0], []
     else:
+        size = (y2 - y1) * (2 * (x2 - x1) + 2) + 1
+        if size > max_bytes:
+            raise ResponseTooLarge(
+                f"the mask's rows within its bounds ({x2 - x1}x{y2 - y1} pixels) would take {size} bytes; the limit "
+                f"is {max_bytes} bytes (SAM2_MAX_RESPONSE_BYTES): send a smaller frame, or use /segment's mask_url")
         full = from_coco_rle(stored.details["rle"]["counts"], result.height, result.width)
         rows, fields["bounds"] = json_rows(full[y1:y2, x1:x2]), [x1, y1, x2 - 1, y2 - 1]
     if stored.url is not None:

@@ -75,6 +75,7 @@ class RequestGuard:
         max_json_body_bytes: int = MAX_JSON_BODY_BYTES,
         basic_auth: bool = False,
         key_in_query_or_body: bool = False,
+        max_json_items: int | None = None,
     ) -> None:
         """``setting_names``: the settings of ``max_upload_bytes`` and ``body_timeout_s``, for messages.
         ``max_json_body_bytes``: the limit of a JSON or url-encoded body (held whole to be checked);
@@ -83,7 +84,8 @@ class RequestGuard:
         password of HTTP basic auth, whatever the user name (Label Studio sends its model's credentials so).
         ``key_in_query_or_body``: without an ``Authorization`` header, the key may also come as
         ``?api_key=`` or as the JSON body's ``api_key``, and refusals carry ``message`` too (as
-        Roboflow's clients send the key and read errors; only their routes)."""
+        Roboflow's clients send the key and read errors; only their routes).
+        ``max_json_items``: the most values a JSON body may hold (:class:`JsonInspector`'s ``max_items``)."""
         self.app = app
         self.paths = frozenset(paths)
         self.api_keys = tuple((key.encode(), tenant_id(key)) for key in api_keys)
@@ -96,6 +98,7 @@ class RequestGuard:
         self.max_json_body_bytes = max_json_body_bytes
         self.basic_auth = basic_auth
         self.key_in_query_or_body = key_in_query_or_body
+        self.max_json_items = max_json_items
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].rstrip("/") not in self.paths:
@@ -186,7 +189,7 @@ class RequestGuard:
             # Anything else is read as JSON by BentoML; a url-encoded form (prompts and references: it
             # cannot carry a file) as a multipart one. Both are held whole to be checked, so they are small.
             inspector = (UrlEncodedInspector(self.file_fields) if media_type == "application/x-www-form-urlencoded"
-                         else JsonInspector(self.file_fields))
+                         else JsonInspector(self.file_fields, self.max_json_items))
             if self.max_json_body_bytes < limit:
                 limit, limit_name = self.max_json_body_bytes, "for a JSON body"
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
+import re
 import secrets
 import warnings
 from dataclasses import dataclass, field
@@ -47,7 +47,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .. import brush_rle, imaging
-from ..errors import InvalidField, InvalidPrompt
+from ..config import MAX_RESPONSE_BYTES
+from ..errors import InvalidField, InvalidPrompt, ResponseTooLarge
 from ..maskformats import from_coco_rle
 from ..prompts import MAX_POINTS, Prompt
 from ..timing import StageTimer
@@ -61,6 +62,9 @@ PREFIX = "/labelstudio"
 PREDICT_ROUTE, SETUP_ROUTE, WEBHOOK_ROUTE = PREFIX + "/predict", PREFIX + "/setup", PREFIX + "/webhook"
 HEALTH_PATHS = ("/health", "/")  # under PREFIX, as the stock backend answers both
 FORMATS = ("rle",)  # the mask comes back from the pipeline as COCO RLE, pixel-exact and small
+# A task with its annotations' brush RLEs, and nothing near SAM2_MAX_UPLOAD_BYTES: parsed, JSON takes up to
+# 21 times its bytes in Python objects ("{}," is a 64-byte dict), twice over (the guard, then BentoML).
+MAX_BODY_BYTES = 16 * 1024**2
 POINT_TYPES = ("keypointlabels", "keypoint")
 # /setup's field is called `schema` by Label Studio; BentoML's input model warns that the name shadows
 # pydantic's deprecated BaseModel.schema(), which nothing here calls (the field parses as any other).
@@ -178,7 +182,7 @@ def _with_regions(found: Interaction, regions: list[dict]) -> Interaction:
 
 def _percent(value: dict, name: str, where: str) -> float:
     number = value.get(name)
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not abs(number) <= 1e6:  # NaN too
         raise InvalidPrompt(f"`{where}.value.{name}` must be a number (percent of the image); got {shown(number)}")
     return float(number)
 
@@ -191,10 +195,12 @@ class Backend:
     """The three routes' work: ``setup`` and ``webhook`` answer at once; ``predict`` fetches the
     task's image, runs /segment's pipeline and answers Label Studio's regions."""
 
-    def __init__(self, pipeline: Pipeline, images: TaskImages, model_version: str) -> None:
+    def __init__(self, pipeline: Pipeline, images: TaskImages, model_version: str,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.pipeline = pipeline
         self.images = images
         self.model_version = model_version
+        self.max_response_bytes = max_response_bytes
 
     def setup(self, schema: Any) -> bytes:
         parse_label_config(schema, "schema").check_usable("schema")
@@ -221,7 +227,8 @@ class Backend:
         stored = result.masks[0]
         mask = from_coco_rle(stored.details["rle"]["counts"], result.height, result.width)
         score = round(float(stored.score), 6)
-        regions = [region(output, interaction, mask, score, result.width, result.height)
+        values = mask_values(mask, interaction.outputs, self.max_response_bytes)
+        regions = [region(output, interaction, values[output.tag in BRUSH_TAGS], score, result.width, result.height)
                    for output in interaction.outputs]
         prediction: dict[str, Any] = {"result": regions, "score": score, "model_version": self.model_version}
         if stored.url is not None:
@@ -231,20 +238,41 @@ class Backend:
 
     @staticmethod
     def webhook(action: Any) -> bytes:
-        if not isinstance(action, str) or not action:
-            raise InvalidField(f"a webhook body needs an `action` (Label Studio's event name); got {shown(action)}")
+        # Echoed back on an open route: Label Studio's event names only, not a caller's megabyte of text.
+        if not isinstance(action, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", action):
+            raise InvalidField("a webhook body needs an `action`, Label Studio's event name (e.g. ANNOTATION_CREATED: "
+                               f"letters, digits and _, at most 64); got {shown(action)}")
         return json.dumps({"status": "ignored", "action": action,
                            "reason": "this backend does not train: SAM 2 answers clicks with its weights as they are"
                            }).encode()
 
 
-def region(output: Control, interaction: Interaction, mask: np.ndarray, score: float, width: int,
+def mask_values(mask: np.ndarray, outputs: list[Control], max_bytes: int) -> dict[bool, dict[str, Any]]:
+    """The mask as each kind of tag in ``outputs`` holds it (True: brush RLE; False: a PNG data URL),
+    each made once however many tags share it; 422 when the regions would take over ``max_bytes``."""
+    values: dict[bool, dict[str, Any]] = {}
+    sizes: dict[bool, int] = {}
+    for brush in sorted({output.tag in BRUSH_TAGS for output in outputs}):
+        if brush:
+            rle = brush_rle.encode(mask)
+            values[brush], sizes[brush] = {"format": "rle", "rle": rle}, 4 * len(rle)  # at most "255,"
+        else:
+            url = bitmask_data_url(mask)
+            values[brush], sizes[brush] = {"imageDataURL": url}, len(url)
+    total = sum(sizes[output.tag in BRUSH_TAGS] for output in outputs)
+    if total > max_bytes:
+        raise ResponseTooLarge(
+            f"the {len(outputs)} mask tags' regions would take {total} bytes; the limit is {max_bytes} bytes "
+            "(SAM2_MAX_RESPONSE_BYTES): point fewer <BrushLabels>/<BitmaskLabels> at the image, or label a "
+            "smaller image")
+    return values
+
+
+def region(output: Control, interaction: Interaction, shared: dict[str, Any], score: float, width: int,
            height: int, region_id: Callable[[], str] = lambda: secrets.token_urlsafe(8)[:10]) -> dict:
-    """One mask tag's region: brush RLE for a brush tag, a PNG data URL for a bitmask tag."""
-    if output.tag in BRUSH_TAGS:
-        value: dict[str, Any] = {"format": "rle", "rle": brush_rle.encode(mask)}
-    else:
-        value = {"imageDataURL": bitmask_data_url(mask)}
+    """One mask tag's region: ``shared`` (the mask as :func:`mask_values` made it for the tag's kind)
+    and the tag's label."""
+    value = dict(shared)
     label = interaction.label if interaction.label in output.labels else (output.labels or (None,))[0]
     if output.tag.endswith("labels") and label is not None:
         value[output.tag] = [label]
@@ -269,7 +297,7 @@ def build_backend(settings: Any, pipeline: Pipeline) -> Backend:
     """The routes' work, wired from ``settings``: task images from Label Studio, S3 or the web."""
     key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
     images = TaskImages(pipeline.sources, settings.sam2_max_upload_bytes, settings.label_studio_url, key)
-    return Backend(pipeline, images, settings.sam2_model.rsplit("/", 1)[-1])
+    return Backend(pipeline, images, settings.sam2_model.rsplit("/", 1)[-1], pipeline.max_response_bytes)
 
 
 def health(request: Any) -> JSONResponse:

@@ -22,6 +22,9 @@ from ..errors import InvalidField
 from .fields.common import shown
 
 MAX_CONFIG_BYTES = 512 * 1024
+# Configs kept parsed (every click of a project sends the same one); a real one is a few KiB. A
+# larger one is parsed at each call: 64 kept configs near MAX_CONFIG_BYTES held 164 MB per worker.
+CACHED_CONFIG_BYTES = 64 * 1024
 PROMPT_TAGS = ("keypointlabels", "keypoint", "rectanglelabels", "rectangle")
 BRUSH_TAGS = ("brushlabels", "brush")
 BITMASK_TAGS = ("bitmasklabels", "bitmask")
@@ -53,10 +56,12 @@ class LabelConfig:
 
     def check_usable(self, field: str) -> None:
         """400 unless some image has a mask tag and a click or box tag pointing at it."""
-        for image in self.images:
-            prompts = [c for c in self.controls if c.tag in PROMPT_TAGS and image in c.to_names]
-            if self.outputs_for(image) and prompts:
-                return
+        # One pass over the controls, not one per image: a config of thousands of each would
+        # otherwise cost seconds of CPU per call.
+        masked = {n for c in self.controls if c.tag in OUTPUT_TAGS for n in c.to_names}
+        prompted = {n for c in self.controls if c.tag in PROMPT_TAGS for n in c.to_names}
+        if masked & prompted & self.images.keys():
+            return
         raise InvalidField(
             f"`{field}` needs an <Image>, a <BrushLabels> (or <BitmaskLabels>) and a <KeyPointLabels> (or "
             f"<RectangleLabels>) with smart=\"true\", both with toName naming that image; e.g. {EXAMPLE} "
@@ -70,7 +75,7 @@ def parse_label_config(text: Any, field: str) -> LabelConfig:
         raise InvalidField(f"`{field}` must be the project's labelling config (XML); got {shown(text)}")
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise InvalidField(f"`{field}` is over {MAX_CONFIG_BYTES} bytes")
-    return _parsed(text, field)
+    return (_parsed if len(text) <= CACHED_CONFIG_BYTES else _parsed.__wrapped__)(text, field)
 
 
 @functools.lru_cache(maxsize=64)  # every click of a project sends the same config

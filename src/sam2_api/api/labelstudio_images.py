@@ -6,7 +6,9 @@ A task's image field holds one of:
   ``/data/local-files/?d=<path>`` (local storage), ``/tasks/<id>/resolve/?fileuri=...`` (cloud
   storage through Label Studio). It is fetched from ``LABEL_STUDIO_URL`` with ``Authorization: Token
   <LABEL_STUDIO_API_KEY>``, as Label Studio's own ML backends do. An absolute URL of exactly that
-  origin (scheme, host and port) is fetched the same way. This one origin is exempt from the rule
+  origin (scheme, host and port) is fetched the same way. Only those file routes (:data:`FILE_ROUTES`,
+  without ``.``/``..`` segments, encoded or not): the token may do anything that Label Studio's API
+  allows, and a task's URL is whatever its importer wrote. This one origin is exempt from the rule
   that image URLs must reach public addresses (Label Studio usually runs beside this service, on a
   private network); the token goes to it and nowhere else, and its redirects are not followed.
 - ``s3://bucket/key`` from a bucket in ``S3_INPUT_BUCKETS``, or a public ``https://`` URL: the same
@@ -15,16 +17,21 @@ A task's image field holds one of:
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from ..errors import InvalidImageSource
+from ..errors import ForbiddenSource, InvalidImageSource
 from .fields.common import shown
 from .image_urls import MAX_URL_LENGTH, ImageLoader, ImageSources
 from .web_fetch import WebAddress, WebFetcher, parse_web_url
 
 _SCHEMES = ("http", "https")
+# Where Label Studio serves a task's file (label_studio/data_import/urls.py, io_storages/urls.py):
+# uploads, local storage, and cloud storage resolved (or presigned) through a task or a project.
+FILE_ROUTES = re.compile(r"/(data/upload/|data/local-files/|storage-data/uploaded/|(tasks|projects)/[0-9]+/"
+                         r"(resolve|presign)/)")
 
 
 class TaskImages:
@@ -34,10 +41,11 @@ class TaskImages:
                  api_key: str | None = None, fetcher: WebFetcher | None = None) -> None:
         self._sources = sources
         self._origin: WebAddress | None = None
-        self._base = ""
+        self._base = self._base_path = ""
         if label_studio_url:
             self._origin = parse_web_url(label_studio_url, _SCHEMES, field="LABEL_STUDIO_URL")
-            self._base = f"{self._origin.scheme}://{self._origin.authority}{urlsplit(label_studio_url).path.rstrip('/')}"
+            self._base_path = urlsplit(label_studio_url).path.rstrip("/")
+            self._base = f"{self._origin.scheme}://{self._origin.authority}{self._base_path}"
         self._headers = [(b"Authorization", b"Token " + api_key.encode())] if api_key else []
         # Label Studio's own host may be on a private network: any address it resolves to will do.
         self._fetcher = fetcher or WebFetcher(max_bytes=max_bytes, may_connect=lambda ip: True)
@@ -58,6 +66,8 @@ class TaskImages:
                 address = None
             if address is not None and (address.scheme, address.host, address.port) == (
                     self._origin.scheme, self._origin.host, self._origin.port):
+                path = urlsplit(url).path
+                self._check_file_route(path[len(self._base_path):] if path.startswith(self._base_path) else "", field)
                 return partial(self._get, address)
         return self._sources.locate(url, f"`{field}`")
 
@@ -68,10 +78,23 @@ class TaskImages:
                 "Studio's address as this service reaches it) and LABEL_STUDIO_API_KEY on this service "
                 "(docs/LABEL_STUDIO.md)"
             )
+        self._check_file_route(urlsplit(path).path, field)
         return partial(self._get, parse_web_url(self._base + path, _SCHEMES, field=f"`{field}`"))
+
+    @staticmethod
+    def _check_file_route(path: str, field: str) -> None:
+        """403 unless ``path`` (below LABEL_STUDIO_URL) is one of Label Studio's file routes."""
+        segments = re.split(r"[/\\]", unquote(path))
+        if not FILE_ROUTES.match(path) or "." in segments or ".." in segments:
+            raise ForbiddenSource(
+                f"`{field}` is not a file that Label Studio serves (/data/upload/..., /data/local-files/?d=..., "
+                "/storage-data/uploaded/..., /tasks/<id>/resolve/?fileuri=..., /projects/<id>/resolve/...): "
+                "LABEL_STUDIO_API_KEY goes to those routes only")
 
     def _get(self, address: WebAddress) -> bytes:
         try:
             return self._fetcher.get(address, self._headers)
-        except InvalidImageSource as exc:
-            raise InvalidImageSource(f"{exc} (Label Studio, at LABEL_STUDIO_URL, with LABEL_STUDIO_API_KEY)") from None
+        except InvalidImageSource as exc:  # said without Label Studio's address, which may be an internal one
+            said = str(exc).replace(f"{address.scheme}://{address.authority}", "LABEL_STUDIO_URL")
+            said = said.replace(repr(address.host), "of LABEL_STUDIO_URL")
+            raise InvalidImageSource(f"{said} (Label Studio, with LABEL_STUDIO_API_KEY)") from None

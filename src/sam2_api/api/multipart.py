@@ -236,8 +236,12 @@ class JsonInspector:
     """Feed it a body BentoML reads as JSON; :meth:`close` refuses, in words, what its pydantic
     validation would answer with a report: not JSON, not an object, a file field (e.g. a base64 image)."""
 
-    def __init__(self, file_fields: frozenset[str]) -> None:
+    def __init__(self, file_fields: frozenset[str], max_items: int | None = None) -> None:
+        """``max_items``: the most values the body may hold, counted before it is parsed (as its
+        commas and opening brackets, strings included: an upper bound), for a body whose size is
+        allowed for one long string (CVAT's base64 image) and not for millions of parsed values."""
         self._file_fields = file_fields
+        self._max_items = max_items
         self._body = bytearray()  # within the JSON body limit, which the guard enforces as it arrives
         self.fields: dict | None = None  # the body's fields, once closed
 
@@ -248,6 +252,9 @@ class JsonInspector:
         raw = bytes(self._body)
         if not raw.strip():
             return  # BentoML reads an empty body as {}
+        items = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+        if self._max_items is not None and items > self._max_items:
+            raise BodyTooLarge(f"the JSON body holds more than {self._max_items} values (points, numbers, lists)")
         try:
             text = raw.decode(json.detect_encoding(raw))
             check_json_safe("the JSON body", text)
