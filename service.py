@@ -635,6 +635,7 @@ SAM2API.add_asgi_middleware(
     file_fields=(),
     setting_names=("SAM2_MAX_UPLOAD_BYTES, in base64, with the prompts", "SAM2_BODY_TIMEOUT_S"),
     key_in_query_or_body=True,
+    max_json_items=roboflow.MAX_JSON_ITEMS,
 )
 # The tracking task's routes (BentoML's submit, status, get, retry, cancel and the plain call): the
 # same keys, with the clip's own size and time bounds; then progress and cancel (sam2_api.api.task_board).

@@ -66,3 +66,20 @@ def test_two_query_keys_are_400():
 def test_on_other_routes_only_the_header_counts(path, body):
     response = post(path, body, roboflow=False)
     assert response.status_code == 401 and set(response.json()) == {"error"}
+
+
+def test_millions_of_values_are_refused_before_they_are_parsed():
+    """The body may be an image's base64 in size; as that many parsed numbers it would take GBs."""
+    from sam2_api.api import roboflow
+    from sam2_api.prompts import MAX_POINTS
+
+    most = {"prompts": [{"points": [{"x": 1.5, "y": 2.5, "positive": True}] * MAX_POINTS,
+                         "box": {"x": 1, "y": 2, "width": 3, "height": 4}}] * roboflow.MAX_OBJECTS,
+            "api_key": "key-two"}
+    guarded = client(api_keys=KEYS, key_in_query_or_body=True, max_upload_bytes=10_000_000, max_json_body_bytes=10_000_000,
+                     max_json_items=roboflow.MAX_JSON_ITEMS)
+    assert guarded.post("/segment", content=json.dumps(most).encode(), headers={"Content-Type": "application/json"}
+                        ).status_code == 200  # the most prompts Roboflow's routes take
+    flood = '{"api_key": "key-two", "prompts": [' + ",".join(['{"x": 1.5, "y": 2.5}'] * 100_000) + "]}"
+    response = guarded.post("/segment", content=flood.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and f"more than {roboflow.MAX_JSON_ITEMS} values" in response.json()["message"]

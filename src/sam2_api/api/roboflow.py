@@ -46,6 +46,10 @@ from .segment import ImageRequest, Pipeline, Result
 EMBED_ROUTE = "/sam2/embed_image"
 SEGMENT_ROUTE = "/sam2/segment_image"
 ROUTES = (EMBED_ROUTE, SEGMENT_ROUTE)
+# The most values a body may hold, counted before it is parsed (RequestGuard's max_json_items): the
+# most prompts with the most points each, {x, y, positive} and a box, is about 6,500; the body may be an
+# image's base64 in size, which must not be millions of parsed numbers instead.
+MAX_JSON_ITEMS = 16384
 FORMATS = {"json": ("polygons", "polygon"), "rle": ("rle", "rle")}  # Roboflow's format: ours, and its name
 VERSION_IDS = ("hiera_tiny", "hiera_small", "hiera_b_plus", "hiera_large")
 
