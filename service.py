@@ -249,8 +249,8 @@ class SAM2API:
         Give the image as `image` (a file), `image_url` (s3://… or https://…) or, for an image sent
         before, just its `image_id`. To refine the mask with another click, send all clicks so far
         and the `mask_id` of the last answer as `previous_mask_id`. Errors, each with
-        `{"error": "<what is wrong>"}`: 400 bad prompt, image or field, or a `previous_mask_id` of
-        another image; 401 missing/wrong API key (when keys are configured); 403 an `image_url`
+        `{"error": "<what is wrong>"}`: 400 bad prompt, image or field, a `model` not served here, or a
+        `previous_mask_id` of another image or model; 401 missing/wrong API key (when keys are configured); 403 an `image_url`
         this service may not read; 404 an unknown `image_id` sent alone, or an unknown (evicted)
         `previous_mask_id`; 408 body too slow; 413 upload or image too large; 415 not an image;
         429 too many requests in flight.

@@ -5,12 +5,16 @@ and a mask_id belong to the size they were made with."""
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 
+from sam2_api import video
+from tests.clips import encode, moving_shapes
 from tests.conftest import upright_rgb
 from tests.integration.test_cvat_api import call as cvat_call
 from tests.integration.test_segment_api import fetch_mask, post
+from tests.integration.test_track_api import LIMITS, reference_masks, result, submit, wait_for
 from tests.support.cvat import cvat_payload, cvat_reads
 
 SERVED = "this server serves: hiera_tiny (facebook/sam2.1-hiera-tiny), hiera_small (facebook/sam2.1-hiera-small)"
@@ -91,3 +95,18 @@ def test_a_mask_id_is_refined_only_by_the_size_that_made_it(server, astronaut):
     assert refused.status_code == 400
     assert "made by model hiera_tiny, not hiera_small" in refused.json()["error"]
     assert post(server, data, "astronaut.png", model="tiny", **refine).status_code == 200
+
+
+def test_a_clip_is_tracked_by_the_size_it_names(server, checkpoint, small_checkpoint, tmp_path):
+    clip = encode(moving_shapes(3))
+    objects = [{"frame_index": 0, "points": [[20, 32]]}]
+    task_id = submit(server, clip, objects=objects, model="hiera_small", formats=["rle"])
+    assert wait_for(server, task_id)[-1]["status"] == "completed"
+    manifest = httpx.get(result(server, task_id).json()["manifest_url"], timeout=10).json()
+    served = [fetch_mask(frame["objects"][0]["mask_url"]) > 0 for frame in manifest["frames"]]
+    frames, prompts = list(video.frames(clip, LIMITS)), [(0, 0, objects[0])]
+    (tmp_path / "small").mkdir(), (tmp_path / "tiny").mkdir()
+    small = reference_masks(small_checkpoint, frames, prompts, tmp_path / "small", "configs/sam2.1/sam2.1_hiera_s.yaml")
+    tiny = reference_masks(checkpoint, frames, prompts, tmp_path / "tiny")
+    assert all(np.array_equal(mask, small[index][0]) for index, mask in enumerate(served))
+    assert not all(np.array_equal(mask, tiny[index][0]) for index, mask in enumerate(served))
