@@ -144,3 +144,22 @@ def test_a_size_that_cannot_be_loaded_is_a_503_saying_why():
                                                        "could not fetch"):
         sizes.get("small")
     assert sizes.loaded == (TINY,)
+
+
+def test_the_settings_name_the_sizes_and_their_files_or_say_what_is_wrong(tmp_path):
+    small_file = tmp_path / "small.pt"
+    small_file.write_bytes(b"")
+    settings = Settings(sam2_models="small, hiera_tiny,facebook/sam2.1-hiera-small",
+                        sam2_checkpoints=f"hiera_small={small_file}")
+    assert settings.served_models == (SMALL, TINY) and settings.default_model == TINY  # SAM2_MODEL is listed
+    assert settings.checkpoints == {SMALL: small_file} and settings.model_for(None) == TINY
+    assert Settings(sam2_models="small,large").default_model == SMALL  # SAM2_MODEL not listed: the first
+    assert Settings().served_models == (TINY,)  # unset: SAM2_MODEL alone
+    for bad, words in [({"sam2_models": "tiny,huge"}, "SAM2_MODELS must list SAM 2.1 sizes"),
+                       ({"sam2_models": " , "}, "SAM2_MODELS must list SAM 2.1 sizes"),
+                       ({"sam2_checkpoints": f"{small_file}"}, "SAM2_CHECKPOINTS entries are size=path"),
+                       ({"sam2_checkpoints": f"small={tmp_path / 'none.pt'}"}, "none.pt is not a file"),
+                       ({"sam2_checkpoint": small_file, "sam2_models": "small,large"},
+                        "SAM2_CHECKPOINT is the checkpoint of SAM2_MODEL=facebook/sam2.1-hiera-tiny")]:
+        with pytest.raises(ValueError, match=words):
+            Settings(**bad)
