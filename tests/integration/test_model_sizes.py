@@ -5,6 +5,8 @@ and a mask_id belong to the size they were made with."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -110,3 +112,15 @@ def test_a_clip_is_tracked_by_the_size_it_names(server, checkpoint, small_checkp
     tiny = reference_masks(checkpoint, frames, prompts, tmp_path / "tiny")
     assert all(np.array_equal(mask, small[index][0]) for index, mask in enumerate(served))
     assert not all(np.array_equal(mask, tiny[index][0]) for index, mask in enumerate(served))
+
+
+def test_the_command_line_sends_the_size(server, astronaut, test_images, small_reference_mask):
+    from tests.integration.test_cli import sam2_api
+
+    done = sam2_api("--url", server.url, "segment", str(test_images / "astronaut.png"), "--point", "200,150",
+                    "--model", "small")
+    assert done.returncode == 0, done.stderr
+    mask = fetch_mask(json.loads(done.stdout)["mask_url"]) == 255
+    assert np.array_equal(mask, small_reference_mask(astronaut[1], **CLICK)[0])
+    refused = sam2_api("--url", server.url, "everything", str(test_images / "astronaut.png"), "--model", "large")
+    assert refused.returncode != 0 and "`model` 'large' is not served here" in refused.stdout + refused.stderr
