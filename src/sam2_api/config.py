@@ -77,8 +77,8 @@ class Settings(BaseSettings):
     sam2_models_max_bytes: int = Field(
         2 * 1024**3, gt=0,
         description="Memory bound of the loaded sizes' weights on the model's device; beyond it the least "
-        "recently used size is unloaded (and loaded again when asked for). One size's float32 weights: "
-        "tiny 156 MB, small 184 MB, base-plus 324 MB, large 898 MB: the default holds all four.",
+        "recently used size other than the default is unloaded (and loaded again when asked for). One size's float32 weights: "
+        "tiny 156 MB, small 184 MB, base-plus 323 MB, large 898 MB: the default holds all four.",
     )
     sam2_device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto = CUDA when available, else CPU."
