@@ -28,7 +28,7 @@ from sam2_api.api import browser, cvat, labelstudio, roboflow
 from sam2_api.api.roboflow_logits import LogitsIndex
 from sam2_api.api.csp import CROSS_ORIGIN_ISOLATED, PageHeaders, mask_origin, ui_policy
 from sam2_api.api.everything import segment_everything
-from sam2_api.api.fields.common import parse_formats
+from sam2_api.api.fields.common import ModelField, parse_formats
 from sam2_api.api.fields.everything import EverythingFields as Everything
 from sam2_api.api.fields.everything import EverythingResponse, parse_output, parse_params
 from sam2_api.api.fields.segment import (
@@ -65,9 +65,10 @@ logging.getLogger("sam2_api").setLevel(logging.INFO)  # BentoML leaves other log
 SETTINGS = Settings()
 # Before BentoML's worker starts uvicorn: a request's headers must arrive within this bound.
 header_deadline.install(SETTINGS.sam2_header_timeout_s)
-# Weights packaged into the Bento: scripts/build_bento.sh names them (SAM2_BENTO_MODEL) so that
-# `bentoml build` references the model and `bentoml containerize` copies it into the image.
-BENTO_MODEL = SETTINGS.sam2_bento_model
+# Weights packaged into the Bento, one model per size: scripts/build_bento.sh names them
+# (SAM2_BENTO_MODEL) so that `bentoml build` references them and `bentoml containerize` copies them
+# into the image (SAM2Model.models, below the class, lists them for BentoML).
+PACKAGED_WEIGHTS = [bentoml.models.BentoModel(tag) for tag in SETTINGS.bento_models]
 # This server's own folder for BentoML's task store, the track board and Prometheus' files, so that
 # servers side by side on one host never wipe each other's (sam2_api.server.state_dir).
 STATE_DIR = use_own_state_dir(SETTINGS.sam2_state_dir)
@@ -90,63 +91,68 @@ ROBOFLOW_LOGITS = str(STATE_DIR / "sam2_roboflow_logits.db")
 class SAM2Model:
     """SAM 2 on the device, with the embedding cache. Called by SAM2API only."""
 
-    weights = bentoml.models.BentoModel(BENTO_MODEL) if BENTO_MODEL else None
-
     @bentoml.on_deployment
     def check_device_and_fetch_weights() -> None:
         """Once, before any worker starts: check the GPU's driver, and download the weights if they
         come from Hugging Face, so that the worker finds them cached; a failure of either stops the
         server with one line, not a worker restarting forever."""
-        from sam2_api.model.weights import pick_device, resolve_weights  # torch: only where the model runs
+        from sam2_api.model.weights import packaged_by_size, pick_device, resolve_weights  # torch: only here
 
         if Settings().sam2_internal_token is None:  # read again: SAM2API's hook may have just made one
             raise SystemExit("error: SAM2_INTERNAL_TOKEN is not set: the model service served on its own takes "
                              "calls only from an API service that sends the same token (set it on both)")
         try:
             pick_device(SETTINGS.sam2_device)  # an NVIDIA driver too old for torch's CUDA: one line
-            if BENTO_MODEL is None:
-                resolve_weights(SETTINGS)
+            packaged = packaged_by_size(weights.resolve() for weights in PACKAGED_WEIGHTS)
+            for size in SETTINGS.served_models:  # each served size, downloaded unless it is a file or packaged
+                resolve_weights(SETTINGS, packaged.get(size), model=size)
         except errors.ModelLoadError as exc:
             raise SystemExit(f"error: {exc}") from None
 
     def __init__(self) -> None:
-        from sam2_api.model.engine import build_engine
-        from sam2_api.model.weights import packaged_weights
+        from sam2_api.model.model_set import build_models
+        from sam2_api.model.tracker import build_tracker
+        from sam2_api.model.weights import packaged_by_size
 
         exit_after_grace(SETTINGS.sam2_shutdown_grace_s)  # first: a stop while the weights load must work too
         metrics.forget_dead_processes(STATE_DIR / "prometheus")  # a worker killed before this one
-        packaged = packaged_weights(self.weights) if self.weights is not None else None
-        self.engine = build_engine(SETTINGS, packaged)
-        # Video: SAM 2's video predictor, built on first use, on the engine's weights and device thread.
-        from sam2_api.model.weights import resolve_weights
-        from sam2_api.model.tracker import build_tracker
-
-        weights = resolve_weights(SETTINGS, packaged, download=False)
-        self.tracker = build_tracker(SETTINGS, self.engine.device, weights.config)
-        # The browser's decoder (GET /decoder.onnx): the Bento's (exported at import_model.py), or
-        # exported from these very weights in the background, or read from the disk cache under their digest.
+        # The served sizes (SAM2_MODELS): the default one loaded now, the others on first use.
+        self.sizes = build_models(SETTINGS, packaged_by_size(weights.resolve() for weights in PACKAGED_WEIGHTS))
+        # Video: SAM 2's video predictor, built on first use, on a size's weights and the device thread.
+        self.tracker = build_tracker(SETTINGS, self.sizes)
+        # The browser's decoder (GET /decoder.onnx) of each size: the Bento's (exported at import_model.py),
+        # or exported from these very weights in the background, or read from the disk cache under their digest.
         from sam2_api.model.decoder_export import DecoderModels, default_cache_dir
 
         self.decoders = DecoderModels(default_cache_dir())
-        self.decoders.start(DEFAULT_DECODER, self.engine.device.segmenter.model, weights.checkpoint, weights.decoder)
+        self._start_decoder(self.sizes.default)
 
     @bentoml.api
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
-                mask_inputs: list[LowResMask | None] | None = None) -> ModelReply:
-        return self.engine.predict(key, prompts, image, mask_inputs)
+                mask_inputs: list[LowResMask | None] | None = None, model: str | None = None) -> ModelReply:
+        return self.sizes.predict(key, prompts, image, mask_inputs, model)
 
     @bentoml.api
-    def embed(self, key: str, image: RawImage | None = None, dtype: EmbedDtype = "float16") -> EmbedReply:
-        return self.engine.embed(key, image, dtype)
+    def embed(self, key: str, image: RawImage | None = None, dtype: EmbedDtype = "float16",
+              model: str | None = None) -> EmbedReply:
+        return self.sizes.embed(key, image, dtype, model)
 
     @bentoml.api
     def decoder_onnx(self, name: str = DEFAULT_DECODER) -> DecoderReply:
-        """The ONNX prompt encoder + mask decoder of model ``name``; ``pending`` while it is exported."""
+        """The ONNX prompt encoder + mask decoder of size ``name`` (DEFAULT_DECODER: the default size),
+        loaded and exported on first use; ``pending`` while it is exported."""
         try:
-            onnx = self.decoders.get(name, timeout_s=DECODER_WAIT_S)
+            served = self.sizes.get(None if name == DEFAULT_DECODER else name)
+            self._start_decoder(served)
+            onnx = self.decoders.get(served.model_id, timeout_s=DECODER_WAIT_S)
+        except errors.RequestError as exc:
+            return DecoderReply(error=str(exc))
         except (KeyError, RuntimeError) as exc:
             return DecoderReply(error=f"no ONNX decoder for {name!r}: {exc}")
         return DecoderReply(onnx=onnx, pending=onnx is None)
+
+    def _start_decoder(self, served) -> None:
+        self.decoders.start(served.model_id, served.engine.segmenter.model, served.checkpoint, served.decoder)
 
     @bentoml.api
     def track(self, video: bytes, spec: TrackSpec) -> Generator[bytes, None, None]:
@@ -160,10 +166,13 @@ class SAM2Model:
 
     @bentoml.api
     def everything(self, key: str, params: EverythingParams, image: RawImage | None = None,
-                   deadline_s: float | None = None) -> EverythingReply:
+                   deadline_s: float | None = None, model: str | None = None) -> EverythingReply:
         # a grid left out is this device's default: Meta's 32 on a GPU, smaller on a CPU (everything_protocol)
-        params = params.with_default_grid(self.engine.device.segmenter.device.type)
-        return self.engine.everything(key, params, image, deadline_s)
+        params = params.with_default_grid(self.sizes.device_type)
+        return self.sizes.everything(key, params, image, deadline_s, model)
+
+
+SAM2Model.models.extend(PACKAGED_WEIGHTS)  # BentoML finds a service's models in this list
 
 
 DECODER_WAIT_S = 20.0  # a call for the decoder waits this long for its export, then says "pending"
@@ -278,14 +287,15 @@ class SAM2API:
         candidates: CandidatesField = None,
         formats: FormatsField = None,
         polygon_tolerance: PolygonToleranceField = None,
+        model: ModelField = None,
     ) -> SegmentResponse:
         """Segment one object from clicks and/or a box; the PNG mask goes to S3, its URL comes back.
 
         Give the image as `image` (a file), `image_url` (s3://… or https://…) or, for an image sent
         before, just its `image_id`. To refine the mask with another click, send all clicks so far
         and the `mask_id` of the last answer as `previous_mask_id`. Errors, each with
-        `{"error": "<what is wrong>"}`: 400 bad prompt, image or field, or a `previous_mask_id` of
-        another image; 401 missing/wrong API key (when keys are configured); 403 an `image_url`
+        `{"error": "<what is wrong>"}`: 400 bad prompt, image or field, a `model` not served here, or a
+        `previous_mask_id` of another image or model; 401 missing/wrong API key (when keys are configured); 403 an `image_url`
         this service may not read; 404 an unknown `image_id` sent alone, or an unknown (evicted)
         `previous_mask_id`; 408 body too slow; 413 upload or image too large; 415 not an image;
         429 too many requests in flight.
@@ -293,10 +303,12 @@ class SAM2API:
         prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output,
                               previous_mask_id=previous_mask_id, candidates=candidates)
         formats, polygon_tolerance = parse_formats(formats, FORMATS), parse_polygon_tolerance(polygon_tolerance)
+        model = SETTINGS.model_for(model)
         with timed(ctx) as timer:
             request = image_request(image, image_id, image_url, timer)
             mask_files = None if mask_input is None else [mask_input.read_bytes()]
-            result = self.pipeline.run(request, [prompt], timer, tenant_of(ctx), mask_files, formats, polygon_tolerance)
+            result = self.pipeline.run(request, [prompt], timer, tenant_of(ctx), mask_files, formats, polygon_tolerance,
+                                       model)
         say_cache(ctx, result.cached)
         return SegmentResponse(**result.masks[0].response_fields(), width=result.width, height=result.height)
 
@@ -311,6 +323,7 @@ class SAM2API:
         image_url: ImageUrlField = None,
         formats: FormatsField = None,
         polygon_tolerance: PolygonToleranceField = None,
+        model: ModelField = None,
     ) -> ObjectsResponse:
         """Segment several objects in one image, one prompt each: one encoder pass, one mask each.
 
@@ -319,9 +332,10 @@ class SAM2API:
         """
         prompts = parse_objects(objects)
         formats, polygon_tolerance = parse_formats(formats, FORMATS), parse_polygon_tolerance(polygon_tolerance)
+        model = SETTINGS.model_for(model)
         with timed(ctx) as timer:
             request = image_request(image, image_id, image_url, timer)
-            result = self.pipeline.run(request, prompts, timer, tenant_of(ctx), None, formats, polygon_tolerance)
+            result = self.pipeline.run(request, prompts, timer, tenant_of(ctx), None, formats, polygon_tolerance, model)
         say_cache(ctx, result.cached)
         return ObjectsResponse(objects=[ObjectMask(**m.response_fields()) for m in result.masks],
                                width=result.width, height=result.height)
@@ -351,6 +365,7 @@ class SAM2API:
         formats: Everything.formats = None,
         polygon_tolerance: Everything.polygon_tolerance = None,
         per_object_masks: Everything.per_object_masks = None,
+        model: ModelField = None,
     ) -> EverythingResponse:
         """Segment every object in the image (Meta's automatic mask generator): each object's PNG mask
         and one 16-bit label map go to S3; objects come largest first.
@@ -369,10 +384,11 @@ class SAM2API:
             max_objects=max_objects,
         )
         output = parse_output(formats, polygon_tolerance, per_object_masks)
+        model = SETTINGS.model_for(model)
         with timed(ctx) as timer:
             request = image_request(image, image_id, image_url, timer)
             result = segment_everything(self.pipeline, request, params, output, timer, tenant_of(ctx),
-                                        SETTINGS.sam2_everything_deadline_s)
+                                        SETTINGS.sam2_everything_deadline_s, model)
         say_cache(ctx, result.cached)
         return EverythingResponse.of(result)
 
@@ -385,6 +401,7 @@ class SAM2API:
         image_id: ImageIdField = None,
         image_url: ImageUrlField = None,
         dtype: browser.DtypeField = None,
+        model: ModelField = None,
     ) -> bytes:
         """The image's embedding, for decoding clicks in the browser with GET /decoder.onnx: one `.npz`.
 
@@ -395,9 +412,10 @@ class SAM2API:
         name. About 8.4 MB (float16). `ETag` and `If-None-Match` (304) as for any file. Errors as for /segment.
         """
         dtype = browser.parse_dtype(dtype)
+        model = SETTINGS.model_for(model)
         with timed(ctx) as timer:
             request = image_request(image, image_id, image_url, timer)
-            result = browser.embed(self.pipeline, request, dtype, timer, tenant_of(ctx))
+            result = browser.embed(self.pipeline, request, dtype, timer, tenant_of(ctx), model)
         say_cache(ctx, result.cached)
         headers = {"ETag": result.etag, "Cache-Control": browser.EMBED_CACHE_CONTROL, CACHE_HEADER: ctx.response.headers[CACHE_HEADER],
                    "Server-Timing": ctx.response.headers["Server-Timing"]}
@@ -415,6 +433,7 @@ class SAM2API:
         pos_points: cvat.PosPointsField = None,
         neg_points: cvat.NegPointsField = None,
         obj_bbox: cvat.ObjBboxField = None,
+        model: ModelField = None,
     ) -> cvat.CvatResponse:
         """CVAT's interactor call (a JSON body as CVAT's lambda manager sends it), served by /segment.
 
@@ -424,11 +443,12 @@ class SAM2API:
         configured. deploy/cvat/ holds the nuclio function that forwards CVAT's calls here (docs/CVAT.md).
         Errors as for /segment.
         """
+        model = SETTINGS.model_for(model)
         with timed(ctx) as timer:
             with timer.stage("read"):
                 request = cvat.parse_request(image, pos_points, neg_points, obj_bbox, SETTINGS.sam2_max_upload_bytes)
             result = self.pipeline.run(ImageRequest(upload=request.image), [request.prompt], timer, tenant_of(ctx),
-                                       None, cvat.FORMATS)
+                                       None, cvat.FORMATS, model=model)
             with timer.stage("cvat_answer"):
                 body = cvat.response_body(result, self.pipeline.max_response_bytes)
         say_cache(ctx, result.cached)
@@ -498,11 +518,11 @@ class SAM2API:
         Answers `{"image_id", "time"}`: the id to send alone to /sam2/segment_image (without `image_id`,
         the SHA-256 of the image's bytes). docs/ROBOFLOW.md. Errors as for /segment.
         """
-        roboflow.check_version(sam2_version_id, SETTINGS.sam2_model)
+        model = roboflow.model_of_version(sam2_version_id, SETTINGS.model_for)
         with timed(ctx) as timer:
             with timer.stage("read"):
                 image = roboflow.parse_image(image, image_id, SETTINGS.sam2_max_upload_bytes, self.pipeline.sources)
-            body, cached = self.roboflow.embed(image, timer, tenant_of(ctx))
+            body, cached = self.roboflow.embed(image, timer, tenant_of(ctx), model)
         say_cache(ctx, cached)
         return body
 
@@ -528,13 +548,13 @@ class SAM2API:
         `masks` polygons (`format` json) or COCO RLE (rle). A box's x, y are its centre. docs/ROBOFLOW.md.
         Errors as for /segment.
         """
-        roboflow.check_version(sam2_version_id, SETTINGS.sam2_model)
+        model = roboflow.model_of_version(sam2_version_id, SETTINGS.model_for)
         with timed(ctx) as timer:
             with timer.stage("read"):
                 image = roboflow.parse_image(image, image_id, SETTINGS.sam2_max_upload_bytes, self.pipeline.sources)
             request = roboflow.parse_segment(image, prompts, multimask_output, format, save_logits_to_cache,
                                              load_logits_from_cache, mask_input)
-            body, cached = self.roboflow.segment(request, timer, tenant_of(ctx))
+            body, cached = self.roboflow.segment(request, timer, tenant_of(ctx), model)
         say_cache(ctx, cached)
         return Response(body, media_type="application/json")
 
@@ -550,6 +570,7 @@ class SAM2API:
         max_frames: MaxFramesField = None,
         reverse: ReverseField = None,
         formats: TrackFormatsField = None,
+        model: ModelField = None,
     ) -> TrackResponse:
         """Track objects through a video clip, as a task: POST /track/submit returns a task id at once;
         GET /track/status?task_id=… says how far it is, GET /track/get?task_id=… gives the result (the
@@ -563,7 +584,7 @@ class SAM2API:
         """
         task_id = getattr(ctx.request.state, "task_id", None) or uuid.uuid4().hex  # None: called as POST /track
         request = TrackRequest.parse(video.read_bytes() if video else None, video_url, objects, start_frame_index,
-                                     max_frames, reverse, formats)
+                                     max_frames, reverse, formats, SETTINGS.model_for(model))
         # the caller's key: TaskProgress lets only a task's owner retry it, so it is the owner's too
         return self.tracks.run(task_id, request, tenant_of(ctx))
 
@@ -651,7 +672,7 @@ SAM2API.add_asgi_middleware(
     setting_names=("SAM2_VIDEO_MAX_UPLOAD_BYTES", "SAM2_VIDEO_BODY_TIMEOUT_S"),
 )
 # GET /decoder.onnx (the browser's decoder), inside the guard above: the same API keys.
-SAM2API.add_asgi_middleware(browser.DecoderFile, source=DECODER_SOURCE)
+SAM2API.add_asgi_middleware(browser.DecoderFile, source=DECODER_SOURCE, resolve=SETTINGS.model_for)
 SAM2API.add_asgi_middleware(TaskProgress, route=SAM2API.apis["track"].route, board_path=TASK_BOARD)
 # The OpenAPI document at /docs.json: valid, and about this service (BentoML's own is neither).
 SAM2API.add_asgi_middleware(PublishedOpenAPI, spec=lambda: SAM2API.openapi_spec.asdict())

@@ -17,7 +17,8 @@
 # 127.0.0.1:LOCAL_S3_PORT and masks go there. Weights: SAM2_CHECKPOINT (a local file) if set, else
 # SAM2_MODEL (default facebook/sam2.1-hiera-tiny) from Hugging Face. Offline, point SAM2_CHECKPOINT
 # at a file; to try the service with random test weights: python scripts/make_test_checkpoint.py,
-# then SAM2_CHECKPOINT=checkpoints/sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt.
+# then SAM2_CHECKPOINT=checkpoints/sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt. More sizes, picked per
+# request with `model`: SAM2_MODELS=tiny,large (SAM2_CHECKPOINTS=large=/path.pt for a local file).
 set -euo pipefail
 case "${1:-}" in
     -h | --help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;

@@ -15,6 +15,8 @@ from PIL import Image, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 TEST_IMAGES = REPO / "tests" / "data"  # real photographs, with their licences in its README.md
 CHECKPOINT = REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt"
+# A second size, for SAM2_MODELS (tests/unit/test_model_set.py, tests/integration/test_model_sizes.py).
+SMALL_CHECKPOINT = REPO / "checkpoints" / "sam2.1_hiera_small.RANDOM-TEST-WEIGHTS.pt"
 REFERENCE_IMAGES_KEPT = 16  # encoded images the reference predictor keeps (about 16 MB each)
 
 
@@ -25,15 +27,23 @@ def test_images() -> Path:
     return TEST_IMAGES
 
 
+def _written(path: Path, *size: str) -> Path:
+    if not path.exists():
+        subprocess.run([sys.executable, "scripts/make_test_checkpoint.py", *size, "--output", str(path)],
+                       cwd=REPO, check=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def checkpoint() -> Path:
     """Seeded random-init SAM 2.1 hiera-tiny weights, written by the project's own script."""
-    if not CHECKPOINT.exists():
-        subprocess.run(
-            [sys.executable, "scripts/make_test_checkpoint.py", "--output", str(CHECKPOINT)],
-            cwd=REPO, check=True,
-        )
-    return CHECKPOINT
+    return _written(CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint() -> Path:
+    """Seeded random-init SAM 2.1 hiera-small weights (5 s and 184 MB, written once)."""
+    return _written(SMALL_CHECKPOINT, "--size", "small")
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +54,28 @@ def sam2_model(checkpoint):
 
 
 @pytest.fixture(scope="session")
+def small_sam2_model(small_checkpoint):
+    from sam2.build_sam import build_sam2
+
+    return build_sam2("configs/sam2.1/sam2.1_hiera_s.yaml", str(small_checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def reference_predictor(sam2_model):
     """Meta's SAM2ImagePredictor with ``image`` set: one predictor per image, kept for the session, so
     that each image is encoded once however many prompts the tests check against it. Calling
     ``predict`` leaves the predictor's image as it was; tests must not call ``set_image`` on it."""
+    return predictors_of(sam2_model)
+
+
+@pytest.fixture(scope="session")
+def small_reference_mask(small_sam2_model):
+    """:func:`reference_mask` of the hiera-small weights."""
+    return reference_masks(predictors_of(small_sam2_model))
+
+
+def predictors_of(sam2_model):
+    """:func:`reference_predictor` of ``sam2_model``."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     predictors: OrderedDict[tuple, SAM2ImagePredictor] = OrderedDict()
@@ -72,6 +100,11 @@ def reference_mask(reference_predictor):
 
     Returns ``(mask (H, W) bool, score)`` for the highest-scoring candidate.
     """
+    return reference_masks(reference_predictor)
+
+
+def reference_masks(reference_predictor):
+    """:func:`reference_mask` over ``reference_predictor``'s predictors."""
 
     def predict(image: np.ndarray, points=None, labels=None, box=None, multimask_output=None):
         if multimask_output is None:
@@ -106,5 +139,5 @@ def pytest_collection_modifyitems(items) -> None:
         if integration in Path(item.path).parents:
             item.add_marker(pytest.mark.server)
             item.add_marker(pytest.mark.slow)
-        elif "checkpoint" in item.fixturenames:
+        elif {"checkpoint", "small_checkpoint"} & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)

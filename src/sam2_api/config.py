@@ -12,15 +12,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-MODEL_IDS = (
-    "facebook/sam2.1-hiera-tiny",
-    "facebook/sam2.1-hiera-small",
-    "facebook/sam2.1-hiera-base-plus",
-    "facebook/sam2.1-hiera-large",
-)
+from . import sizes
+from .sizes import MODEL_IDS
 
 
 # Written into the Bento by scripts/build_bento.sh (SAM2_BENTO_MODEL=<tag>); real environment
@@ -57,13 +53,33 @@ class Settings(BaseSettings):
     )
     sam2_bento_model: str | None = Field(
         None,
-        description="Tag of the weights packaged into the Bento (scripts/import_model.py, then "
-        "scripts/build_bento.sh, which records it in bento/packaged.env).",
+        description="Tags of the weights packaged into the Bento, comma-separated, one per size "
+        "(scripts/import_model.py, then scripts/build_bento.sh, which records them and SAM2_MODELS in "
+        "bento/packaged.env).",
     )
     sam2_config: str | None = Field(
         None,
         description="sam2 config name for SAM2_CHECKPOINT, e.g. configs/sam2.1/sam2.1_hiera_l.yaml; "
         "default: the config of SAM2_MODEL.",
+    )
+    sam2_models: str | None = Field(
+        None,
+        description="Comma-separated SAM 2.1 sizes this server serves, each an id (facebook/sam2.1-hiera-small) "
+        "or a short name (hiera_small, small); a request picks one with its `model` field. Default: SAM2_MODEL "
+        "alone. Requests without `model` get SAM2_MODEL when it is listed, else the first listed. Each is "
+        "loaded on first use (SAM2_MODEL at start-up).",
+    )
+    sam2_checkpoints: str | None = Field(
+        None,
+        description="Local checkpoint files of other sizes than SAM2_MODEL's (SAM2_CHECKPOINT), as "
+        "comma-separated size=path, e.g. hiera_small=/ckpt/sam2.1_hiera_small.pt; a size without one comes "
+        "from the Bento's packaged weights or Hugging Face.",
+    )
+    sam2_models_max_bytes: int = Field(
+        2 * 1024**3, gt=0,
+        description="Memory bound of the loaded sizes' weights on the model's device; beyond it the least "
+        "recently used size other than the default is unloaded (and loaded again when asked for). One size's float32 weights: "
+        "tiny 156 MB, small 184 MB, base-plus 323 MB, large 898 MB: the default holds all four.",
     )
     sam2_device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto = CUDA when available, else CPU."
@@ -269,6 +285,10 @@ class Settings(BaseSettings):
         return tuple(key.strip() for key in self.sam2_api_keys.get_secret_value().split(",") if key.strip())
 
     @property
+    def bento_models(self) -> tuple[str, ...]:
+        return tuple(tag.strip() for tag in (self.sam2_bento_model or "").split(",") if tag.strip())
+
+    @property
     def internal_token(self) -> str | None:
         return self.sam2_internal_token.get_secret_value() if self.sam2_internal_token else None
 
@@ -294,6 +314,35 @@ class Settings(BaseSettings):
             raise ValueError(f"SAM2_MODEL must be one of {', '.join(MODEL_IDS)}; got {value!r}")
         return value
 
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """The ids of SAM2_MODELS (default: SAM2_MODEL), each once, in order."""
+        return sizes.parse_sizes(self.sam2_models) if self.sam2_models else (self.sam2_model,)
+
+    @property
+    def default_model(self) -> str:
+        """The size a request without ``model`` gets."""
+        return self.sam2_model if self.sam2_model in self.served_models else self.served_models[0]
+
+    def model_for(self, name: object, field: str = "model") -> str:
+        """The served id a request's ``model`` (or Roboflow's ``sam2_version_id``: ``field``) names: the
+        default size when it is left out, 400 naming the served ones when it is not served."""
+        return sizes.served_model(name, self.served_models, self.default_model, field)
+
+    @property
+    def checkpoints(self) -> dict[str, Path]:
+        """Local checkpoint file by size id: SAM2_CHECKPOINT (SAM2_MODEL's), then SAM2_CHECKPOINTS."""
+        own = {} if self.sam2_checkpoint is None else {self.sam2_model: self.sam2_checkpoint}
+        return own | sizes.parse_checkpoints(self.sam2_checkpoints)
+
+    @model_validator(mode="after")
+    def _sizes_and_their_files(self) -> "Settings":
+        self.served_models, self.checkpoints  # noqa: B018 (each says what is wrong in its ValueError)
+        if self.sam2_checkpoint is not None and self.sam2_models and self.sam2_model not in self.served_models:
+            raise ValueError(f"SAM2_CHECKPOINT is the checkpoint of SAM2_MODEL={self.sam2_model}, which SAM2_MODELS "
+                             "does not list: add it there, or name the file in SAM2_CHECKPOINTS")
+        return self
+
     @field_validator("sam2_checkpoint")
     @classmethod
     def _checkpoint_exists(cls, value: Path | None) -> Path | None:
@@ -313,7 +362,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "s3_bucket_name_staging", "s3_endpoint_url", "s3_object_acl", "sam2_config", "sam2_bento_model",
+        "s3_bucket_name_staging", "s3_endpoint_url", "s3_object_acl", "sam2_config", "sam2_bento_model", "sam2_models",
         "sam2_internal_token", "label_studio_api_key",
     )
     @classmethod

@@ -158,6 +158,7 @@ class TrackSpec(BaseModel):
 
     job_id: str
     tenant: str | None = None
+    model: str | None = None  # the model size's id (sam2_api.sizes); None: the default
     objects: int = Field(ge=1)
     prompts: list[TrackPrompt]
     start_frame_index: int | None = Field(None, ge=0)

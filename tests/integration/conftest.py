@@ -60,10 +60,14 @@ def s3(s3_server):
 
 
 @pytest.fixture(scope="session")
-def server(s3, s3_server, checkpoint, logs) -> Process:
-    """The service as a user runs it against their bucket (here the local S3 server)."""
+def server(s3, s3_server, checkpoint, small_checkpoint, logs) -> Process:
+    """The service as a user runs it against their bucket (here the local S3 server). It serves two
+    sizes: tiny, the default, loaded at start; small, loaded by the first request that names it
+    (tests/integration/test_model_sizes.py), so the others never pay for it."""
     served = bento_server("bentoml-s3", logs, project=REPO, env={
         "SAM2_CHECKPOINT": str(checkpoint),
+        "SAM2_MODELS": "hiera_tiny,hiera_small",
+        "SAM2_CHECKPOINTS": f"hiera_small={small_checkpoint}",
         "S3_BUCKET_NAME_STAGING": BUCKET,
         "S3_ENDPOINT_URL": s3_server.url,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,

@@ -68,7 +68,8 @@ def test_bento_holds_the_model_and_only_what_serving_needs(built):
     assert "gpu" not in services["SAM2API"]["config"].get("resources", {})
     files = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()}
     assert files == {"service.py", "bento/packaged.env", "bentofile.yaml"}
-    assert (bento_dir / "src" / "bento" / "packaged.env").read_text().strip() == f"SAM2_BENTO_MODEL={model_tag}"
+    assert (bento_dir / "src" / "bento" / "packaged.env").read_text().splitlines() == [
+        f"SAM2_BENTO_MODEL={model_tag}", "SAM2_MODELS=facebook/sam2.1-hiera-tiny", "SAM2_MODEL=facebook/sam2.1-hiera-tiny"]
     assert not (REPO / "bento" / "packaged.env").exists()  # the build cleans up after itself
 
 

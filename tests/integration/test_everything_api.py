@@ -105,7 +105,7 @@ def test_openapi_documents_the_route(server):
     meta_names = {"points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
                   "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
                   "crop_n_points_downscale_factor", "min_mask_region_area", "use_m2m", "multimask_output"}
-    ours = {"image", "image_id", "image_url", "max_objects", "formats", "polygon_tolerance", "per_object_masks"}
+    ours = {"image", "image_id", "image_url", "max_objects", "formats", "polygon_tolerance", "per_object_masks", "model"}
     assert set(schema["properties"]) == meta_names | ours
     assert all(field.get("description") for field in schema["properties"].values())
     assert "503" in post_spec["description"] and "SAM2_EVERYTHING_DEADLINE_S" in post_spec["description"]

@@ -65,12 +65,12 @@ def result(server, task_id: str, headers: dict | None = None) -> httpx.Response:
     return response
 
 
-def reference_masks(checkpoint, frames, prompts, tmp_path) -> dict[int, list[np.ndarray]]:
+def reference_masks(checkpoint, frames, prompts, tmp_path, config: str = CONFIG) -> dict[int, list[np.ndarray]]:
     """SAM2VideoPredictor on the frames the server decoded (written losslessly where init_state reads)."""
     from PIL import Image
     from sam2.build_sam import build_sam2_video_predictor
 
-    predictor = build_sam2_video_predictor(CONFIG, str(checkpoint), device="cpu")
+    predictor = build_sam2_video_predictor(config, str(checkpoint), device="cpu")
     for index, frame in enumerate(frames):
         Image.fromarray(frame).save(tmp_path / f"{index:05d}.jpg", format="PNG")
     state = predictor.init_state(str(tmp_path))
@@ -151,6 +151,8 @@ BAD = [
     ("bucket not allowed", lambda: None, {"video_url": "s3://not-allowed/clip.mp4"}, 403, "S3_INPUT_BUCKETS"),
     ("missing object in an allowed bucket", lambda: None, {"video_url": f"s3://{PHOTOS}/none.mp4"}, 400,
      "does not exist"),
+    ("size not served", lambda: encode(moving_shapes(3)), {"model": "hiera_large"}, 400,
+     "`model` 'hiera_large' is not served here; this server serves: hiera_tiny"),
 ]
 
 

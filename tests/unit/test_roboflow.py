@@ -12,7 +12,7 @@ import pytest
 from sam2_api.api import roboflow
 from sam2_api.api.image_urls import ImageSources
 from sam2_api.api.segment import Result, StoredMask
-from sam2_api.config import MODEL_IDS
+from sam2_api.config import MODEL_IDS, Settings
 from sam2_api.errors import ForbiddenSource, ImageTooLarge, InvalidField, InvalidImage, InvalidPrompt, RequestError
 from sam2_api.maskformats import describe, from_coco_rle, rasterise
 
@@ -66,20 +66,22 @@ def test_bad_prompts_are_400_saying_what_is_wrong(value, words):
     assert caught.value.status == 400 and str(caught.value).startswith(words), str(caught.value)
 
 
-def test_version_ids_map_to_our_model_names():
-    assert [roboflow.model_of_version(v) for v in roboflow.VERSION_IDS] == [
-        MODEL_IDS[0], MODEL_IDS[1], MODEL_IDS[2], MODEL_IDS[3]]
+def test_version_ids_name_the_served_sizes_and_none_is_the_default():
+    settings = Settings(sam2_model=MODEL_IDS[0], sam2_models="hiera_tiny,hiera_large")
+    assert [roboflow.model_of_version(v, settings.model_for) for v in (None, "hiera_tiny", "hiera_large")] == [
+        MODEL_IDS[0], MODEL_IDS[0], MODEL_IDS[3]]
 
 
-def test_the_served_version_or_none_passes_any_other_is_400_naming_the_served_one():
-    roboflow.check_version(None, "facebook/sam2.1-hiera-tiny")
-    roboflow.check_version("hiera_tiny", "facebook/sam2.1-hiera-tiny")
+@pytest.mark.parametrize("value, words", [
+    ("hiera_small", "`sam2_version_id` 'hiera_small' is not served here; this server serves: hiera_tiny "
+                    "(facebook/sam2.1-hiera-tiny), hiera_large (facebook/sam2.1-hiera-large)"),
+    ("sam2-large", "`sam2_version_id` 'sam2-large' is not a SAM 2.1 size; this server serves: hiera_tiny"),
+])
+def test_a_version_not_served_is_400_naming_the_served_ones(value, words):
+    settings = Settings(sam2_model=MODEL_IDS[0], sam2_models="hiera_tiny,hiera_large")
     with pytest.raises(InvalidField) as caught:
-        roboflow.check_version("hiera_large", "facebook/sam2.1-hiera-tiny")
-    assert "this service runs hiera_tiny (facebook/sam2.1-hiera-tiny)" in str(caught.value)
-    with pytest.raises(InvalidField) as caught:
-        roboflow.check_version("sam2-large", "facebook/sam2.1-hiera-small")
-    assert str(caught.value).startswith("`sam2_version_id` must be one of hiera_tiny, hiera_small")
+        roboflow.model_of_version(value, settings.model_for)
+    assert str(caught.value).startswith(words), str(caught.value)
 
 
 def test_a_base64_image_without_id_is_named_by_the_hash_of_its_bytes():

@@ -19,6 +19,7 @@ import io
 import logging
 import threading
 import zipfile
+from urllib.parse import parse_qs
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -31,7 +32,7 @@ from ..server.asgi import send_json
 from ..timing import StageTimer
 from .answers import error_body
 from .fields.segment import _documented
-from .segment import ImageRequest, Pipeline
+from .segment import ImageRequest, Pipeline, sized
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ DtypeField = _documented(
 
 
 class EmbedModel(Protocol):
-    def embed(self, key: str, image: RawImage | None = None, dtype: str = "float16") -> EmbedReply: ...
+    def embed(self, key: str, image: RawImage | None = None, dtype: str = "float16",
+              model: str | None = None) -> EmbedReply: ...
 
     def decoder_onnx(self, name: str = DEFAULT_DECODER) -> DecoderReply: ...
 
@@ -73,10 +75,13 @@ def parse_dtype(dtype: Any) -> str:
     return dtype
 
 
-def embed(pipeline: Pipeline, request: ImageRequest, dtype: str, timer: StageTimer, tenant: str | None) -> Embedded:
-    """The embedding of the request's image as an ``.npz``, from the model service's cache."""
+def embed(pipeline: Pipeline, request: ImageRequest, dtype: str, timer: StageTimer, tenant: str | None,
+          model_id: str | None = None) -> Embedded:
+    """The embedding of the request's image by size ``model_id`` (None: the default) as an ``.npz``,
+    from the model service's cache."""
     model: EmbedModel = pipeline.model  # type: ignore[assignment]
-    reply = pipeline.ask(request, lambda key, pixels: model.embed(key=key, image=pixels, dtype=dtype), timer, tenant)
+    reply = pipeline.ask(request, lambda key, pixels: model.embed(key=key, image=pixels, dtype=dtype,
+                                                                  **sized(model_id)), timer, tenant)
     with timer.stage("npz"):
         body = npz(reply.arrays, reply.height, reply.width)
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
@@ -108,44 +113,45 @@ def not_modified(if_none_match: str | None, etag: str) -> bool:
 
 
 class DecoderSource:
-    """This worker's copy of the ONNX decoder: asked of the model service once, then kept."""
+    """This worker's copies of the ONNX decoders, by size: each asked of the model service once, then kept."""
 
     def __init__(self) -> None:
         self._model: EmbedModel | None = None
         self._lock = threading.Lock()
-        self._onnx: bytes | None = None
-        self._etag = ""
+        self._files: dict[str, tuple[bytes, str]] = {}  # size (DEFAULT_DECODER: the default) → bytes, ETag
 
     def bind(self, model: EmbedModel) -> None:
         self._model = model
 
-    def fetch(self) -> tuple[bytes, str]:
-        """The bytes and their ETag; 503 while the model service exports them or cannot be reached."""
+    def fetch(self, name: str = DEFAULT_DECODER) -> tuple[bytes, str]:
+        """The bytes and their ETag of size ``name``'s decoder; 503 while the model service exports
+        them or cannot be reached."""
         with self._lock:
-            if self._onnx is None:
+            if name not in self._files:
                 if self._model is None:
                     raise ModelUnavailable("the service is starting; retry shortly")
                 try:
-                    reply = self._model.decoder_onnx(name=DEFAULT_DECODER)
+                    reply = self._model.decoder_onnx(name=name)
                 except Exception as exc:
                     log.warning("could not get the ONNX decoder from the model service: %s", type(exc).__name__)
                     raise ModelUnavailable("the model service is not reachable right now; retry shortly") from exc
                 if reply.onnx is None:
                     raise ModelUnavailable("the ONNX decoder is being exported; retry in a few seconds"
                                            if reply.pending else f"the ONNX decoder is not available ({reply.error})")
-                self._onnx = reply.onnx
-                self._etag = '"' + hashlib.sha256(reply.onnx).hexdigest()[:32] + '"'
-            return self._onnx, self._etag
+                self._files[name] = reply.onnx, '"' + hashlib.sha256(reply.onnx).hexdigest()[:32] + '"'
+            return self._files[name]
 
 
 class DecoderFile:
-    """ASGI middleware serving ``GET``/``HEAD /decoder.onnx`` from :class:`DecoderSource` (BentoML's
-    own routes take POST only). Put it inside :class:`sam2_api.api.guard.RequestGuard`, whose paths
-    include :data:`DECODER_PATH`: the same API keys as every route."""
+    """ASGI middleware serving ``GET``/``HEAD /decoder.onnx[?model=SIZE]`` from :class:`DecoderSource`
+    (BentoML's own routes take POST only). Put it inside :class:`sam2_api.api.guard.RequestGuard`, whose
+    paths include :data:`DECODER_PATH`: the same API keys as every route. ``resolve``: a size's name →
+    its served id, a 400 for any other (``Settings.model_for``)."""
 
-    def __init__(self, app: Callable, *, source: DecoderSource) -> None:
+    def __init__(self, app: Callable, *, source: DecoderSource, resolve: Callable[[Any], str] | None = None) -> None:
         self.app = app
         self.source = source
+        self.resolve = resolve
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] != DECODER_PATH:
@@ -155,7 +161,10 @@ class DecoderFile:
         import anyio
 
         try:
-            onnx, etag = await anyio.to_thread.run_sync(self.source.fetch)
+            name = self._size(scope.get("query_string", b""))
+            onnx, etag = await anyio.to_thread.run_sync(self.source.fetch, name)
+        except InvalidField as exc:
+            return await send_json(send, exc.status, error_body(exc))
         except RequestError as exc:
             return await send_json(send, exc.status, error_body(exc), [(b"retry-after", b"5")])
         headers = [(b"etag", etag.encode()), (b"cache-control", DECODER_CACHE_CONTROL.encode())]
@@ -166,3 +175,12 @@ class DecoderFile:
         headers += [(b"content-type", ONNX_TYPE.encode()), (b"content-length", str(len(onnx)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else onnx})
+
+    def _size(self, query: bytes) -> str:
+        """The size ``?model=`` names (DEFAULT_DECODER when left out); 400 for several or another."""
+        names = parse_qs(query.decode("latin-1")).get("model", [])
+        if len(names) > 1:
+            raise InvalidField("send one `model` query parameter, not several")
+        if not names or self.resolve is None:
+            return DEFAULT_DECODER
+        return self.resolve(names[0])

@@ -23,7 +23,7 @@ from .. import imaging, maskformats
 from ..errors import DeadlineExceeded, InvalidField
 from ..messages import EverythingLimits, EverythingObject, EverythingParams
 from .labelmap import LabelMap, paint_order
-from .segment import SMALLER_FORMATS, ImageRequest, Pipeline
+from .segment import SMALLER_FORMATS, ImageRequest, Pipeline, sized
 from .storage import PngsNotMade, Upload
 from ..timing import StageTimer
 
@@ -62,16 +62,16 @@ class EverythingResult:
 
 def segment_everything(pipeline: Pipeline, image: ImageRequest, params: EverythingParams, output: OutputOptions,
                        timer: StageTimer, tenant: str | None = None,
-                       deadline_s: float = EverythingLimits.deadline_s) -> EverythingResult:
+                       deadline_s: float = EverythingLimits.deadline_s, model: str | None = None) -> EverythingResult:
     """Every object in the image; ``tenant`` (the caller's API key id) scopes the cache; the whole
-    request within ``deadline_s`` seconds of this call."""
+    request within ``deadline_s`` seconds of this call; ``model``: the served size's id, None for the default."""
     if params.needs_pixels and image.upload is None and image.url is None:
         raise InvalidField("crop_n_layers > 0 encodes crops from the image's pixels: send `image` or `image_url` "
                            "(an `image_id` alone serves only crop_n_layers 0)")
     until = time.monotonic() + deadline_s
     reply = pipeline.ask(
         image, lambda key, pixels: pipeline.model.everything(key=key, params=params, image=pixels,
-                                                             deadline_s=until - time.monotonic()),
+                                                             deadline_s=until - time.monotonic(), **sized(model)),
         timer, tenant, send_image=params.needs_pixels,
     )
     height, width, objects = reply.height, reply.width, reply.objects

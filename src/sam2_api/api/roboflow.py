@@ -30,7 +30,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
@@ -41,7 +41,7 @@ from .fields.common import parse_flag, shown
 from .fields.segment import MAX_OBJECTS, _documented, parse_image_id
 from .image_urls import ImageSources
 from .roboflow_logits import LogitsIndex, PromptKey
-from .segment import ImageRequest, Pipeline, Result
+from .segment import ImageRequest, Pipeline, Result, sized
 
 EMBED_ROUTE = "/sam2/embed_image"
 SEGMENT_ROUTE = "/sam2/segment_image"
@@ -54,22 +54,11 @@ FORMATS = {"json": ("polygons", "polygon"), "rle": ("rle", "rle")}  # Roboflow's
 VERSION_IDS = ("hiera_tiny", "hiera_small", "hiera_b_plus", "hiera_large")
 
 
-def model_of_version(version_id: str) -> str:
-    """Roboflow's ``sam2_version_id`` as our model name (``config.MODEL_IDS``)."""
-    return {"hiera_tiny": "facebook/sam2.1-hiera-tiny", "hiera_small": "facebook/sam2.1-hiera-small",
-            "hiera_b_plus": "facebook/sam2.1-hiera-base-plus", "hiera_large": "facebook/sam2.1-hiera-large"}[version_id]
-
-
-def check_version(value: Any, served_model: str) -> None:
-    """``sam2_version_id`` left out, or naming the model this service runs; 400 otherwise."""
-    if value is None:
-        return
-    served = next((v for v in VERSION_IDS if model_of_version(v) == served_model), served_model)
-    if value not in VERSION_IDS:
-        raise InvalidField(f"`sam2_version_id` must be one of {', '.join(VERSION_IDS)}; got {shown(value)}")
-    if model_of_version(value) != served_model:
-        raise InvalidField(f"`sam2_version_id` {value!r} is not served here: this service runs {served} "
-                           f"({served_model}); send that, or leave the field out")
+def model_of_version(value: Any, model_for: Callable[..., str]) -> str:
+    """The served size Roboflow's ``sam2_version_id`` names (``hiera_tiny`` … ``hiera_large``, or any
+    other spelling ``model`` takes): the default size when it is left out, 400 naming the served
+    ones otherwise (``Settings.model_for``)."""
+    return model_for(value, field="sam2_version_id")
 
 
 ImageField = _documented(
@@ -251,26 +240,29 @@ class RoboflowRoutes:
         self.logits = logits
         self.store_configured = store_configured
 
-    def embed(self, image: RoboflowImage, timer, tenant: str | None) -> tuple[EmbedResponse, bool]:
+    def embed(self, image: RoboflowImage, timer, tenant: str | None, model: str | None = None,
+              ) -> tuple[EmbedResponse, bool]:
         """The image's embedding cached (no decoder run); Roboflow's answer and whether it was cached."""
         started = time.perf_counter()
         reply = self.pipeline.ask(image.request, lambda key, pixels: self.pipeline.model.predict(
-            key=key, prompts=[], image=pixels), timer, tenant)
+            key=key, prompts=[], image=pixels, **sized(model)), timer, tenant)
         return EmbedResponse(image_id=image.image_id, time=time.perf_counter() - started), reply.cached
 
-    def segment(self, request: SegmentRequest, timer, tenant: str | None) -> tuple[bytes, bool]:
+    def segment(self, request: SegmentRequest, timer, tenant: str | None, model: str | None = None,
+                ) -> tuple[bytes, bool]:
         """Roboflow's answer (JSON bytes) and whether the embedding was cached."""
         started = time.perf_counter()
-        image = f"{tenant or ''}|{request.image.image_id}"
+        image = f"{tenant or ''}|{request.image.image_id}|{model or ''}"  # a mask_id refines only its own size
         prompts = request.prompts
         if request.load_logits:
             ids = self.logits.find(image, request.keys)
             prompts = [p if i is None else p.model_copy(update={"previous_mask_id": i}) for p, i in zip(prompts, ids)]
         formats = (FORMATS[request.format][0],)
         try:
-            result = self.pipeline.run(request.image.request, prompts, timer, tenant, None, formats)
+            result = self.pipeline.run(request.image.request, prompts, timer, tenant, None, formats, model=model)
         except (UnknownMaskId, MaskIdOfAnotherImage):  # evicted since: segment as if nothing were cached
-            result = self.pipeline.run(request.image.request, request.prompts, timer, tenant, None, formats)
+            result = self.pipeline.run(request.image.request, request.prompts, timer, tenant, None, formats,
+                                       model=model)
         if request.save_logits:
             self.logits.save(image, request.keys, [mask.mask_id for mask in result.masks])
         body = response(result, request.format, self.store_configured, time.perf_counter() - started)

@@ -46,10 +46,10 @@ class Model(Protocol):
     """The model service as the API service sees it (``service.SAM2Model``, local or remote)."""
 
     def predict(self, key: str, prompts: list[Prompt], image: RawImage | None = None,
-                mask_inputs: list[LowResMask | None] | None = None) -> ModelReply: ...
+                mask_inputs: list[LowResMask | None] | None = None, model: str | None = None) -> ModelReply: ...
 
     def everything(self, key: str, params: EverythingParams, image: RawImage | None = None,
-                   deadline_s: float | None = None) -> EverythingReply: ...
+                   deadline_s: float | None = None, model: str | None = None) -> EverythingReply: ...
 
 
 _Reply = TypeVar("_Reply", ModelReply, EverythingReply)
@@ -117,8 +117,9 @@ class Pipeline:
 
     def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None,
             mask_files: list[bytes | None] | None = None, formats: tuple[str, ...] = (),
-            polygon_tolerance: float = 0.0) -> Result:
-        """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the caches.
+            polygon_tolerance: float = 0.0, model: str | None = None) -> Result:
+        """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the caches;
+        ``model``: the served size's id (``Settings.model_for``), None for the default.
 
         ``mask_files[i]``: prompt i's ``mask_input`` file, if any. ``formats`` and
         ``polygon_tolerance``: as :func:`sam2_api.maskformats.describe` takes them, within
@@ -126,7 +127,8 @@ class Pipeline:
         """
         mask_inputs = self._mask_inputs(prompts, mask_files, timer)
         reply = self.ask(image, lambda key, pixels: self.model.predict(key=key, prompts=prompts, image=pixels,
-                                                                      mask_inputs=mask_inputs), timer, tenant)
+                                                                      mask_inputs=mask_inputs, **sized(model)),
+                         timer, tenant)
         height, width = reply.height, reply.width
 
         def png(bits: bytes) -> Callable[[], bytes]:
@@ -182,8 +184,8 @@ class Pipeline:
         if reply is None or reply.needs_image:
             if located.load is None:
                 raise UnknownImageId(
-                    f"image_id {image.image_id!r} is not cached here (never sent, or evicted): "
-                    "send the image with it again"
+                    f"image_id {image.image_id!r} is not cached here (never sent, sent for another `model`, or "
+                    "evicted): send the image with it again"
                 )
             data = located.load()
             with timer.stage("image_decode"):
@@ -234,6 +236,12 @@ class Pipeline:
                                    "of an image sent before")
             data = fetch()  # no id: the key is the content's hash, so the content comes first
         return _Located("sha256:" + hashlib.sha256(data).hexdigest(), lambda: data)
+
+
+def sized(model: str | None) -> dict:
+    """The ``model`` argument of a model service call: left out for the default size, so that an
+    :class:`Engine` (one size) serves as the model service in tests too."""
+    return {} if model is None else {"model": model}
 
 
 def _stale_connection(exc: Exception) -> bool:

@@ -76,16 +76,17 @@ class TrackRequest:
     max_frames: int | None = None
     reverse: bool = False
     formats: tuple[str, ...] = ()
+    model: str | None = None  # the served size's id (Settings.model_for); None: the default
 
     @classmethod
     def parse(cls, upload: bytes | None, video_url: Any, objects: Any, start_frame_index: Any, max_frames: Any,
-              reverse: Any, formats: Any) -> "TrackRequest":
+              reverse: Any, formats: Any, model: str | None = None) -> "TrackRequest":
         count, prompts = parse_track_objects(objects)
         return cls(upload=upload, url=parse_video_url(video_url), objects=count, prompts=prompts,
                    start_frame_index=parse_frame_count(start_frame_index, "start_frame_index", 0),
                    max_frames=parse_frame_count(max_frames, "max_frames", 1),
                    reverse=parse_flag(reverse, "reverse", default=False),
-                   formats=parse_formats(formats, TRACK_FORMATS))
+                   formats=parse_formats(formats, TRACK_FORMATS), model=model)
 
 
 class TrackJobs:
@@ -127,7 +128,7 @@ class TrackJobs:
                  frames: Iterator) -> TrackResponse:
         spec = TrackSpec(job_id=task_id, tenant=tenant, objects=request.objects, prompts=request.prompts,
                          start_frame_index=request.start_frame_index, max_frames=request.max_frames,
-                         reverse=request.reverse)
+                         reverse=request.reverse, model=request.model)
         spec.check_fits(info.width, info.height)  # a 400 now, without the model service
         self.board.update(task_id, "queued")
         folder = unique_name()

@@ -73,7 +73,7 @@ def command_segment(args: argparse.Namespace) -> int:
     formats = set(args.format) | ({"rle"} if args.overlay else set())
     fields = {"points": points, "labels": labels, "box": args.box, "multimask_output": args.multimask,
               "candidates": args.candidates or None, "previous_mask_id": args.previous_mask_id,
-              "formats": sorted(formats) or None, "polygon_tolerance": args.polygon_tolerance}
+              "formats": sorted(formats) or None, "polygon_tolerance": args.polygon_tolerance, "model": args.model}
     client = Client(args.url, args.api_key, args.timeout)
     response = client.segment(args.image, fields, args.mask_input)
     body = printed_body(response, client, leave_out=formats - set(args.format))
@@ -99,7 +99,8 @@ def parse_param(text: str) -> tuple[str, object]:
 def command_everything(args: argparse.Namespace) -> int:
     fields = dict(args.param)
     fields.update({name: value for name, value in (("points_per_side", args.points_per_side),
-                                                   ("max_objects", args.max_objects)) if value is not None})
+                                                   ("max_objects", args.max_objects), ("model", args.model))
+                   if value is not None})
     client = Client(args.url, args.api_key, args.timeout)
     response = client.everything(args.image, fields)
     body = printed_body(response, client)
@@ -149,7 +150,7 @@ def command_track(args: argparse.Namespace) -> int:
     client = Client(args.url, args.api_key, args.timeout)
     http = client.http
     fields = {"objects": args.object, "start_frame_index": args.start, "max_frames": args.max_frames,
-              "reverse": args.reverse or None, "formats": ["rle"] if args.rle else None}
+              "reverse": args.reverse or None, "formats": ["rle"] if args.rle else None, "model": args.model}
     form = {name: json.dumps(value) for name, value in fields.items() if value is not None}
     if args.video.startswith(REFERENCE_SCHEMES):
         form["video_url"] = json.dumps(args.video)
@@ -219,8 +220,11 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
                         help=f"seconds per request (default: {DEFAULT_TIMEOUT:g})")
     parser = argparse.ArgumentParser(prog="sam2-api", description=__doc__.splitlines()[0], parents=[server])
     commands = parser.add_subparsers(dest="command", required=True)
+    size = argparse.ArgumentParser(add_help=False)
+    size.add_argument("--model", metavar="SIZE", help="the SAM 2.1 size, among those the server serves "
+                      "(hiera_tiny, small, facebook/sam2.1-hiera-large, …; default: the server's)")
 
-    one = commands.add_parser("segment", parents=[server], help="segment one image and print the JSON result")
+    one = commands.add_parser("segment", parents=[server, size], help="segment one image and print the JSON result")
     one.add_argument("image", help="a local file, s3://bucket/key or https://… URL")
     one.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]",
                      help="a click in pixels of the upright image; LABEL 1 = object (default), 0 = background")
@@ -239,7 +243,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
     one.add_argument("--overlay", type=Path, help="write the image with the mask and the prompt drawn over it here")
     one.set_defaults(run=command_segment)
 
-    everything = commands.add_parser("everything", parents=[server],
+    everything = commands.add_parser("everything", parents=[server, size],
                                      help="segment every object of one image and print the JSON result")
     everything.add_argument("image", help="a local file, s3://bucket/key or https://… URL")
     everything.add_argument("--points-per-side", type=int, help="the point grid (server default: 32)")
@@ -257,7 +261,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = o
     many.add_argument("--quiet", action="store_true", help="no progress bar")
     many.set_defaults(run=command_batch)
 
-    clip = commands.add_parser("track", parents=[server], help="track objects through a video clip (a task)")
+    clip = commands.add_parser("track", parents=[server, size], help="track objects through a video clip (a task)")
     clip.add_argument("video", help="a local MP4/MOV/WebM file, s3://bucket/key or https://… URL")
     clip.add_argument("--object", type=parse_tracked_object, action="append", default=[],
                       metavar="FRAME:ITEM[:ITEM][+FRAME:ITEM...]",

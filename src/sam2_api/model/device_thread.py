@@ -21,6 +21,10 @@ encoder pass takes seconds, a new image's pass (and a long job's own) stops at a
 each block of the encoder's trunk too (:attr:`Segmenter.between_blocks`): a click waits for one
 block of another key's new image, not for all of it. On a GPU a pass takes milliseconds and runs
 whole.
+
+One thread serves every loaded model size: each job names its :class:`Segmenter` (default: the
+thread's own), encodes batch only with encodes of the same model, and typical times are kept per
+model and stage.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class _Job:
     timer: StageTimer | None = None
     long: bool = False  # calls checkpoint(), so never runs inside another job's checkpoint
     expected_s: float | None = None  # its caller's estimate of its duration; None: its stage's typical time
+    segmenter: Segmenter | None = None  # the model it runs on (DeviceThread._submit: default the thread's own)
     done: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float = 0.0
@@ -109,11 +114,11 @@ class _Lanes:
         self._rotate(self._tenants, tenant)
         return job
 
-    def take_encode(self) -> _Job | None:
-        """The first queued encode job in turn, from any lane (images of any caller share a batch)."""
+    def take_encode(self, segmenter: Segmenter | None) -> _Job | None:
+        """The first queued encode job in turn for ``segmenter``'s model, from any lane."""
         for tenant, routes in self._tenants.items():
             for route, jobs in routes.items():
-                job = next((job for job in jobs if job.run is None), None)
+                job = next((job for job in jobs if job.run is None and job.segmenter is segmenter), None)
                 if job is not None:
                     jobs.remove(job)
                     if not jobs:
@@ -158,38 +163,43 @@ class DeviceThread:
         self._lanes = _Lanes()
         self._ready = threading.Condition()  # guards the lanes, _running and _typical
         self._running: _Job | None = None  # the job the device thread's loop is in (not a checkpoint's)
-        self._typical: dict[str, float] = {}  # seconds per job of each stage, recent runs weighted most
+        self._typical: dict[tuple[str, str], float] = {}  # seconds per job of each (model, stage), recent runs weighted most
         self._stretch = 0.0  # seconds of others' jobs at checkpoints per second of a long job's own work
         self._resumed = 0.0  # when the job on the device thread's loop last started or left a checkpoint
         self._paused = 0.0  # seconds that job has spent in checkpoints
         self._thread = threading.Thread(target=self._serve, name="sam2-device", daemon=True)
         self._thread.start()
 
-    def encode(self, image: np.ndarray, timer: StageTimer, lane: Lane | None = None) -> Embedding:
-        """The embedding of an ``(H, W, 3)`` uint8 RGB image."""
-        return self._submit(_Job(run=None, lane=lane or Lane(None, "encoder"), image=image, timer=timer))
+    def encode(self, image: np.ndarray, timer: StageTimer, lane: Lane | None = None,
+               segmenter: Segmenter | None = None) -> Embedding:
+        """The embedding of an ``(H, W, 3)`` uint8 RGB image (by ``segmenter``'s model, default this thread's)."""
+        return self._submit(_Job(run=None, lane=lane or Lane(None, "encoder"), image=image, timer=timer,
+                                 segmenter=segmenter))
 
     def decode(self, embedding: Embedding, prompts: list[Prompt], timer: StageTimer,
-               mask_inputs: Sequence[Any] | None = None, lane: Lane | None = None) -> list[Mask]:
+               mask_inputs: Sequence[Any] | None = None, lane: Lane | None = None,
+               segmenter: Segmenter | None = None) -> list[Mask]:
         """One bit-packed mask per prompt, each with its mask input if any: the masks of
         :meth:`Segmenter.decode_many`, each of its decoder calls a job of its own, so that other
         callers' jobs run between the calls of a request with many prompts."""
         mask_inputs = list(mask_inputs) if mask_inputs is not None else [None] * len(prompts)
         masks: list[Mask | None] = [None] * len(prompts)
-        for indices in self.segmenter.decoder_calls(prompts, mask_inputs):
-            found = self.call(lambda indices=indices: self.segmenter.decode_call(embedding, prompts, mask_inputs, indices),
-                              "decoder", timer, lane)
+        model = segmenter or self.segmenter
+        for indices in model.decoder_calls(prompts, mask_inputs):
+            found = self.call(lambda indices=indices: model.decode_call(embedding, prompts, mask_inputs, indices),
+                              "decoder", timer, lane, segmenter=segmenter)
             for index, mask in zip(indices, found):
                 masks[index] = mask
         return masks
 
     def call(self, run: Callable[[], Any], stage: str, timer: StageTimer | None = None, lane: Lane | None = None,
-             long: bool = False, expected_s: float | None = None) -> Any:
+             long: bool = False, expected_s: float | None = None, segmenter: Segmenter | None = None) -> Any:
         """``run()`` on the device thread, in ``lane``'s turn (default: no tenant, ``stage`` as the
         route); its time is recorded as ``stage``. ``long``: ``run`` calls :meth:`checkpoint`
-        between its steps; ``expected_s``: how long it should take, for :meth:`seconds_ahead`."""
+        between its steps; ``expected_s``: how long it should take, for :meth:`seconds_ahead`;
+        ``segmenter``: the model it runs (default this thread's), whose typical times it counts in."""
         return self._submit(_Job(run=run, lane=lane or Lane(None, stage), stage=stage, timer=timer, long=long,
-                                 expected_s=expected_s))
+                                 expected_s=expected_s, segmenter=segmenter))
 
     def checkpoint(self) -> None:
         """From inside a long job (or between the blocks of an encoder pass on the CPU), on the
@@ -205,7 +215,8 @@ class DeviceThread:
         with self._ready:
             if running is not None:
                 self._lanes.charge(running.lane.tenant, step)
-        pausing, self.segmenter.between_blocks = self.segmenter.between_blocks, None  # not in others' jobs
+        paused = self._model(running)
+        pausing, paused.between_blocks = paused.between_blocks, None  # not in others' jobs
         try:
             # In a long job (up to its deadline) a new image's encoder pass may run whole; in an
             # encoder pass, only where one fits in its step (else it waits for the loop, seconds).
@@ -215,7 +226,7 @@ class DeviceThread:
                    and time.perf_counter() - paused_at < budget):
                 pass
         finally:
-            self.segmenter.between_blocks = pausing
+            paused.between_blocks = pausing
         self._resumed = time.perf_counter()
         self._paused += self._resumed - paused_at
         if step > 0 and running is not None and running.long:
@@ -228,10 +239,11 @@ class DeviceThread:
         with self._ready:
             return self._stretch
 
-    def typical_s(self, stage: str) -> float:
-        """How long a job of ``stage`` has taken lately, in seconds (0 before the first)."""
+    def typical_s(self, stage: str, segmenter: Segmenter | None = None) -> float:
+        """How long a job of ``stage`` on ``segmenter``'s model (default this thread's) has taken
+        lately, in seconds (0 before the first)."""
         with self._ready:
-            return self._typical.get(stage, 0.0)
+            return self._typical.get(((segmenter or self.segmenter).name, stage), 0.0)
 
     def seconds_ahead(self, lane: Lane) -> float:
         """An estimate of the device time that may pass before a job queued now in ``lane`` starts:
@@ -258,9 +270,13 @@ class DeviceThread:
             self.call(lambda: self.segmenter.encode_batch([image] * self.max_batch), "warm_up")
 
     def _expected(self, job: _Job) -> float:
-        return job.expected_s if job.expected_s is not None else self._typical.get(job.stage, 0.0)
+        return job.expected_s if job.expected_s is not None else self._typical.get((self._model(job).name, job.stage), 0.0)
+
+    def _model(self, job: _Job | None) -> Segmenter:
+        return job.segmenter if job is not None else self.segmenter
 
     def _submit(self, job: _Job) -> Any:
+        job.segmenter = job.segmenter or self.segmenter
         with self._ready:
             self._lanes.put(job)
             self._ready.notify()
@@ -281,7 +297,8 @@ class DeviceThread:
         takes at most ``within`` seconds, if given (one run from here runs whole, holding up every
         caller); False if there was none."""
         with self._ready:
-            encodes = within is None or self._typical.get("encoder", 0.0) <= within
+            slowest = max((s for (_, stage), s in self._typical.items() if stage == "encoder"), default=0.0)
+            encodes = within is None or slowest <= within
             job = self._lanes.take(short_only=True, encodes=encodes)
         if job is None:
             return False
@@ -301,7 +318,7 @@ class DeviceThread:
         deadline = time.monotonic() + wait
         with self._ready:
             while len(batch) < self.max_batch:
-                other = self._lanes.take_encode()
+                other = self._lanes.take_encode(job.segmenter)
                 if other is not None:
                     batch.append(other)
                     continue
@@ -314,15 +331,16 @@ class DeviceThread:
     def _run(self, job: _Job) -> None:
         started = time.perf_counter()
         _record(job, "queue", started - job.queued_at)
+        model = self._model(job)
         if job.long:  # its own encoder passes (segment everything's image and crops) pause too
-            self.segmenter.between_blocks = self.checkpoint
+            model.between_blocks = self.checkpoint
         try:
             result = job.run()
         except BaseException as exc:  # the caller gets it; the thread lives on
             job.done.set_exception(exc)
             return
         finally:
-            self.segmenter.between_blocks = None
+            model.between_blocks = None
             with self._ready:  # a long job's steps before its last checkpoint were charged there
                 self._lanes.charge(job.lane.tenant, time.perf_counter() - (self._resumed if job.long else started))
         self._took(job, job.stage, time.perf_counter() - started)
@@ -334,16 +352,17 @@ class DeviceThread:
         started = time.perf_counter()
         for job in batch:
             _record(job, "queue", started - job.queued_at)
-        self.segmenter.between_blocks = self.checkpoint if pausing else None
+        model = self._model(batch[0])  # take_encode batches one model's images
+        model.between_blocks = self.checkpoint if pausing else None
         try:
-            embeddings = self.segmenter.encode_batch([job.image for job in batch])
-            self.segmenter.synchronize()  # so that the time below is the encoder's
+            embeddings = model.encode_batch([job.image for job in batch])
+            model.synchronize()  # so that the time below is the encoder's
         except BaseException as exc:  # every waiter learns why
             for job in batch:
                 job.done.set_exception(exc)
             return
         finally:
-            self.segmenter.between_blocks = None
+            model.between_blocks = None
         elapsed = time.perf_counter() - started - (self._paused if pausing else 0.0)  # its own time
         metrics.ENCODER_BATCH_SIZE.observe(len(batch))
         with self._ready:
@@ -356,9 +375,10 @@ class DeviceThread:
 
     def _took(self, job: _Job, stage: str, seconds: float) -> None:
         _record(job, stage, seconds)
+        key = (self._model(job).name, stage)
         with self._ready:
-            last = self._typical.get(stage)
-            self._typical[stage] = seconds if last is None else last + TYPICAL_WEIGHT * (seconds - last)
+            last = self._typical.get(key)
+            self._typical[key] = seconds if last is None else last + TYPICAL_WEIGHT * (seconds - last)
 
 
 def _record(job: _Job, stage: str, seconds: float) -> None:

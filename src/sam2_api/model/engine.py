@@ -9,6 +9,11 @@ the ``mask_id`` of its low-resolution logits, which stay here for the next click
 Every job goes to the device in its caller's :class:`Lane` (the key's tenant and the route), so
 that the device thread takes turns between callers. :meth:`Engine.everything` refuses a request
 that could not finish within its deadline, given the work queued before it, before computing it.
+
+An engine serves one model size (its :class:`Segmenter`); several engines, one per size, share
+one device thread and the caches (:mod:`sam2_api.model.model_set`), where their entries are kept
+under keys that name the size (:func:`model_scoped`): an image encoded by one size is never
+decoded by another, nor a mask's logits refined by another.
 """
 
 from __future__ import annotations
@@ -18,12 +23,11 @@ import time
 
 from .. import errors, maskinput
 from .embedding_cache import EmbeddingCache
-from ..config import MASK_CACHE_MAX_BYTES, MASK_INPUT_LOGIT, Settings
+from ..config import MASK_CACHE_MAX_BYTES, MASK_INPUT_LOGIT
 from .device_thread import DeviceThread, Lane
 from .mask_generator import Deadline, Pace, has_hole_filling, segment_everything
 from ..messages import EverythingLimits, EverythingParams, EverythingReply, Plan, default_points_per_batch
 from .logit_cache import LogitCache
-from .weights import WeightsSource, load_sam2, pick_device, resolve_weights
 from ..prompts import Prompt
 from ..messages import (
     CACHE_KEY, MAX_PROMPTS, Failure, ImageLimits, LowResMask, MaskBits, ModelReply, RawImage, tenant_of,
@@ -40,8 +44,9 @@ class Engine:
     def __init__(self, device: DeviceThread, cache: EmbeddingCache, logits: LogitCache | None = None,
                  mask_input_logit: float = MASK_INPUT_LOGIT,
                  everything_limits: EverythingLimits = EverythingLimits(),
-                 image_limits: ImageLimits = ImageLimits()) -> None:
+                 image_limits: ImageLimits = ImageLimits(), segmenter: Segmenter | None = None) -> None:
         self.device = device
+        self.segmenter = segmenter or device.segmenter  # the model size this engine serves
         self.image_limits = image_limits
         self.cache = cache
         self.logits = logits if logits is not None else LogitCache(MASK_CACHE_MAX_BYTES)
@@ -59,6 +64,7 @@ class Engine:
         timer = StageTimer()
         try:
             self._check_call(key, prompts, image)
+            key = model_scoped(key, self.segmenter.name)
             previous = self._mask_inputs(key, prompts, mask_inputs)  # an unknown id fails before any encoding
             lane = Lane(tenant_of(key), "segment")
             embedding, cached = self._embedding(key, image, prompts, timer, lane)
@@ -66,7 +72,7 @@ class Engine:
                 return ModelReply(needs_image=True)
             height, width = embedding.orig_hw
             _check_fits(prompts, width, height)
-            masks = self.device.decode(embedding, prompts, timer, previous, lane)
+            masks = self.device.decode(embedding, prompts, timer, previous, lane, self.segmenter)
         except errors.RequestError as exc:
             return ModelReply(failure=Failure.of(exc), seconds=timer.seconds)
         return ModelReply(
@@ -80,6 +86,7 @@ class Engine:
         timer = StageTimer()
         try:
             self._check_call(key, [], image)
+            key = model_scoped(key, self.segmenter.name)
             embedding, cached = self._embedding(key, image, [], timer, Lane(tenant_of(key), "embed"))
             if embedding is None:
                 return EmbedReply(needs_image=True)
@@ -131,6 +138,7 @@ class Engine:
         lane = Lane(tenant_of(key), "everything")
         try:
             self._check_call(key, [], image)
+            key = model_scoped(key, self.segmenter.name)
             pixels = None
             if image is None:
                 embedding, cached = self.cache.get(key), True
@@ -142,17 +150,17 @@ class Engine:
                 plan = self._everything_plan(params, image.width, image.height)  # before the encoder, not after
                 deadline = self._everything_deadline(deadline_at, params, plan, lane, encode=key not in self.cache)
                 pixels = image.pixels
-                embedding, cached = self.cache.get_or_compute(key, lambda: self.device.encode(pixels, timer, lane))
+                embedding, cached = self.cache.get_or_compute(key, lambda: self._encode(pixels, timer, lane))
             height, width = embedding.orig_hw
             crops_from = pixels if params.needs_pixels else None
 
             def run() -> tuple[list, int]:
                 deadline.expected_s = self._everything_seconds(params, plan)  # as measured while it waited
-                return segment_everything(self.device.segmenter, embedding, crops_from, params, plan, deadline,
+                return segment_everything(self.segmenter, embedding, crops_from, params, plan, deadline,
                                           self.device.checkpoint)
 
             objects, found = self.device.call(run, "everything", timer, lane, long=True,
-                                              expected_s=deadline.expected_s)
+                                              expected_s=deadline.expected_s, segmenter=self.segmenter)
         except errors.RequestError as exc:
             return EverythingReply(failure=Failure.of(exc), seconds=timer.seconds)
         return EverythingReply(objects=objects, found=found, width=width, height=height, cached=cached,
@@ -165,45 +173,43 @@ class Engine:
         callers' jobs between its batches), as measured so far."""
         deadline = Deadline(at, self.everything_limits.deadline_s, params, plan,
                             self._everything_seconds(params, plan), self.everything_pace)
-        deadline.check_start(self.device.seconds_ahead(lane), self.device.typical_s("encoder") if encode else 0.0)
+        deadline.check_start(self.device.seconds_ahead(lane), self.device.typical_s("encoder", self.segmenter) if encode else 0.0)
         return deadline
 
     def _everything_seconds(self, params: EverythingParams, plan: Plan) -> float:
         """The expected device time of ``plan``: at the pace measured so far, stretched by the
         other callers' jobs that run between batches lately."""
-        encoder_s = self.device.typical_s("encoder")
+        encoder_s = self.device.typical_s("encoder", self.segmenter)
         return self.everything_pace.seconds(params, plan, encoder_s) * (1 + self.device.stretch())
 
     def _everything_plan(self, params: EverythingParams, width: int, height: int) -> Plan:
-        if params.min_mask_region_area and not has_hole_filling(self.device.segmenter.device):
+        if params.min_mask_region_area and not has_hole_filling(self.segmenter.device):
             raise errors.InvalidField(
                 "`min_mask_region_area` needs sam2's compiled CUDA extension (sam2._C), which this server "
                 "does not have (Meta's generator skips it there too); leave it at 0"
             )
         return params.plan(width, height, self.everything_limits,
-                           default_points_per_batch(self.device.segmenter.device.type))
+                           default_points_per_batch(self.segmenter.device.type))
 
     def _embedding(self, key: str, image: RawImage | None, prompts: list[Prompt],
                    timer: StageTimer, lane: Lane) -> tuple[Embedding | None, bool]:
         if image is None:
             return self.cache.get(key), True
         _check_fits(prompts, image.width, image.height)  # before the encoder, not after
-        return self.cache.get_or_compute(key, lambda: self.device.encode(image.pixels, timer, lane))
+        return self.cache.get_or_compute(key, lambda: self._encode(image.pixels, timer, lane))
+
+    def _encode(self, pixels, timer: StageTimer, lane: Lane) -> Embedding:
+        return self.device.encode(pixels, timer, lane, self.segmenter)
+
+
+def model_scoped(key: str, model: str) -> str:
+    """The caches' key of image ``key`` for model size ``model`` (a short name, without "/"; unchanged for
+    an unnamed model): after the tenant (:func:`sam2_api.messages.tenant_of` still finds it), never a
+    valid key itself ("@" is in no image key)."""
+    assert "/" not in model, model
+    return f"{key}@{model}" if model else key
 
 
 def _check_fits(prompts: list[Prompt], width: int, height: int) -> None:
     for prompt in prompts:
         prompt.check_fits(width, height)
-
-
-def build_engine(settings: Settings, packaged: WeightsSource | None = None) -> Engine:
-    """The model on its device, warmed up on the device thread, with empty caches."""
-    device = pick_device(settings.sam2_device)
-    model = load_sam2(resolve_weights(settings, packaged, download=False), device, settings.sam2_compile)
-    thread = DeviceThread(Segmenter(model), settings.sam2_encoder_batch, settings.sam2_encoder_batch_wait_ms / 1000)
-    thread.warm_up()
-    limits = EverythingLimits(settings.sam2_everything_deadline_s, settings.sam2_everything_max_points,
-                              settings.sam2_everything_max_batch_bytes)
-    return Engine(thread, EmbeddingCache(settings.sam2_cache_max_entries, settings.cache_max_bytes(device.type)),
-                  LogitCache(settings.sam2_mask_cache_max_bytes), settings.sam2_mask_input_logit, limits,
-                  ImageLimits(settings.sam2_max_image_pixels, settings.sam2_max_image_side))

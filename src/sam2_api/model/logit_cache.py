@@ -86,6 +86,12 @@ class LogitCache:
                 f"previous_mask_id {mask_id!r} is not known here (never issued to you, or evicted): "
                 "send the request again without it, with all of its clicks"
             )
+        made_by, used_by = entry.key.partition("@")[2], key.partition("@")[2]  # the model size (engine.model_scoped)
+        if entry.key != key and made_by != used_by:
+            raise MaskIdOfAnotherImage(
+                f"previous_mask_id {mask_id!r} belongs to a mask made by model {made_by or 'default'}, not "
+                f"{used_by or 'default'}: send it with the `model` of the request that returned it"
+            )
         if entry.key != key:
             raise MaskIdOfAnotherImage(
                 f"previous_mask_id {mask_id!r} belongs to a mask of another image: send it with the "

@@ -86,8 +86,9 @@ class Mask:
 class Segmenter:
     """Encoder + decoder over one SAM 2 model, on the model's device. Not thread-safe by itself."""
 
-    def __init__(self, model: SAM2Base, decoder_batch: int | None = None) -> None:
+    def __init__(self, model: SAM2Base, decoder_batch: int | None = None, name: str = "") -> None:
         self.model = model
+        self.name = name  # the model's id, when a device thread serves several (sam2_api.model.model_set)
         self.device = model.device
         # prompts per decoder call (:meth:`decoder_calls`); None: this device's default
         self.decoder_batch = decoder_batch or (GPU_DECODER_BATCH if self.device.type == "cuda" else CPU_DECODER_BATCH)

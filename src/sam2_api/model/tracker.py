@@ -19,6 +19,7 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 from .. import errors, metrics, video
 from ..config import Settings
 from .device_thread import DeviceThread, Lane
+from .model_set import ModelSet
 from ..messages import (
     Failure, TrackDecoding, TrackEnd, TrackQueued, TrackSpec, TrackStarted, write_record,
 )
@@ -49,12 +50,14 @@ class TrackerSettings:
 
 class Tracker:
     """Tracks objects through clips (:meth:`stream`), one clip at a time, on the image model's
-    device thread and weights; the video predictor is built on first use."""
+    device thread and weights; the video predictor is built on first use. With ``sizes``, a clip's
+    ``spec.model`` picks the size whose weights track it (``device`` and ``config`` are then the default's)."""
 
-    def __init__(self, device: DeviceThread, config: str, settings: TrackerSettings) -> None:
+    def __init__(self, device: DeviceThread, config: str, settings: TrackerSettings, sizes: "ModelSet | None" = None) -> None:
         self.device = device
         self.config = config
         self.settings = settings
+        self.sizes = sizes
         self._model: SAM2VideoPredictor | None = None
         self._model_lock = threading.Lock()
         self._turns = Turns(MAX_WAITING_JOBS, settings.max_waiting_per_tenant)
@@ -117,7 +120,7 @@ class Tracker:
             self._end(job, "finished")
 
     def _run(self, job: TrackJob, data: bytes, spec: TrackSpec, timer: StageTimer) -> Iterator[bytes]:
-        model = self.model
+        model = self.model if self.sizes is None else self.sizes.get(spec.model).video_model(self.settings.overrides)
         lane = Lane(spec.tenant, "track")  # each frame takes its turn on the device with its key's other work
         start = _default_start(spec)
         first, last = processed_range(self.settings.limits.max_frames, start, spec.max_frames, spec.reverse)
@@ -265,9 +268,10 @@ def _check_prompted_at_start(spec: TrackSpec, start: int) -> None:
             )
 
 
-def build_tracker(settings: Settings, device: DeviceThread, config: str) -> Tracker:
-    return Tracker(device, config, TrackerSettings(
+def build_tracker(settings: Settings, sizes: "ModelSet") -> Tracker:
+    default = sizes.default
+    return Tracker(default.engine.device, default.config, TrackerSettings(
         limits=settings.video_limits, offload=settings.sam2_video_offload, gpu_bytes=settings.sam2_video_gpu_bytes,
         job_timeout_s=settings.sam2_video_job_timeout_s,
         max_waiting_per_tenant=settings.sam2_video_max_waiting_per_key,
-    ))
+    ), sizes)

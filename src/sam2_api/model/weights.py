@@ -45,21 +45,21 @@ class WeightsSource:
     decoder: Path | None = None  # the browser's ONNX decoder exported from these weights, when packaged with them
 
 
-def resolve_weights(settings: Settings, packaged: WeightsSource | None = None, download: bool = True) -> WeightsSource:
-    """Find config and checkpoint: ``SAM2_CHECKPOINT`` first, then the weights packaged in the
-    Bento, then ``SAM2_MODEL`` from Hugging Face (from its local cache only unless ``download``:
-    the server downloads once, before its workers start, and workers read the cache)."""
-    default_config, _ = HF_MODEL_ID_TO_FILENAMES[settings.sam2_model]
-    if settings.sam2_checkpoint is not None:
-        return WeightsSource(
-            config=settings.sam2_config or default_config,
-            checkpoint=settings.sam2_checkpoint,
-            origin="local",
-        )
+def resolve_weights(settings: Settings, packaged: WeightsSource | None = None, download: bool = True,
+                    model: str | None = None) -> WeightsSource:
+    """Find config and checkpoint of size ``model`` (default ``SAM2_MODEL``): a local file first
+    (``SAM2_CHECKPOINT`` for ``SAM2_MODEL``, ``SAM2_CHECKPOINTS``), then the weights packaged in the
+    Bento, then Hugging Face (from its local cache only unless ``download``: the server downloads
+    once, before its workers start, and workers read the cache)."""
+    model = model or settings.sam2_model
+    default_config, _ = HF_MODEL_ID_TO_FILENAMES[model]
+    local = settings.checkpoints.get(model)
+    if local is not None:
+        custom = settings.sam2_config if local == settings.sam2_checkpoint and model == settings.sam2_model else None
+        return WeightsSource(config=custom or default_config, checkpoint=local, origin="local")
     if packaged is not None:
         return packaged
-    return WeightsSource(default_config, hugging_face_checkpoint(settings.sam2_model, download),
-                         settings.sam2_model)
+    return WeightsSource(default_config, hugging_face_checkpoint(model, download), model)
 
 
 def hugging_face_checkpoint(model_id: str, download: bool = True,
@@ -119,6 +119,11 @@ def store_weights(model_id: str, checkpoint: Path, name: str, source: str):
         write_decoder(load_sam2(WeightsSource(config, checkpoint, source), torch.device("cpu")),
                       Path(model.path_of(BENTO_DECODER_FILE)))
     return model
+
+
+def packaged_by_size(stored_models) -> dict[str, WeightsSource]:
+    """The weights of BentoML models written by :func:`store_weights`, by size id."""
+    return {model.info.metadata["hf_id"]: packaged_weights(model) for model in stored_models}
 
 
 def packaged_weights(stored_model) -> WeightsSource:

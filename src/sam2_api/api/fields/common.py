@@ -1,11 +1,22 @@
 """What every route's fields share: one way to quote a bad value in a message, one parser for a
-true/false field, one for ``formats``."""
+true/false field, one for ``formats``, and the ``model`` field (resolved by ``Settings.model_for``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, WithJsonSchema
 
 from ...errors import InvalidField
+
+# The model size a request asks for; ``Settings.model_for`` turns it into a served id or a 400.
+ModelField = Annotated[Any, WithJsonSchema({"type": "string"}), Field(
+    description="The SAM 2.1 size to use, among those this server serves (SAM2_MODELS): an id such as "
+    "`facebook/sam2.1-hiera-small` or a short name (`hiera_tiny`, `hiera_small`, `hiera_b_plus`, `hiera_large`, "
+    "or `tiny`, `small`, `base_plus`, `large`); default: the server's default size. An `image_id` or "
+    "`previous_mask_id` belongs to the size it was made with. 400 naming the served sizes for any other.",
+    examples=["hiera_small"],
+)]
 
 
 def shown(value: Any, limit: int = 60) -> str:
