@@ -47,7 +47,7 @@ EMBED_ROUTE = "/sam2/embed_image"
 SEGMENT_ROUTE = "/sam2/segment_image"
 ROUTES = (EMBED_ROUTE, SEGMENT_ROUTE)
 # The most values a body may hold, counted before it is parsed (RequestGuard's max_json_items): the
-# most prompts with the most points each, {x, y, positive} and a box, is about 6,500; the body may be an
+# most prompts with the most points each, {x, y, positive} and a box, is about 8,500; the body may be an
 # image's base64 in size, which must not be millions of parsed numbers instead.
 MAX_JSON_ITEMS = 16384
 FORMATS = {"json": ("polygons", "polygon"), "rle": ("rle", "rle")}  # Roboflow's format: ours, and its name
@@ -70,8 +70,9 @@ ImageField = _documented(
 )
 ImageIdField = _documented(str, "The image's name in the embedding cache (1-128 of A-Z a-z 0-9 . _ : -); "
                            "without it, the SHA-256 of the image's bytes.", examples=["photo-42"])
-VersionField = _documented({"enum": list(VERSION_IDS)}, "Roboflow's SAM 2 size; if given, it must be the one "
-                           "this service runs (400 names it).")
+VersionField = _documented({"enum": list(VERSION_IDS)}, "Roboflow's SAM 2 size, as `model` on our routes: one "
+                           "of the sizes this service serves (SAM2_MODELS; a 400 names them); left out, the "
+                           "default size.")
 ApiKeyField = _documented(str, "Your API key, when the service has keys (or send `?api_key=`, or "
                           "`Authorization: Bearer <key>`).")
 PromptsField = _documented(
