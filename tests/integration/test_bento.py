@@ -107,7 +107,7 @@ def test_built_bento_serves_segment(built, s3, s3_server, logs, reference_mask, 
         assert f"bento model {MODEL_NAME}:" in served.log()  # the packaged weights, not a download
         decoder = httpx.get(f"{served.url}/decoder.onnx", timeout=120)
         assert decoder.status_code == 200 and len(decoder.content) > 10_000_000
-        assert "ONNX decoder of default read from the Bento's model" in served.log()  # not exported again
+        assert "ONNX decoder of facebook/sam2.1-hiera-tiny read from the Bento's model" in served.log()  # not exported again
     finally:
         served.stop()
 

@@ -106,11 +106,23 @@ def test_multimask_output_false_is_segments_single_mask(server, test_images):
 def test_the_sdks_errors_carry_our_words(server, test_images):
     path = test_images / "astronaut.png"
     wrong_size = sdk(server, path, [CASES[0][1]], sam2_version_id="hiera_large")
-    assert wrong_size["status"] == 400 and "this service runs hiera_tiny" in wrong_size["message"]
+    assert wrong_size["status"] == 400 and wrong_size["message"].startswith(
+        "`sam2_version_id` 'hiera_large' is not served here; this server serves: hiera_tiny"), wrong_size
     outside = sdk(server, path, [{"points": [{"x": 5000, "y": 1, "positive": True}]}])
     assert outside["status"] == 400 and "outside" in outside["message"]
     binary = sdk(server, path, [CASES[0][1]], format="binary")
     assert binary["status"] == 400 and "`binary`" in binary["message"]
+
+
+def test_sam2_version_id_picks_the_size_as_model_does(server, test_images):
+    """The session server serves tiny and small: the SDK's hiera_small is /segment's model=hiera_small."""
+    path = test_images / "astronaut.png"
+    height, width = upright_rgb(path).shape[:2]
+    answer = sdk(server, path, [CASES[0][1]], format="rle", sam2_version_id="hiera_small")
+    small, _ = segment_mask(server, path, model="hiera_small", **CASES[0][2])
+    tiny, _ = segment_mask(server, path, **CASES[0][2])
+    assert np.array_equal(shown(answer["predictions"][0], height, width), small)
+    assert not np.array_equal(small, tiny)  # the two sizes' random weights give different masks
 
 
 def test_embed_then_segment_by_id_alone_skips_the_encoder(server, test_images):
