@@ -476,7 +476,13 @@ def render(files: list[Path], docs: Path) -> None:
                                                              for name, ms, size in run["png"]) + ".",
             "",
         ]
-    lines += ["![latency and throughput against concurrency](latency_vs_concurrency.png)", "", *DESIGN_NOTES]
+    lines += ["![latency and throughput against concurrency](latency_vs_concurrency.png)", ""]
+    # Clicks decoded in the browser are measured in Chromium by tests/integration/test_ui_browser.py, not
+    # here; its figures are kept in docs/benchmarks/browser.md and shown with these.
+    browser = docs / "benchmarks" / "browser.md"
+    if browser.is_file():
+        lines += [*browser.read_text().splitlines(), ""]
+    lines += DESIGN_NOTES
     (docs / "PERFORMANCE.md").write_text("\n".join(lines))
     plot(runs, docs / "latency_vs_concurrency.png")
 
