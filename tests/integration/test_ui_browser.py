@@ -120,7 +120,7 @@ def test_clicks_are_decoded_in_the_browser_and_the_server_is_asked_only_on_keep(
             assert answer.status_code == 200 and answer.headers["x-embedding-cache"] == "hit"
     # and again on one thread (as where the page is not cross-origin isolated), in a page of its own
     page.goto(f"{server.url}/ui/?threads=1")
-    page.wait_for_function(f"() => local.ready", timeout=120_000)
+    page.wait_for_function("() => local.ready", timeout=120_000)
     page.set_input_files("#file", str(image))
     page.wait_for_function("() => document.getElementById('status').textContent.includes('clicks decoded here')",
                            timeout=120_000)
