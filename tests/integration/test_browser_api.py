@@ -178,3 +178,25 @@ def test_api_keys_tenancy_and_the_upload_limit(guarded_server, test_images):
     too_large = embed(guarded_server, b"\0" * 2_000_001, headers=first)
     assert too_large.status_code == 413 and "SAM2_MAX_UPLOAD_BYTES" in too_large.json()["error"]
     assert not any(secret in too_large.text for secret in SECRETS)
+
+
+def test_another_size_has_its_own_embedding_and_decoder(server, decoder, test_images):
+    """The session server serves tiny and small: `/embed` and `/decoder.onnx?model=` of small together
+    give /segment's mask with model=hiera_small; a size not served is a 400 naming the served ones."""
+    data = (test_images / "astronaut.png").read_bytes()
+    fields = {"points": [[200, 150]], "labels": [1]}
+    small = httpx.get(f"{server.url}/decoder.onnx?model=hiera_small", timeout=300)
+    assert small.status_code == 200, small.text
+    assert small.headers["etag"] != httpx.get(f"{server.url}/decoder.onnx", timeout=120).headers["etag"]
+    session = onnxruntime.InferenceSession(small.content, providers=["CPUExecutionProvider"])
+    embedding = load_npz(embed(server, data, dtype="float32", model="hiera_small"))
+    segment = post(server, data, "astronaut.png", model="hiera_small", **fields)
+    assert segment.status_code == 200, segment.text
+    expected = fetch_mask(segment.json()["mask_url"]) == 255
+    got, _ = decode(session, embedding, fields["points"], fields["labels"])
+    assert differing(got, expected, "float32") <= MAX_DIFFERING
+    tiny_embedding = load_npz(embed(server, data, dtype="float32"))
+    assert not np.array_equal(tiny_embedding["image_embeddings"], embedding["image_embeddings"])
+    for refused in (httpx.get(f"{server.url}/decoder.onnx?model=hiera_large", timeout=60),
+                    embed(server, data, model="hiera_large")):
+        assert refused.status_code == 400 and "this server serves: hiera_tiny" in refused.text, refused.text
