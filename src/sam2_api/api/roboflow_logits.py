@@ -16,10 +16,11 @@ An id the model service has since evicted costs nothing but the refinement (the 
 from __future__ import annotations
 
 import json
-import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sqlite_store import SqliteStore
 
 MAX_ENTRIES = 4096  # prompt sets remembered per replica; each row holds a few ids, not logits
 SCANNED = 256  # the most recent sets of one image that a lookup considers
@@ -70,27 +71,15 @@ def _points(keys: list[PromptKey]) -> int:
     return sum(len(key.points) for key in keys)
 
 
-class LogitsIndex:
+class LogitsIndex(SqliteStore):
     """Which ``mask_id`` answered each prompt of a prompt set, by image (the caller's key id and the
     ``image_id``); the newest :data:`MAX_ENTRIES` sets. Safe from any thread and process."""
 
+    SCHEMA = (_SCHEMA, _INDEX)  # reset() at server start: the model service's logits are gone too
+
     def __init__(self, path: str | Path, max_entries: int = MAX_ENTRIES) -> None:
-        self.path = str(path)
         self.max_entries = max_entries
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            db.execute(_INDEX)
-
-    @classmethod
-    def reset(cls, path: str | Path) -> "LogitsIndex":
-        """A fresh index (at server start: the model service's logits are gone too)."""
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return cls(path)
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
+        super().__init__(path)
 
     def save(self, image: str, prompts: list[PromptKey], mask_ids: list[str]) -> None:
         pairs = sorted(zip(map(_sortable, prompts), mask_ids))

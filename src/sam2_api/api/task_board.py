@@ -22,11 +22,11 @@ import json
 import sqlite3
 import time
 from contextlib import closing
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from ..server.asgi import captured_response, send_json
+from .sqlite_store import SqliteStore
 
 RETENTION_S = 24 * 3600  # as BentoML keeps task results
 FINISHED = ("completed", "failed", "canceled")
@@ -37,27 +37,12 @@ _OWNERS = """CREATE TABLE IF NOT EXISTS owner (task_id TEXT PRIMARY KEY, tenant 
 NO_KEYS = ""  # the owner of every task when API keys are off
 
 
-class TaskBoard:
+class TaskBoard(SqliteStore):
     """One row per task: its phase (``queued``, ``decoding``, ``tracking``, ``storing``, then
     ``completed``, ``failed`` or ``canceled``), frames done and to do, place in the tracker's
     queue, and whether a cancel was asked for. Safe to use from any thread and process."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            db.execute(_OWNERS)
-
-    @classmethod
-    def reset(cls, path: str | Path) -> "TaskBoard":
-        """A fresh board (at server start, as BentoML starts a fresh result store)."""
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return cls(path)
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
+    SCHEMA = (_SCHEMA, _OWNERS)  # reset() at server start, as BentoML starts a fresh result store
 
     def update(self, task_id: str, phase: str, frames_done: int | None = None, frames_total: int | None = None,
                queue_position: int | None = None) -> None:
