@@ -199,18 +199,19 @@ function showResult(result, mask) {
   draw();
 }
 
-// The current prompt; `previousMaskId`: the mask it refines. A lone click also asks for SAM 2's
-// three candidates (it gets three masks anyway); every answer brings its polygons, for download.
-function promptForm(previousMaskId) {
+// A prompt ({points, labels, box}: the current one by default, or a kept step of local.js's) as
+// /segment's form; `previousMaskId`: the mask it refines. A lone click also asks for SAM 2's three
+// candidates (it gets three masks anyway); every answer brings its polygons, for download.
+function promptForm(previousMaskId, prompt = state) {
   const form = new FormData();
   form.append("image", state.file);
-  if (state.points.length) {
-    form.append("points", JSON.stringify(state.points));
-    form.append("labels", JSON.stringify(state.labels));
+  if (prompt.points.length) {
+    form.append("points", JSON.stringify(prompt.points));
+    form.append("labels", JSON.stringify(prompt.labels));
   }
-  if (state.box) form.append("box", JSON.stringify(state.box));
+  if (prompt.box) form.append("box", JSON.stringify(prompt.box));
   if (previousMaskId) form.append("previous_mask_id", previousMaskId);
-  if (state.points.length === 1 && !state.box) form.append("candidates", "true");
+  if (prompt.points.length === 1 && !prompt.box) form.append("candidates", "true");
   form.append("formats", JSON.stringify(["polygons"]));
   return form;
 }

@@ -166,16 +166,7 @@ async function keep() {
   let previous = null, answer = null;
   try {
     for (const step of steps) {
-      const form = new FormData();
-      form.append("image", state.file);
-      if (step.points.length) {
-        form.append("points", JSON.stringify(step.points));
-        form.append("labels", JSON.stringify(step.labels));
-      }
-      if (step.box) form.append("box", JSON.stringify(step.box));
-      if (previous) form.append("previous_mask_id", previous);
-      if (step.points.length === 1 && !step.box) form.append("candidates", "true");
-      form.append("formats", JSON.stringify(["polygons"]));
+      const form = promptForm(previous, step);  // app.js: the form a server click sends
       const response = await fetch("../segment", { method: "POST", body: form, headers: authHeaders() });
       const body = await response.json().catch(() => ({ error: response.statusText }));
       if (!response.ok) throw new Error(`${response.status}: ${body.error}`);
