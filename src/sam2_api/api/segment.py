@@ -169,7 +169,7 @@ class Pipeline:
         previous, encoded = steps[0].prompt.previous_mask_id, False
         for step in steps:
             asked = [step.prompt.model_copy(update={"previous_mask_id": previous})]
-            reply = self._ask(located, image, lambda key, pixels: self.model.predict(
+            reply = self._ask(located, image, lambda key, pixels, asked=asked: self.model.predict(
                 key=key, prompts=asked, image=pixels, **sized(model)), timer, tenant)
             best = reply.masks[0]
             previous, encoded = [best, *best.others][step.chosen].mask_id, encoded or not reply.cached
