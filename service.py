@@ -36,8 +36,8 @@ from sam2_api.api.fields.segment import (
     ObjectsResponse, PointsField, SegmentResponse, parse_image_id, parse_image_url, parse_objects,
 )
 from sam2_api.api.fields.segment import (  # refinement, candidates, mask formats
-    CandidatesField, FormatsField, MaskInputField, PolygonToleranceField, PreviousMaskIdField,
-    parse_polygon_tolerance,
+    CandidatesField, FormatsField, MaskInputField, PolygonToleranceField, PreviousMaskIdField, StepsField,
+    parse_polygon_tolerance, parse_steps,
 )
 from sam2_api.api.fields.track import FormatsField as TrackFormatsField
 from sam2_api.api.fields.track import (
@@ -288,12 +288,14 @@ class SAM2API:
         formats: FormatsField = None,
         polygon_tolerance: PolygonToleranceField = None,
         model: ModelField = None,
+        steps: StepsField = None,
     ) -> SegmentResponse:
         """Segment one object from clicks and/or a box; the PNG mask goes to S3, its URL comes back.
 
         Give the image as `image` (a file), `image_url` (s3://… or https://…) or, for an image sent
         before, just its `image_id`. To refine the mask with another click, send all clicks so far
-        and the `mask_id` of the last answer as `previous_mask_id`. Errors, each with
+        and the `mask_id` of the last answer as `previous_mask_id`, or the earlier clicks as `steps`
+        (the whole chain in one request). Errors, each with
         `{"error": "<what is wrong>"}`: 400 bad prompt, image or field, a `model` not served here, or a
         `previous_mask_id` of another image or model; 401 missing/wrong API key (when keys are configured); 403 an `image_url`
         this service may not read; 404 an unknown `image_id` sent alone, or an unknown (evicted)
@@ -302,13 +304,14 @@ class SAM2API:
         """
         prompt = Prompt.parse(points=points, labels=labels, box=box, multimask_output=multimask_output,
                               previous_mask_id=previous_mask_id, candidates=candidates)
+        steps = parse_steps(steps, prompt, with_mask_input=mask_input is not None)
         formats, polygon_tolerance = parse_formats(formats, FORMATS), parse_polygon_tolerance(polygon_tolerance)
         model = SETTINGS.model_for(model)
         with timed(ctx) as timer:
             request = image_request(image, image_id, image_url, timer)
             mask_files = None if mask_input is None else [mask_input.read_bytes()]
             result = self.pipeline.run(request, [prompt], timer, tenant_of(ctx), mask_files, formats, polygon_tolerance,
-                                       model)
+                                       model, steps)
         say_cache(ctx, result.cached)
         return SegmentResponse(**result.masks[0].response_fields(), width=result.width, height=result.height)
 

@@ -22,7 +22,8 @@ from tests.mutations import image_seeds, mutate
 CASES = 150
 BUDGET_S = 90
 FIELDS = ["points", "labels", "box", "multimask_output", "image_id", "image_url", "objects", "image", "colour", "",
-          "points[]", "ïmage", "x" * 200, "previous_mask_id", "candidates", "mask_input", "formats", "polygon_tolerance"]
+          "points[]", "ïmage", "x" * 200, "previous_mask_id", "candidates", "mask_input", "formats", "polygon_tolerance",
+          "steps", "chosen"]
 VALUES = [
     b"", b"null", b"[]", b"{}", b"[[1, 2]]", b"[[20, 15]]", b"[[1e308, 1e308]]", b"[[NaN, 1]]", b"[[-1, -1]]",
     b"[1, 0]", b"[1]", b"[2]", b"[0, 0, 10, 10]", b"[10, 10, 0, 0]", b"true", b'"maybe"', b'"abc"', b"1e999",
@@ -80,6 +81,8 @@ def plausible_fields(rng: random.Random, route: str) -> dict[str, bytes]:
         fields = {"objects": [prompt() for _ in range(rng.randint(1, 3))]}
     else:
         fields = prompt()
+        if rng.random() < 0.2:
+            fields["steps"] = [{**prompt(), "chosen": rng.randint(0, 3)} for _ in range(rng.randint(1, 3))]
     if rng.random() < 0.2:
         fields["image_id"] = rng.choice(["fuzz-1", "fuzz-2", "fuzz-3"])
     if rng.random() < 0.2:

@@ -83,6 +83,34 @@ def test_candidates_are_the_predictors_three_masks_best_first(server, reference_
     assert refined.status_code == 200, refined.text
 
 
+def test_steps_in_one_request_equal_the_chain_of_separate_requests(server, test_images):
+    """A lone click whose second candidate is chosen, a background click refining it, then a third
+    click: as three requests (each naming the last answer's mask_id), and as one request carrying
+    the first two as `steps`, in a multipart form and in a JSON body: the same stored PNG."""
+    data = (test_images / "rocket.jpg").read_bytes()
+    first = {"points": [[320, 200]], "candidates": True}
+    second = {"points": [[320, 200], [100, 50]], "labels": [1, 0]}
+    last = {"points": [[320, 200], [100, 50], [330, 100]], "labels": [1, 0, 1]}
+    picked = post(server, data, "rocket.jpg", image_id="steps-rocket", **first).json()["candidates"][1]
+    refined = post_json(server, image_id="steps-rocket", **second, previous_mask_id=picked["mask_id"]).json()
+    chain = post_json(server, image_id="steps-rocket", **last, previous_mask_id=refined["mask_id"]).json()
+    steps = [{**first, "chosen": 1}, second]
+    as_form = post(server, data, "rocket.jpg", **last, steps=steps, formats=["rle"])  # by content hash, no image_id
+    as_json = post_json(server, image_id="steps-rocket", **last, steps=steps)
+    png = httpx.get(chain["mask_url"], timeout=10).content
+    for response in (as_form, as_json):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert httpx.get(body["mask_url"], timeout=10).content == png and body["mask_url"] != chain["mask_url"]
+        assert np.array_equal(fetch_mask(body["mask_url"]), fetch_mask(chain["mask_url"]))
+        assert {k: body[k] for k in ("score", "bbox", "area", "width", "height")} == \
+            {k: chain[k] for k in ("score", "bbox", "area", "width", "height")}
+        assert "candidates" not in body  # the last prompt's own answer only
+    assert set(as_form.json()) >= {"rle"} and 0 < chain["area"] < chain["width"] * chain["height"]
+    best = post_json(server, image_id="steps-rocket", **last, steps=[first, second]).json()
+    assert httpx.get(best["mask_url"], timeout=10).content != png, "the chosen candidate made no difference"
+
+
 def parts_and_holes(polygons: list[dict]) -> tuple[int, int]:
     return len(polygons), sum(len(part["holes"]) for part in polygons)
 
@@ -180,6 +208,16 @@ BAD_FIELDS = [
     ("negative tolerance", {"polygon_tolerance": -1}, None, 400, "`polygon_tolerance` must be a number of pixels ≥ 0"),
     ("candidates without multimask", {"candidates": True, "multimask_output": False}, None, 400,
      "`candidates` are SAM 2's three masks"),
+    ("steps beside previous_mask_id", {"previous_mask_id": "m_" + "Q" * 22, "steps": [{"points": [[225, 150]]}]},
+     None, 400, "send `previous_mask_id` on the first of `steps`, not beside them"),
+    ("steps with mask_input", {"steps": [{"points": [[225, 150]]}]}, bad_mask("L"), 400,
+     "`mask_input` does not go with `steps`"),
+    ("a later step's previous_mask_id",
+     {"steps": [{"points": [[225, 150]]}, {"points": [[225, 150]], "previous_mask_id": "m_" + "Q" * 22}]}, None, 400,
+     "steps[1]: only the first step may have a `previous_mask_id`"),
+    ("steps not a list", {"steps": {"points": [[225, 150]]}}, None, 400, "`steps` must be a list of at most 32"),
+    ("a step's chosen without candidates", {"steps": [{"points": [[225, 150]], "chosen": 2}]}, None, 400,
+     "steps[0]: `chosen` must be 0 (the step's best mask) unless the step has `candidates`: true"),
 ]
 
 

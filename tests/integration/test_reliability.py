@@ -138,6 +138,16 @@ def test_a_mask_id_is_the_callers_own_another_key_gets_a_404_as_for_an_unknown_o
     assert authorized(guarded_server, API_KEYS[0], image, **refine).status_code == 200
 
 
+def test_steps_starting_from_another_keys_mask_id_get_the_same_404(guarded_server, test_images):
+    image = (test_images / "chelsea.png").read_bytes()
+    mask_id = authorized(guarded_server, API_KEYS[0], image, points=[[225, 150]]).json()["mask_id"]
+    steps = [{"points": [[225, 150], [300, 100]], "previous_mask_id": mask_id}]
+    last = {"points": [[225, 150], [300, 100], [50, 50]], "labels": [1, 1, 0]}
+    foreign = authorized(guarded_server, API_KEYS[1], image, **last, steps=steps)
+    assert foreign.status_code == 404 and f"{mask_id!r} is not known here" in foreign.json()["error"]
+    assert authorized(guarded_server, API_KEYS[0], image, **last, steps=steps).status_code == 200
+
+
 def test_uploads_over_the_limit_get_413(guarded_server):
     response = authorized(guarded_server, API_KEYS[0], b"\0" * 2_100_000, points=[[1, 1]])
     assert response.status_code == 413

@@ -128,7 +128,7 @@ def test_metrics_count_encoder_cache_and_uploads(server, test_images):
 def test_openapi_documents_every_field_and_the_errors(server):
     spec = httpx.get(f"{server.url}/docs.json", timeout=10).json()
     for route, required_examples in (("/segment", {"points", "labels", "box", "image_id", "image_url",
-                                                   "previous_mask_id", "formats", "polygon_tolerance"}),
+                                                   "previous_mask_id", "formats", "polygon_tolerance", "steps"}),
                                      ("/segment_objects", {"objects", "image_id", "image_url", "formats"})):
         post_spec = spec["paths"][route]["post"]
         schema = post_spec["requestBody"]["content"]["multipart/form-data"]["schema"]

@@ -1,11 +1,13 @@
 """/ui decoding clicks in headless Chromium: the image's embedding fetched once (POST /embed), each
 click and the hover preview decoded in a Web Worker by onnxruntime-web (GET /decoder.onnx, the
-vendored runtime), no /segment request until "Keep"; the mask drawn equals the server's for the
+vendored runtime), no /segment request until "Keep", then exactly one for the whole refined chain
+(its earlier clicks as `steps`), which stores the server's own mask for that chain; the mask drawn equals the server's for the
 same clicks (a chained refinement too) within the issue's bound, and the page shows its decode time."""
 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 
@@ -33,6 +35,14 @@ SHOWN_MASK = """() => {
   let text = ""; for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
   return [m.width, m.height, btoa(text)];
 }"""
+
+
+# The forms the page sends with fetch, field by field (Chromium does not report a body holding a file).
+RECORD_FORMS = """() => { const sendForm = window.fetch; window.sentForms = [];
+  window.fetch = (url, init) => {
+    if (init?.body instanceof FormData) sentForms.push(Object.fromEntries([...init.body].filter(([, v]) => typeof v === "string")));
+    return sendForm(url, init);
+  }; }"""
 
 
 TEN_CLICKS = """async () => { const times = [];
@@ -96,10 +106,15 @@ def test_clicks_are_decoded_in_the_browser_and_the_server_is_asked_only_on_keep(
     segment_calls = [url for url in requests if url.startswith("/segment")]
     assert segment_calls == [] and requests.count("/embed") == 1 and requests.count("/decoder.onnx") == 1
 
-    # Keep: the server's mask for the same chain, stored on S3 and shown with its link
+    # Keep: ONE request for the two-click chain (the first click as `steps`), and the server's mask
+    # for the same chain, stored on S3 and shown with its link
+    page.evaluate(RECORD_FORMS)
     page.click("#keep")
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Kept')", timeout=60_000)
-    assert [url for url in requests if url.startswith("/segment")] == ["/segment", "/segment"]  # one per kept step
+    assert [url for url in requests if url.startswith("/segment")] == ["/segment"]
+    (form,) = page.evaluate("sentForms")
+    assert "previous_mask_id" not in form and json.loads(form["points"]) == [[225, 150], [100, 50]]
+    assert json.loads(form["steps"]) == [{"points": [[225, 150]], "labels": [1], "candidates": True, "chosen": 0}]
     kept_url = page.get_attribute("#mask-link", "href")
     kept = fetch_mask(kept_url) == 255
     assert np.array_equal(kept, expected_chain)  # the server's own chain, pixel for pixel

@@ -164,6 +164,33 @@ def test_each_click_refines_the_previous_answer_exactly_as_the_predictor_does(s3
         mask_id, previous = result.masks[0].mask_id, logits[best]
 
 
+def test_steps_in_one_request_are_the_chain_of_separate_requests_and_only_its_answer_is_stored(s3, device,
+                                                                                                test_images):
+    """A lone click choosing its third candidate, a second click, then the request's own prompt:
+    the same mask as three requests chained by hand, with one PNG stored, for the last only."""
+    from sam2_api.api.fields.segment import Step
+
+    flow = pipeline(device)
+    cat = ImageRequest(url="s3://photos/cat.png")  # no image_id: fetched (and hashed) once per request
+    first = Prompt(points=[[225, 150]], candidates=True)
+    second = Prompt(points=[[225, 150], [300, 100]])
+    last = Prompt(points=[[225, 150], [300, 100], [50, 50]], labels=[1, 1, 0])
+    picked = flow.run(cat, [first], StageTimer()).masks[0].candidates[2]
+    refined = flow.run(cat, [second.model_copy(update={"previous_mask_id": picked.mask_id})], StageTimer()).masks[0]
+    chain = flow.run(cat, [last.model_copy(update={"previous_mask_id": refined.mask_id})], StageTimer()).masks[0]
+    stored = lambda: s3.list_objects_v2(Bucket="masks").get("KeyCount", 0)
+    before, timer = stored(), StageTimer()
+    result = flow.run(cat, [last], timer, steps=[Step(first, chosen=2), Step(second)], formats=("rle",))
+    one = result.masks[0]
+    assert stored() == before + 1 and result.cached  # the steps made no PNG; the embedding was cached
+    assert np.array_equal(stored_mask(s3, one.url), stored_mask(s3, chain.url))
+    assert (one.score, one.details["bbox"], one.details["area"]) == (chain.score, chain.details["bbox"],
+                                                                      chain.details["area"])
+    assert one.mask_id != chain.mask_id and set(one.details) == {"bbox", "area", "rle"}
+    best = flow.run(cat, [last], StageTimer(), steps=[Step(first), Step(second)]).masks[0]
+    assert not np.array_equal(stored_mask(s3, best.url), stored_mask(s3, one.url)), "`chosen` made no difference"
+
+
 def test_formats_give_back_the_pngs_pixels_and_candidates_the_predictors_three(s3, device, reference_predictor, test_images):
     from pycocotools import mask as coco_mask
 

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Protocol, Sequence, TypeVar
 
 import httpx
 
@@ -31,6 +31,7 @@ from ..errors import InvalidField, InvalidImageSource, MissingImage, ModelUnavai
 from ..messages import EverythingParams, EverythingReply
 from ..prompts import Prompt
 from ..messages import LowResMask, ModelReply, RawImage, scoped_key
+from .fields.segment import Step
 from .image_urls import ImageSources
 from .storage import MaskStore, shared_s3_client
 from ..timing import StageTimer
@@ -117,18 +118,22 @@ class Pipeline:
 
     def run(self, image: ImageRequest, prompts: list[Prompt], timer: StageTimer, tenant: str | None = None,
             mask_files: list[bytes | None] | None = None, formats: tuple[str, ...] = (),
-            polygon_tolerance: float = 0.0, model: str | None = None) -> Result:
+            polygon_tolerance: float = 0.0, model: str | None = None, steps: Sequence[Step] = ()) -> Result:
         """Segment one object per prompt; ``tenant`` (the caller's API key id) scopes the caches;
         ``model``: the served size's id (``Settings.model_for``), None for the default.
 
         ``mask_files[i]``: prompt i's ``mask_input`` file, if any. ``formats`` and
         ``polygon_tolerance``: as :func:`sam2_api.maskformats.describe` takes them, within
-        :attr:`max_response_bytes` (422 beyond).
+        :attr:`max_response_bytes` (422 beyond). ``steps``: the earlier clicks that the one prompt
+        refines (:meth:`_after_steps`).
         """
         mask_inputs = self._mask_inputs(prompts, mask_files, timer)
-        reply = self.ask(image, lambda key, pixels: self.model.predict(key=key, prompts=prompts, image=pixels,
-                                                                      mask_inputs=mask_inputs, **sized(model)),
-                         timer, tenant)
+        located = self._locate(image, timer)  # once: an image_url without image_id is fetched to be hashed
+        encoded = False  # by one of the steps
+        if steps:
+            prompts, encoded = self._after_steps(located, image, steps, prompts, timer, tenant, model)
+        reply = self._ask(located, image, lambda key, pixels: self.model.predict(
+            key=key, prompts=prompts, image=pixels, mask_inputs=mask_inputs, **sized(model)), timer, tenant)
         height, width = reply.height, reply.width
 
         def png(bits: bytes) -> Callable[[], bytes]:
@@ -153,7 +158,22 @@ class Pipeline:
         shown = [[next(stored) for _ in group] for group in groups]
         masks = [replace(group[0], candidates=group if prompt.candidates else [])
                  for prompt, group in zip(prompts, shown)]
-        return Result(masks, width, height, reply.cached)
+        return Result(masks, width, height, reply.cached and not encoded)
+
+    def _after_steps(self, located: _Located, image: ImageRequest, steps: Sequence[Step], prompts: list[Prompt],
+                     timer: StageTimer, tenant: str | None, model: str | None) -> tuple[list[Prompt], bool]:
+        """The one prompt refining the chosen mask of the last step, each step run in turn as its own
+        request would be (the first as sent, each later one refining the chosen mask of the one
+        before); nothing of theirs is stored. Also whether a step ran the image encoder."""
+        (prompt,) = prompts
+        previous, encoded = steps[0].prompt.previous_mask_id, False
+        for step in steps:
+            asked = [step.prompt.model_copy(update={"previous_mask_id": previous})]
+            reply = self._ask(located, image, lambda key, pixels, asked=asked: self.model.predict(
+                key=key, prompts=asked, image=pixels, **sized(model)), timer, tenant)
+            best = reply.masks[0]
+            previous, encoded = [best, *best.others][step.chosen].mask_id, encoded or not reply.cached
+        return [prompt.model_copy(update={"previous_mask_id": previous})], encoded
 
     def _mask_inputs(self, prompts: list[Prompt], files: list[bytes | None] | None,
                      timer: StageTimer) -> list[LowResMask | None] | None:
@@ -178,7 +198,10 @@ class Pipeline:
         """The model service's reply for the request's image: ``call(key, None)`` first, with the
         cache key alone, then ``call(key, pixels)`` if it needs the image (decoded here); right
         away with the pixels when ``send_image``. Raises the request error the reply carries."""
-        located = self._locate(image, timer)
+        return self._ask(self._locate(image, timer), image, call, timer, tenant, send_image)
+
+    def _ask(self, located: _Located, image: ImageRequest, call: Callable[[str, RawImage | None], _Reply],
+             timer: StageTimer, tenant: str | None = None, send_image: bool = False) -> _Reply:
         key = scoped_key(tenant, located.key)
         reply = None if send_image and located.load is not None else self._call(lambda: call(key, None), timer)
         if reply is None or reply.needs_image:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, WithJsonSchema
@@ -22,6 +23,8 @@ from ...prompts import MAX_POINTS, Box, Label, Point, Prompt
 from .common import shown
 
 MAX_OBJECTS = 32
+MAX_STEPS = 32
+CANDIDATE_COUNT = 3  # SAM 2's multimask output: the masks a step's `chosen` picks from
 IMAGE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -109,6 +112,69 @@ ObjectsField = _documented(
     "multimask_output, previous_mask_id, candidates.",
     examples=[[{"box": [10, 20, 200, 220]}, {"points": [[300, 150]], "labels": [1]}]],
 )
+
+StepsField = _documented(
+    {"type": "array", "maxItems": MAX_STEPS, "items": {
+        "type": "object", "additionalProperties": False,
+        "properties": {**Prompt.model_json_schema()["properties"],
+                       "chosen": {"type": "integer", "minimum": 0, "maximum": CANDIDATE_COUNT - 1, "default": 0}}}},
+    f"A refined mask's earlier clicks, oldest first (at most {MAX_STEPS}), run in this one request instead of "
+    "one request each: every step has /segment's prompt fields (points, labels, box, multimask_output, "
+    "candidates) and `chosen`, which of that step's masks the next step refines (an index into its "
+    "`candidates`, best first; default 0, the best; above 0 only with `candidates`). Each step refines the "
+    "chosen mask of the one before, the first its own `previous_mask_id` if it has one, and this request's "
+    "prompt refines the last: the answer is exactly that of the separate requests' chain, and only it is "
+    "stored. Not with a top-level `previous_mask_id` or `mask_input`.",
+    examples=[[{"points": [[256, 200]], "candidates": True, "chosen": 1}]],
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """An earlier click of the mask being refined: its prompt, and which of its masks the next refines."""
+
+    prompt: Prompt
+    chosen: int = 0
+
+
+def parse_steps(value: Any, prompt: Prompt, with_mask_input: bool) -> list[Step]:
+    """``steps``: up to MAX_STEPS earlier prompts of the chain that ``prompt`` ends, oldest first;
+    only the first may name a ``previous_mask_id`` (the others refine the step before)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_STEPS:
+        raise InvalidPrompt(f"`steps` must be a list of at most {MAX_STEPS} earlier prompts, oldest first, e.g. "
+                            f'[{{"points": [[300, 150]], "candidates": true, "chosen": 1}}]; got {shown(value)}')
+    if value and prompt.previous_mask_id is not None:
+        raise InvalidPrompt("send `previous_mask_id` on the first of `steps`, not beside them: the request's own "
+                            "prompt refines the last step's mask")
+    if value and with_mask_input:
+        raise InvalidPrompt("`mask_input` does not go with `steps`: the request's prompt refines the last step's mask")
+    steps = []
+    for index, fields in enumerate(value):
+        if not isinstance(fields, dict):
+            raise InvalidPrompt(f"steps[{index}] must be an object with /segment's prompt fields and `chosen`; "
+                                f"got {shown(fields)}")
+        unknown = sorted(set(fields) - set(Prompt.model_fields) - {"chosen"})
+        if unknown:
+            raise InvalidPrompt(f"steps[{index}]: unknown field {shown(unknown[0])}: a step has points, labels, box, "
+                                "multimask_output, candidates, chosen (and previous_mask_id on the first)")
+        if index > 0 and fields.get("previous_mask_id") is not None:
+            raise InvalidPrompt(f"steps[{index}]: only the first step may have a `previous_mask_id`: each later "
+                                "step refines the chosen mask of the one before")
+        fields = dict(fields)
+        chosen = fields.pop("chosen", 0)
+        try:
+            step = Prompt.parse(**fields)
+        except InvalidPrompt as exc:
+            raise InvalidPrompt(f"steps[{index}]: {exc}") from None
+        count = CANDIDATE_COUNT if step.candidates else 1
+        if isinstance(chosen, bool) or not isinstance(chosen, int) or not 0 <= chosen < count:
+            raise InvalidPrompt(f"steps[{index}]: `chosen` must be " + (
+                f"0 to {count - 1}, an index into the step's candidates, best first" if step.candidates
+                else "0 (the step's best mask) unless the step has `candidates`: true") + f"; got {shown(chosen)}")
+        steps.append(Step(step, chosen))
+    return steps
 
 
 def parse_image_id(value: Any) -> str | None:

@@ -2,9 +2,9 @@
 // (POST /embed), then every click and the hover preview run SAM 2's prompt encoder + mask decoder
 // in a Web Worker (decoder-worker.js, onnxruntime-web over GET /decoder.onnx); a refining click
 // feeds the previous mask's low-res logits back, as /segment does with previous_mask_id. Nothing
-// goes to the server until "Keep", which asks /segment for the kept steps (one request for a
-// click or a box; one per step for a refined mask, each refining the last, as the page did here)
-// and stores the mask as before (PNG on S3, mask_url). Without WebAssembly or Web Workers, with
+// goes to the server until "Keep": ONE /segment request, the last step's prompt with the earlier
+// ones as `steps` (the server runs them in turn, each refining the candidate chosen here, as the
+// page did), which stores the mask as before (PNG on S3, mask_url). Without WebAssembly or Web Workers, with
 // ?decode=server in the address, or when the decoder cannot be loaded, clicks go to /segment.
 "use strict";
 
@@ -156,23 +156,29 @@ function endHover() {
   if (state.preview) { state.preview = null; draw(); }
 }
 
-// Keep: /segment for the kept steps, so that the stored mask is the server's own for the same
-// chain (each step refining the one before through previous_mask_id, with the same candidate chosen).
+// An earlier step as /segment's `steps` take it: its prompt as promptForm sends it, and the
+// candidate chosen here, which the next step refines.
+function earlierStep({ points, labels, box, chosen }) {
+  const candidates = points.length === 1 && !box;
+  return { ...(points.length ? { points, labels } : {}), ...(box ? { box } : {}),
+           ...(candidates ? { candidates } : {}), chosen };
+}
+
+// Keep: one /segment request for the kept chain, so that the stored mask is the server's own for
+// it (the request's prompt refining the steps before, each with the same candidate chosen).
 async function keep() {
   const steps = [...state.history];
   if (!steps.length || !state.result?.local) return;
   const sent = ++state.sent;
   setStatus("Storing the mask…");
-  let previous = null, answer = null;
+  const last = steps.pop();
+  const form = promptForm(null, last);  // app.js: the form a server click sends
+  if (steps.length) form.append("steps", JSON.stringify(steps.map(earlierStep)));
   try {
-    for (const step of steps) {
-      const form = promptForm(previous, step);  // app.js: the form a server click sends
-      const response = await fetch("../segment", { method: "POST", body: form, headers: authHeaders() });
-      const body = await response.json().catch(() => ({ error: response.statusText }));
-      if (!response.ok) throw new Error(`${response.status}: ${body.error}`);
-      answer = body.candidates ? body.candidates[step.chosen] : body;
-      previous = answer.mask_id;
-    }
+    const response = await fetch("../segment", { method: "POST", body: form, headers: authHeaders() });
+    const body = await response.json().catch(() => ({ error: response.statusText }));
+    if (!response.ok) throw new Error(`${response.status}: ${body.error}`);
+    const answer = body.candidates ? body.candidates[last.chosen] : body;
     const mask = await loadMask(answer.mask_url);
     if (sent !== state.sent) return;
     const step = state.history[state.history.length - 1], kept = step.choices[step.chosen];
