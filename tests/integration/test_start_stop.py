@@ -110,7 +110,7 @@ def test_a_model_worker_killed_during_a_clip_is_a_503_and_everything_recovers(se
     task_id = submit(served, clip, objects=[{"frame_index": 0, "points": [[20, 20]]}])
     wait_for(served, task_id, until=("in_progress",), timeout=120)
     deadline = time.monotonic() + 240
-    while (status(served, task_id).get("progress") or {}).get("frames_done", 0) < 1:
+    while ((status(served, task_id).get("progress") or {}).get("frames_done") or 0) < 1:
         assert time.monotonic() < deadline
         time.sleep(0.3)
     assert running_jobs(served) == 1
