@@ -13,11 +13,13 @@ anywhere, no 5xx but the flood's refusals, and the pickle never runs.
 
     .venv/bin/python scripts/load_test.py --requests 500 --concurrency 8
     .venv/bin/python scripts/load_test.py --requests 200 --concurrency 8 --hostile
+    .venv/bin/python scripts/load_test.py --requests 300 --concurrency 8 --hostile --isolate-model
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +40,25 @@ def tree_rss(pid: int) -> int:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (affinity is per thread; threads made later inherit their maker's)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(task), cpus)
+
+
+def isolate_model(server_pid: int, others: list[int]) -> None:
+    """The model service's worker on CPU 0, every other process of the run on the remaining CPUs."""
+    every = os.sched_getaffinity(0)
+    model_cpus, rest = {min(every)}, every - {min(every)}
+    if not rest:
+        raise SystemExit("--isolate-model needs at least 2 CPUs")
+    for process in [psutil.Process(server_pid), *psutil.Process(server_pid).children(recursive=True)]:
+        pin(process.pid, model_cpus if "SAM2Model" in " ".join(process.cmdline()) else rest)
+    for pid in others:
+        pin(pid, rest)
+    print(f"model service on CPU {sorted(model_cpus)}, everything else on CPUs {sorted(rest)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
@@ -46,6 +67,10 @@ def main() -> None:
                         default=REPO / "checkpoints" / "sam2.1_hiera_tiny.RANDOM-TEST-WEIGHTS.pt")
     parser.add_argument("--images", type=Path, default=REPO / "tests" / "data")
     parser.add_argument("--hostile", action="store_true", help="run the load again beside hostile traffic")
+    parser.add_argument("--isolate-model", action="store_true",
+                        help="the model service on CPU 0 alone (one torch thread), everything else (API workers, "
+                        "S3, the clients, the attack) on the other CPUs: as deployed, where the model service has "
+                        "a machine of its own; the same for both runs")
     args = parser.parse_args()
     hostile = HostileReport()
 
@@ -59,9 +84,12 @@ def main() -> None:
             "SAM2_CHECKPOINT": str(args.checkpoint), "S3_BUCKET_NAME_STAGING": "load-masks",
             "S3_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
             "SAM2_API_KEYS": f"{LOAD_KEY},{HOSTILE_KEY}", "SAM2_MAX_RESPONSE_BYTES": str(2**20),
+            **({"OMP_NUM_THREADS": "1"} if args.isolate_model else {}),
         })
         try:
             server.start("/readyz")
+            if args.isolate_model:
+                isolate_model(server.proc.pid, others=[s3_server.proc.pid, os.getpid()])
             cases = load_cases(args.images)
             expected = solo_masks(server.url, cases, LOAD_KEY)
             warm = run_load(server.url, cases, expected, total=40, concurrency=args.concurrency, seed=0,
