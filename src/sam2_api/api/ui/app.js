@@ -199,6 +199,12 @@ function showResult(result, mask) {
   draw();
 }
 
+// Whether a prompt is a lone click (one point, no box): SAM 2 then gives three candidate masks
+// (/segment's default multimask output), and every form of it asks for all three.
+function asksCandidates({ points, box }) {
+  return points.length === 1 && !box;
+}
+
 // A prompt ({points, labels, box}: the current one by default, or a kept step of local.js's) as
 // /segment's form; `previousMaskId`: the mask it refines. A lone click also asks for SAM 2's three
 // candidates (it gets three masks anyway); every answer brings its polygons, for download.
@@ -211,7 +217,7 @@ function promptForm(previousMaskId, prompt = state) {
   }
   if (prompt.box) form.append("box", JSON.stringify(prompt.box));
   if (previousMaskId) form.append("previous_mask_id", previousMaskId);
-  if (prompt.points.length === 1 && !prompt.box) form.append("candidates", "true");
+  if (asksCandidates(prompt)) form.append("candidates", "true");
   form.append("formats", JSON.stringify(["polygons"]));
   return form;
 }

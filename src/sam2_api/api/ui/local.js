@@ -89,7 +89,7 @@ function decodesLocally() { return local.ready && local.image === state.file && 
 // The prompt as the decoder takes it: the box's corners first (labels 2, 3), then the clicks.
 function decoderPrompt(points, labels, box) {
   const coords = [...(box ? [[box[0], box[1]], [box[2], box[3]]] : []), ...points];
-  return { coords, labels: [...(box ? [2, 3] : []), ...labels], multimask: points.length === 1 && !box };
+  return { coords, labels: [...(box ? [2, 3] : []), ...labels], multimask: asksCandidates({ points, box }) };
 }
 
 function maskCanvas(rgba) {
@@ -159,7 +159,7 @@ function endHover() {
 // An earlier step as /segment's `steps` take it: its prompt as promptForm sends it, and the
 // candidate chosen here, which the next step refines.
 function earlierStep({ points, labels, box, chosen }) {
-  const candidates = points.length === 1 && !box;
+  const candidates = asksCandidates({ points, box });
   return { ...(points.length ? { points, labels } : {}), ...(box ? { box } : {}),
            ...(candidates ? { candidates } : {}), chosen };
 }
