@@ -282,6 +282,34 @@ def test_formats_past_the_response_bound_are_refused_before_any_png_is_made(s3, 
     assert len(s3.list_objects_v2(Bucket="masks")["Contents"]) == 12  # not one more PNG made or stored
 
 
+def decoder_calls() -> float:
+    """Decoder calls the model side has made in this process (its ``sam2_stage_seconds`` count)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("sam2_stage_seconds_count", {"stage": "decoder"}) or 0.0
+
+
+def test_formats_are_made_in_rounds_that_stop_the_model_at_the_bound(s3, device, test_images):
+    data = (test_images / "rocket.jpg").read_bytes()
+    prompts = [Prompt(points=[[80 * i + 100, 200]], candidates=True) for i in range(4)]
+    both = frozenset({"rle", "polygons"})
+    before = decoder_calls()
+    in_one_call = pipeline(device).run(ImageRequest(upload=data), prompts, StageTimer())
+    assert decoder_calls() - before == 4  # no formats: every prompt at once (one decoder call each on the CPU)
+    before = decoder_calls()
+    in_rounds = pipeline(device).run(ImageRequest(upload=data), prompts, StageTimer(), formats=both)
+    assert decoder_calls() - before == 4  # the first prompt, then the rest: each prompt decoded once
+    for one, other in zip(in_one_call.masks, in_rounds.masks, strict=True):
+        for mask, same in zip(one.candidates, other.candidates, strict=True):
+            assert np.array_equal(stored_mask(s3, mask.url), stored_mask(s3, same.url)) and mask.score == same.score
+            assert {k: v for k, v in same.details.items() if k in ("bbox", "area")} == mask.details
+    # A bound that the first prompt's masks already pass: refused after its one decoder call, not four.
+    before = decoder_calls()
+    with pytest.raises(ResponseTooLarge, match=r"larger than 100 bytes \(SAM2_MAX_RESPONSE_BYTES\): 0 of 12 masks fit"):
+        pipeline(device, max_response_bytes=100).run(ImageRequest(upload=data), prompts, StageTimer(), formats=both)
+    assert decoder_calls() - before == 1
+
+
 def test_without_s3_formats_still_come_back(device, test_images, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -12,7 +12,9 @@ Every mask comes back with the ``mask_id`` of its logits in the model service (f
 click's ``previous_mask_id``), its box and area, and the ``formats`` asked for (COCO RLE,
 polygons), computed here from its bits; with ``candidates``, SAM 2's other masks too. The formats
 are made first, within ``SAM2_MAX_RESPONSE_BYTES`` (:class:`sam2_api.maskformats.FormatBudget`),
-so that a response too large is refused before any PNG is made or stored.
+so that a response too large is refused before any PNG is made or stored; with formats, the
+prompts go to the model service in rounds (the first alone, then as many as the bytes left hold),
+so that it is refused before the model has decoded every prompt, too.
 """
 
 from __future__ import annotations
@@ -132,9 +134,9 @@ class Pipeline:
         encoded = False  # by one of the steps
         if steps:
             prompts, encoded = self._after_steps(located, image, steps, prompts, timer, tenant, model)
-        reply = self._ask(located, image, lambda key, pixels: self.model.predict(
-            key=key, prompts=prompts, image=pixels, mask_inputs=mask_inputs, **sized(model)), timer, tenant)
-        height, width = reply.height, reply.width
+        replies = self._masks_in_rounds(located, image, prompts, mask_inputs, formats, polygon_tolerance, timer,
+                                        tenant, model)
+        height, width = replies[0][0].height, replies[0][0].width
 
         def png(bits: bytes) -> Callable[[], bytes]:
             def make() -> bytes:
@@ -143,14 +145,9 @@ class Pipeline:
             return make
 
         # Each prompt's masks, best first: the best alone, or SAM 2's candidates.
-        groups = [[best, *best.others] for best in reply.masks]
+        groups = [[best, *best.others] for reply, _ in replies for best in reply.masks]
         every = [mask for group in groups for mask in group]
-        budget = maskformats.FormatBudget(
-            self.max_response_bytes, len(every),
-            SMALLER_FORMATS + (", or fewer objects or candidates" if len(every) > 1 else ""))
-        with timer.stage("formats"):
-            details = [maskformats.describe(imaging.unpack_mask(mask.bits, height, width), formats,
-                                            polygon_tolerance, budget) for mask in every]
+        details = [described for _, round_details in replies for described in round_details]
         with timer.stage("store"):
             uploads = self.store.put_many([png(mask.bits) for mask in every])
         stored = iter(StoredMask(upload.url, mask.score, mask.mask_id, described, url_error=upload.error)
@@ -158,7 +155,36 @@ class Pipeline:
         shown = [[next(stored) for _ in group] for group in groups]
         masks = [replace(group[0], candidates=group if prompt.candidates else [])
                  for prompt, group in zip(prompts, shown)]
-        return Result(masks, width, height, reply.cached and not encoded)
+        return Result(masks, width, height, all(reply.cached for reply, _ in replies) and not encoded)
+
+    def _masks_in_rounds(self, located: _Located, image: ImageRequest, prompts: list[Prompt],
+                         mask_inputs: list[LowResMask | None] | None, formats: tuple[str, ...],
+                         polygon_tolerance: float, timer: StageTimer, tenant: str | None,
+                         model: str | None) -> list[tuple[ModelReply, list[dict]]]:
+        """The model service's masks for ``prompts`` and their details, in rounds that stop at the
+        response bound: every prompt in one call when no ``formats`` are asked for (their size is
+        then bounded by the count); else the first prompt alone, then as many of the rest as the
+        bytes left would hold at the rate so far (typically all), and so on. A request whose formats
+        pass :attr:`max_response_bytes` is refused (422) after at most one round more than fits,
+        not after the model has decoded every prompt's masks."""
+        expected = sum(3 if prompt.candidates else 1 for prompt in prompts)
+        budget = maskformats.FormatBudget(
+            self.max_response_bytes, expected,
+            SMALLER_FORMATS + (", or fewer objects or candidates" if expected > 1 else ""))
+        rounds: list[tuple[ModelReply, list[dict]]] = []
+        start, size = 0, (1 if formats else len(prompts))
+        while not rounds or start < len(prompts):
+            asked = slice(start, start + size)
+            reply = self._ask(located, image, lambda key, pixels, asked=asked: self.model.predict(
+                key=key, prompts=prompts[asked], image=pixels,
+                mask_inputs=mask_inputs[asked] if mask_inputs is not None else None, **sized(model)), timer, tenant)
+            masks = [mask for best in reply.masks for mask in (best, *best.others)]
+            with timer.stage("formats"):
+                rounds.append((reply, [maskformats.describe(imaging.unpack_mask(mask.bits, reply.height, reply.width),
+                                                            formats, polygon_tolerance, budget) for mask in masks]))
+            start += size
+            size = _prompts_that_fit(budget, prompts[start:])
+        return rounds
 
     def _after_steps(self, located: _Located, image: ImageRequest, steps: Sequence[Step], prompts: list[Prompt],
                      timer: StageTimer, tenant: str | None, model: str | None) -> tuple[list[Prompt], bool]:
@@ -259,6 +285,21 @@ class Pipeline:
                                    "of an image sent before")
             data = fetch()  # no id: the key is the content's hash, so the content comes first
         return _Located("sha256:" + hashlib.sha256(data).hexdigest(), lambda: data)
+
+
+def _prompts_that_fit(budget: maskformats.FormatBudget, rest: list[Prompt]) -> int:
+    """How many of ``rest`` to ask for next: as many as ``budget``'s bytes left would hold at the
+    bytes per mask so far (at least one)."""
+    used = budget.max_bytes - budget.left
+    per_mask = max(used / max(budget.masks_done, 1), 1.0)
+    room = budget.left / per_mask
+    fit = 0
+    for prompt in rest:
+        room -= 3 if prompt.candidates else 1
+        if room < 0:
+            break
+        fit += 1
+    return max(fit, 1)
 
 
 def sized(model: str | None) -> dict:

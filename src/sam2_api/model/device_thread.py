@@ -18,9 +18,11 @@ time, for up to three times as long as the step took (a click waits for about on
 job keeps at least a quarter of the device: :data:`SHORT_FIRST`); long jobs themselves take turns whole, so that each
 finishes within its deadline instead of all of them slowing down together. On the CPU, where one
 encoder pass takes seconds, a new image's pass (and a long job's own) stops at a checkpoint after
-each block of the encoder's trunk too (:attr:`Segmenter.between_blocks`): a click waits for one
-block of another key's new image, not for all of it. On a GPU a pass takes milliseconds and runs
-whole.
+each block of the encoder's trunk too (:attr:`Segmenter.between_blocks`), where clicks come first
+in the same way: a click waits for one block of another key's new image, not for all of it, and
+while clicks are queued they have three quarters of the device and a new image's pass the rest (a
+new image is seconds anyway; a click on a cached one is the interactive path). On a GPU a pass
+takes milliseconds and runs whole.
 
 One thread serves every loaded model size: each job names its :class:`Segmenter` (default: the
 thread's own), encodes batch only with encodes of the same model, and typical times are kept per
@@ -47,9 +49,10 @@ from ..timing import StageTimer
 TURN_S = 0.05  # device seconds a tenant's turn adds to its credit (deficit round-robin's quantum)
 TYPICAL_WEIGHT = 0.2  # of the latest run in a stage's typical time (an exponential moving average)
 STRETCH_WEIGHT = 0.2  # of the latest checkpoint in the measured stretch of long jobs (likewise)
-# At a long job's checkpoint, queued short jobs run for up to this many times its last step: clicks
-# come first (a long job keeps at least a quarter of the device while others click; its deadline
-# estimate counts the stretch, so a long job that would not fit is refused before it starts).
+# At a long job's checkpoint, or between an encoder pass's blocks on the CPU, queued short jobs run
+# for up to this many times its last step: clicks come first (a long job or a new image keeps at
+# least a quarter of the device while others click; a long job's deadline estimate counts the
+# stretch, so a long job that would not fit is refused before it starts).
 SHORT_FIRST = 3.0
 
 
@@ -204,9 +207,9 @@ class DeviceThread:
     def checkpoint(self) -> None:
         """From inside a long job (or between the blocks of an encoder pass on the CPU), on the
         device thread: run queued short jobs, in turn by device time (the job's tenant is charged
-        for its step first), for up to :data:`SHORT_FIRST` times as long as a long job's step since
-        its previous checkpoint took, or as long as an encoder pass's block took (one job at least;
-        in an encoder pass, other encoder passes only where one fits), then return to the job."""
+        for its step first), for up to :data:`SHORT_FIRST` times as long as the job's step since its
+        previous checkpoint took, a long job's or an encoder pass's block (one job at least; in an
+        encoder pass, other encoder passes only where one fits in its step), then return to the job."""
         if threading.get_ident() != self._thread.ident:
             raise RuntimeError("checkpoint() is for jobs running on the device thread")
         paused_at = time.perf_counter()
@@ -221,7 +224,7 @@ class DeviceThread:
             # In a long job (up to its deadline) a new image's encoder pass may run whole; in an
             # encoder pass, only where one fits in its step (else it waits for the loop, seconds).
             in_encode = running is not None and not running.long
-            budget = step if in_encode else SHORT_FIRST * step
+            budget = SHORT_FIRST * step
             while (self._serve_one(step - (time.perf_counter() - paused_at) if in_encode else None)
                    and time.perf_counter() - paused_at < budget):
                 pass
