@@ -49,6 +49,18 @@ class FormatBudget:
     def mask_done(self) -> None:
         self.masks_done += 1
 
+    def groups_that_fit(self, groups: list[int]) -> int:
+        """How many of the next ``groups`` (each a count of masks) the bytes left would hold at the
+        bytes per mask so far; at least one, so that a caller asking in rounds always goes on."""
+        per_mask = max((self.max_bytes - self.left) / max(self.masks_done, 1), 1.0)
+        room, fit = self.left / per_mask, 0
+        for masks in groups:
+            room -= masks
+            if room < 0:
+                break
+            fit += 1
+        return max(fit, 1)
+
 
 
 

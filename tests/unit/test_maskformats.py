@@ -100,6 +100,18 @@ def test_the_budget_counts_the_formats_json_bytes_and_refuses_the_first_mask_pas
         describe(mask, {"rle", "polygons"}, budget=over)
 
 
+def test_the_next_round_asks_for_as_many_groups_as_the_bytes_left_hold_at_the_rate_so_far():
+    budget = FormatBudget(1000, masks=10, advice="")
+    assert budget.groups_that_fit([1, 3, 1]) == 3  # nothing made yet: every group
+    for _ in range(2):
+        budget.charge(100)
+        budget.mask_done()  # 2 masks made, 100 bytes each: 800 bytes left hold 8 more
+    assert budget.groups_that_fit([3, 3, 1, 3]) == 3  # 3 + 3 + 1 fit in 8, the last 3 would not
+    assert budget.groups_that_fit([3] * 5) == 2
+    budget.charge(790)
+    assert budget.groups_that_fit([3, 1]) == 1  # none fit: one group all the same, to find out
+
+
 def test_a_noisy_mask_is_refused_ring_by_ring_before_its_polygons_become_lists():
     # 1024x1024 of blobs a few pixels wide: about 0.9 MB of polygons. A 64 KiB budget stops
     # at the first rings over it, long before the rest of the boundary is listed.

@@ -167,7 +167,8 @@ class Pipeline:
         bytes left would hold at the rate so far (typically all), and so on. A request whose formats
         pass :attr:`max_response_bytes` is refused (422) after at most one round more than fits,
         not after the model has decoded every prompt's masks."""
-        expected = sum(3 if prompt.candidates else 1 for prompt in prompts)
+        per_prompt = [3 if prompt.candidates else 1 for prompt in prompts]  # SAM 2's candidates, or the best
+        expected = sum(per_prompt)
         budget = maskformats.FormatBudget(
             self.max_response_bytes, expected,
             SMALLER_FORMATS + (", or fewer objects or candidates" if expected > 1 else ""))
@@ -183,7 +184,7 @@ class Pipeline:
                 rounds.append((reply, [maskformats.describe(imaging.unpack_mask(mask.bits, reply.height, reply.width),
                                                             formats, polygon_tolerance, budget) for mask in masks]))
             start += size
-            size = _prompts_that_fit(budget, prompts[start:])
+            size = budget.groups_that_fit(per_prompt[start:])
         return rounds
 
     def _after_steps(self, located: _Located, image: ImageRequest, steps: Sequence[Step], prompts: list[Prompt],
@@ -285,21 +286,6 @@ class Pipeline:
                                    "of an image sent before")
             data = fetch()  # no id: the key is the content's hash, so the content comes first
         return _Located("sha256:" + hashlib.sha256(data).hexdigest(), lambda: data)
-
-
-def _prompts_that_fit(budget: maskformats.FormatBudget, rest: list[Prompt]) -> int:
-    """How many of ``rest`` to ask for next: as many as ``budget``'s bytes left would hold at the
-    bytes per mask so far (at least one)."""
-    used = budget.max_bytes - budget.left
-    per_mask = max(used / max(budget.masks_done, 1), 1.0)
-    room = budget.left / per_mask
-    fit = 0
-    for prompt in rest:
-        room -= 3 if prompt.candidates else 1
-        if room < 0:
-            break
-        fit += 1
-    return max(fit, 1)
 
 
 def sized(model: str | None) -> dict:
