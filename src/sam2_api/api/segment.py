@@ -33,7 +33,7 @@ from ..errors import InvalidField, InvalidImageSource, MissingImage, ModelUnavai
 from ..messages import EverythingParams, EverythingReply
 from ..prompts import Prompt
 from ..messages import LowResMask, ModelReply, RawImage, scoped_key
-from .fields.segment import Step
+from .fields.segment import CANDIDATE_COUNT, Step
 from .image_urls import ImageSources
 from .storage import MaskStore, shared_s3_client
 from ..timing import StageTimer
@@ -167,7 +167,7 @@ class Pipeline:
         bytes left would hold at the rate so far (typically all), and so on. A request whose formats
         pass :attr:`max_response_bytes` is refused (422) after at most one round more than fits,
         not after the model has decoded every prompt's masks."""
-        per_prompt = [3 if prompt.candidates else 1 for prompt in prompts]  # SAM 2's candidates, or the best
+        per_prompt = [CANDIDATE_COUNT if prompt.candidates else 1 for prompt in prompts]  # candidates, or the best
         expected = sum(per_prompt)
         budget = maskformats.FormatBudget(
             self.max_response_bytes, expected,
