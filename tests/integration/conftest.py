@@ -27,6 +27,10 @@ QUICK_STOP = {"SAM2_SHUTDOWN_GRACE_S": "1"}
 # Small, so that the tests reach each video limit with small clips (tests/integration/test_track_api.py).
 VIDEO_LIMITS = {"SAM2_VIDEO_MAX_FRAMES": "24", "SAM2_VIDEO_MAX_PIXELS": str(320 * 240),
                 "SAM2_VIDEO_MAX_UPLOAD_BYTES": str(2 * 1024**2)}
+# /segment_everything's requests here take 10-25 s on a quiet 2-core machine; the default 60 s deadline
+# was passed on a busy CI machine (16 of 64 points done). The deadline's 503s are tested in the unit tests
+# (test_everything.py, test_everything_pipeline.py) with deadlines of their own.
+SLOW_MACHINE_DEADLINE = {"SAM2_EVERYTHING_DEADLINE_S": "240"}
 
 
 def prepare_bucket(s3) -> None:
@@ -74,7 +78,7 @@ def server(s3, s3_server, checkpoint, small_checkpoint, logs) -> Process:
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_REGION": "us-east-1",
         "S3_INPUT_BUCKETS": PHOTOS,
-        **VIDEO_LIMITS, **QUICK_STOP,
+        **VIDEO_LIMITS, **QUICK_STOP, **SLOW_MACHINE_DEADLINE,
     })
     served.start("/readyz")
     yield served
