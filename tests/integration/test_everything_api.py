@@ -18,7 +18,6 @@ from sam2.utils.amg import build_point_grid
 
 from sam2_api.api.labelmap import read_png
 from sam2_api.maskformats import from_coco_rle
-from sam2_api.messages import CPU_POINTS_PER_SIDE
 from tests.conftest import upright_rgb
 from tests.integration.test_memory_bounds import noise_jpeg, stored_keys
 from tests.integration.test_segment_api import fetch_mask, post
@@ -171,7 +170,7 @@ def test_a_request_without_points_per_side_gets_the_devices_default_grid(server,
     response = post(server, (test_images / "chelsea.png").read_bytes(), route=ROUTE, timeout=300, **KEEP_ALL)
     assert response.status_code == 200, response.text
     body = response.json()
-    grid = {tuple(np.round(p, 6)) for p in build_point_grid(CPU_POINTS_PER_SIDE) * [body["width"], body["height"]]}
+    grid = {tuple(np.round(p, 6)) for p in build_point_grid(8) * [body["width"], body["height"]]}  # API.md: 8 on a CPU
     points = [tuple(np.round(o["point_coords"][0], 6)) for o in body["objects"]]
     # the 8 × 8 grid's points are none of the 32 × 32 grid's ((i + 0.5) / 32 is never (j + 0.5) / 8)
     assert len(set(points)) > 1 and set(points) <= grid, points
