@@ -62,8 +62,6 @@ class FormatBudget:
         return max(fit, 1)
 
 
-
-
 def bbox_and_area(mask: np.ndarray) -> tuple[list[int], int]:
     """``[x1, y1, x2, y2]`` (x2, y2 exclusive; ``[0, 0, 0, 0]`` for an empty mask) and the pixel count."""
     rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
